@@ -1,0 +1,31 @@
+"""fracjax models: Flax Linen backbones, heads and the registry.
+
+    >>> import fracjax
+    >>> model = fracjax.models.create("mobilenet_v3_small", head="hybrid")
+"""
+
+from fracjax.models.hybrid import Classifier, ConvBlockSpec, HybridHead, LinearHead
+from fracjax.models.layers import DepthwiseConv2D, set_default_depthwise_impl
+from fracjax.models.mobilenet_v3 import MobileNetV3, MobileNetV3Large, MobileNetV3Small
+from fracjax.models.registry import InputContract, available, create, input_contract, register
+from fracjax.models.weights import KerasWeightsError, load_keras_weights, with_backbone_variables
+
+__all__ = [
+    "Classifier",
+    "ConvBlockSpec",
+    "DepthwiseConv2D",
+    "HybridHead",
+    "InputContract",
+    "KerasWeightsError",
+    "LinearHead",
+    "MobileNetV3",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
+    "available",
+    "create",
+    "input_contract",
+    "load_keras_weights",
+    "register",
+    "set_default_depthwise_impl",
+    "with_backbone_variables",
+]

@@ -1,0 +1,308 @@
+"""Layers shared by every architecture: activations, Keras-compatible padding,
+a depthwise convolution that is fast on CPU, squeeze-and-excitation.
+
+Modules here take their building blocks (``conv``, ``norm``, ``act``) as
+``ModuleDef`` arguments, in the style of flax's ``examples/imagenet``, so an
+architecture decides precision, BatchNorm constants and train/eval mode in one
+place.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax import lax
+
+ModuleDef = Any
+Array = jax.Array
+PadPairs = Tuple[Tuple[int, int], Tuple[int, int]]
+
+# --------------------------------------------------------------------------
+# Activations (Keras MobileNetV3 definitions).
+# --------------------------------------------------------------------------
+
+
+def hard_sigmoid(x: Array) -> Array:
+    """``relu6(x + 3) / 6``, the gate Keras MobileNetV3 uses."""
+    return jax.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def hard_swish(x: Array) -> Array:
+    """``x * hard_sigmoid(x)``."""
+    return x * hard_sigmoid(x)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` (Keras ``_depth``).
+
+    Never goes below ``min_value`` (default ``divisor``) and never rounds down
+    by more than 10%.
+    """
+    if min_value is None:
+        min_value = divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+# --------------------------------------------------------------------------
+# Padding.
+# --------------------------------------------------------------------------
+
+
+def keras_correct_pad(size: Tuple[int, int], kernel: Tuple[int, int]) -> PadPairs:
+    """The explicit padding Keras ``imagenet_utils.correct_pad`` puts before a
+    stride-2 "valid" layer: ``(k//2 - 1, k//2)`` on an even side (the same as
+    "SAME"), ``(k//2, k//2)`` on an odd side (one more than "SAME" on top).
+    """
+    pads = []
+    for n, k in zip(size, kernel):
+        adjust = 1 if n % 2 == 0 else 0
+        pads.append((k // 2 - adjust, k // 2))
+    return tuple(pads)  # type: ignore[return-value]
+
+
+def same_pad(size: Tuple[int, int], kernel: Tuple[int, int], strides: Tuple[int, int]) -> PadPairs:
+    """TensorFlow/XLA "SAME" padding (the smaller half before)."""
+    return tuple(lax.padtype_to_pads(size, kernel, strides, "SAME"))  # type: ignore[return-value]
+
+
+def resolve_padding(
+    padding: Union[str, Sequence[Tuple[int, int]]],
+    size: Tuple[int, int],
+    kernel: Tuple[int, int],
+    strides: Tuple[int, int],
+) -> PadPairs:
+    """``"SAME"``, ``"VALID"``, ``"KERAS"`` (correct_pad at stride 2, else same)
+    or explicit pairs -> explicit ``((top, bottom), (left, right))``."""
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "SAME":
+            return same_pad(size, kernel, strides)
+        if mode == "VALID":
+            return ((0, 0), (0, 0))
+        if mode == "KERAS":
+            if tuple(strides) == (1, 1):
+                return same_pad(size, kernel, strides)
+            return keras_correct_pad(size, kernel)
+        raise ValueError(f"padding must be 'SAME', 'VALID', 'KERAS' or pairs, got {padding!r}")
+    pairs = tuple((int(a), int(b)) for a, b in padding)
+    if len(pairs) != 2:
+        raise ValueError(f"padding needs two (before, after) pairs, got {padding!r}")
+    return pairs  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------
+# Depthwise convolution.
+#
+# XLA:CPU lowers a grouped convolution (feature_group_count = C) to a slow
+# generic loop: about 20x slower forward and 50x slower backward than the same
+# arithmetic written as k*k shifted, broadcast multiply-adds, which XLA fuses
+# into one vectorised loop. The "shift" implementation below does that, with a
+# custom VJP: the input gradient is the autodiff of the same shifted adds (XLA
+# fuses the transposed slices, i.e. pads, into one loop), and the kernel
+# gradient is k*k channel-wise reductions run one after the other in a scan
+# (run unrolled, XLA's concurrent CPU scheduler starts all k*k window copies at
+# once and is 3-4x slower). GPU and TPU keep lax's convolution.
+# --------------------------------------------------------------------------
+
+DEPTHWISE_IMPLS = ("auto", "shift", "lax")
+_default_impl = os.environ.get("FRACJAX_DEPTHWISE_IMPL", "auto")
+
+
+def set_default_depthwise_impl(impl: str) -> None:
+    """Choose the implementation every ``DepthwiseConv2D(impl="auto")`` uses:
+    ``"auto"`` (shift on CPU, lax elsewhere), ``"shift"`` or ``"lax"``.
+    The environment variable ``FRACJAX_DEPTHWISE_IMPL`` sets the initial value.
+    Takes effect for functions traced afterwards."""
+    global _default_impl
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    _default_impl = impl
+
+
+def resolve_depthwise_impl(impl: str = "auto") -> str:
+    """Turn ``"auto"`` into the implementation to use on the default backend."""
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = _default_impl
+    if impl not in DEPTHWISE_IMPLS:
+        raise ValueError(f"FRACJAX_DEPTHWISE_IMPL must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = "shift" if jax.default_backend() == "cpu" else "lax"
+    return impl
+
+
+def _output_size(padded: int, k: int, s: int) -> int:
+    return (padded - k) // s + 1
+
+
+def _shift_forward(x: Array, kernel: Array, strides: Tuple[int, int], padding: PadPairs) -> Array:
+    """Depthwise correlation as k*k strided windows times per-channel weights."""
+    kh, kw = kernel.shape[:2]
+    sh, sw = strides
+    w = kernel.reshape(kh, kw, -1)
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    n, hp, wp, c = xp.shape
+    ho, wo = _output_size(hp, kh, sh), _output_size(wp, kw, sw)
+    acc = None
+    for i in range(kh):
+        for j in range(kw):
+            window = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                (1, sh, sw, 1),
+            )
+            term = window * w[i, j]
+            acc = term if acc is None else acc + term
+    return acc
+
+
+def _shift_kernel_grad(
+    x: Array, g: Array, kernel_hw: Tuple[int, int], strides: Tuple[int, int], padding: PadPairs
+) -> Array:
+    """dL/dkernel[i, j, c] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, c] * g[n, h, w, c]."""
+    kh, kw = kernel_hw
+    sh, sw = strides
+    n, ho, wo, c = g.shape
+    # Split the padded input into sh*sw phases so that every tap reads a
+    # unit-stride window of one phase (a plain view at stride 1).
+    hq, wq = ho + (kh - 1) // sh, wo + (kw - 1) // sw
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    xp = xp[:, : sh * hq, : sw * wq]
+    xp = jnp.pad(xp, ((0, 0), (0, sh * hq - xp.shape[1]), (0, sw * wq - xp.shape[2]), (0, 0)))
+    phases = xp.reshape(n, hq, sh, wq, sw, c).transpose(2, 4, 0, 1, 3, 5).reshape(sh * sw, n, hq, wq, c)
+    acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+
+    def tap(_, t):
+        i, j = t // kw, t % kw
+        phase = (i % sh) * sw + (j % sw)
+        window = lax.dynamic_slice(phases, (phase, 0, i // sh, j // sw, 0), (1, n, ho, wo, c))
+        return None, jnp.sum(window[0] * g, axis=(0, 1, 2), dtype=acc_dtype)
+
+    _, per_tap = lax.scan(tap, None, jnp.arange(kh * kw))
+    return per_tap.reshape(kh, kw, 1, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv_shift(x: Array, kernel: Array, strides: Tuple[int, int], padding: PadPairs) -> Array:
+    """Depthwise 2-D correlation, NHWC input, kernel (kh, kw, 1, C), explicit
+    padding; same result as ``lax.conv_general_dilated(feature_group_count=C)``."""
+    return _shift_forward(x, kernel, strides, padding)
+
+
+def _depthwise_shift_fwd(x, kernel, strides, padding):
+    return _shift_forward(x, kernel, strides, padding), (x, kernel)
+
+
+def _depthwise_shift_bwd(strides, padding, residuals, g):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda inp: _shift_forward(inp, kernel, strides, padding), x)
+    (dx,) = input_vjp(g)
+    dk = _shift_kernel_grad(x, g, kernel.shape[:2], strides, padding)
+    return dx, dk.astype(kernel.dtype)
+
+
+depthwise_conv_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
+
+
+def depthwise_conv_lax(x: Array, kernel: Array, strides: Tuple[int, int], padding: PadPairs) -> Array:
+    """Depthwise 2-D correlation through XLA's grouped convolution."""
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
+
+
+def depthwise_conv(
+    x: Array,
+    kernel: Array,
+    strides: Tuple[int, int] = (1, 1),
+    padding: Union[str, Sequence[Tuple[int, int]]] = "SAME",
+    impl: str = "auto",
+) -> Array:
+    """Depthwise 2-D correlation of NHWC ``x`` with a (kh, kw, 1, C) kernel.
+
+    ``impl``: "auto" (shift on CPU, lax on GPU/TPU, unless
+    :func:`set_default_depthwise_impl` says otherwise), "shift" or "lax".
+    """
+    if x.ndim != 4:
+        raise ValueError(f"depthwise_conv wants NHWC input, got shape {x.shape}")
+    kh, kw, one, c = kernel.shape
+    if one != 1 or c != x.shape[-1]:
+        raise ValueError(
+            f"depthwise kernel must be (kh, kw, 1, {x.shape[-1]}) for input {x.shape}, got {kernel.shape}"
+        )
+    strides = tuple(int(s) for s in strides)
+    pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides)
+    if resolve_depthwise_impl(impl) == "shift":
+        return depthwise_conv_shift(x, kernel, strides, pads)
+    return depthwise_conv_lax(x, kernel, strides, pads)
+
+
+class DepthwiseConv2D(nn.Module):
+    """Depthwise convolution (depth multiplier 1).
+
+    The kernel is stored as (kh, kw, 1, C), the layout of a flax grouped
+    ``nn.Conv``, so parameters do not depend on ``impl``.
+    """
+
+    kernel_size: Tuple[int, int] = (3, 3)
+    strides: Tuple[int, int] = (1, 1)
+    padding: Union[str, Sequence[Tuple[int, int]]] = "SAME"
+    use_bias: bool = False
+    impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, 1, channels), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (channels,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = depthwise_conv(x, kernel, self.strides, self.padding, self.impl)
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate: global average pool -> 1x1 conv (bias) -> ReLU -> 1x1 conv
+    (bias) -> gate activation -> rescale the input."""
+
+    squeeze_channels: int
+    conv: ModuleDef = nn.Conv
+    act: Callable = nn.relu
+    gate: Callable = hard_sigmoid
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = self.conv(self.squeeze_channels, (1, 1), use_bias=True, name="squeeze")(s)
+        s = self.act(s)
+        s = self.conv(x.shape[-1], (1, 1), use_bias=True, name="excite")(s)
+        return x * self.gate(s)
+
+
+def to_rgb(x: Array) -> Array:
+    """Accept (..., H, W, 1) grey or (..., H, W, 3) RGB; return RGB."""
+    if x.shape[-1] == 1:
+        return jnp.repeat(x, 3, axis=-1)
+    if x.shape[-1] != 3:
+        raise ValueError(f"expected 1 (grey) or 3 (RGB) channels last, got shape {x.shape}")
+    return x

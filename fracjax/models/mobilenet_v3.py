@@ -1,0 +1,170 @@
+"""MobileNetV3 (Small and Large) matching ``keras.applications.MobileNetV3*``
+with ``include_top=False``: RGB (or grey) pixels in [0, 255] in, the last
+1x1 conv's feature map out (576 channels for Small, 960 for Large).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from fracjax.models.layers import (
+    DepthwiseConv2D,
+    ModuleDef,
+    SqueezeExcite,
+    hard_swish,
+    make_divisible,
+    to_rgb,
+)
+
+# Keras MobileNetV3: every BatchNorm uses these (flax defaults differ).
+BN_MOMENTUM = 0.999
+BN_EPSILON = 1e-3
+SE_RATIO = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One inverted-residual block. ``expansion`` multiplies the block's input
+    channels (rounded by ``make_divisible``), as Keras does."""
+
+    expansion: float
+    out: int
+    kernel: int
+    stride: int
+    se: bool
+    act: str  # "relu" or "hard_swish"
+
+
+def _table(rows):
+    return tuple(BlockSpec(*row) for row in rows)
+
+
+# fmt: off
+SMALL_BLOCKS = _table([
+    # expansion, out, kernel, stride, se, act
+    (1,         16, 3, 2, True,  "relu"),
+    (72 / 16,   24, 3, 2, False, "relu"),
+    (88 / 24,   24, 3, 1, False, "relu"),
+    (4,         40, 5, 2, True,  "hard_swish"),
+    (6,         40, 5, 1, True,  "hard_swish"),
+    (6,         40, 5, 1, True,  "hard_swish"),
+    (3,         48, 5, 1, True,  "hard_swish"),
+    (3,         48, 5, 1, True,  "hard_swish"),
+    (6,         96, 5, 2, True,  "hard_swish"),
+    (6,         96, 5, 1, True,  "hard_swish"),
+    (6,         96, 5, 1, True,  "hard_swish"),
+])
+
+LARGE_BLOCKS = _table([
+    (1,    16,  3, 1, False, "relu"),
+    (4,    24,  3, 2, False, "relu"),
+    (3,    24,  3, 1, False, "relu"),
+    (3,    40,  5, 2, True,  "relu"),
+    (3,    40,  5, 1, True,  "relu"),
+    (3,    40,  5, 1, True,  "relu"),
+    (6,    80,  3, 2, False, "hard_swish"),
+    (2.5,  80,  3, 1, False, "hard_swish"),
+    (2.3,  80,  3, 1, False, "hard_swish"),
+    (2.3,  80,  3, 1, False, "hard_swish"),
+    (6,    112, 3, 1, True,  "hard_swish"),
+    (6,    112, 3, 1, True,  "hard_swish"),
+    (6,    160, 5, 2, True,  "hard_swish"),
+    (6,    160, 5, 1, True,  "hard_swish"),
+    (6,    160, 5, 1, True,  "hard_swish"),
+])
+# fmt: on
+
+ACTIVATIONS = {"relu": nn.relu, "hard_swish": hard_swish}
+
+
+class InvertedResidual(nn.Module):
+    """[1x1 expand -> BN -> act] -> depthwise -> BN -> act -> [SE] -> 1x1
+    project -> BN, plus the input when the shape allows. Keras skips the
+    expansion conv in the first block only (``expand=False``)."""
+
+    spec: BlockSpec
+    expand: bool
+    conv: ModuleDef
+    norm: ModuleDef
+    depthwise: ModuleDef
+
+    @nn.compact
+    def __call__(self, x):
+        spec = self.spec
+        act = ACTIVATIONS[spec.act]
+        in_channels = x.shape[-1]
+        expanded = make_divisible(in_channels * spec.expansion)
+        shortcut = x
+        if self.expand:
+            x = self.conv(expanded, (1, 1), name="expand")(x)
+            x = act(self.norm(name="expand_bn")(x))
+        # "KERAS" padding: "same" at stride 1, correct_pad + "valid" at stride 2.
+        x = self.depthwise(
+            kernel_size=(spec.kernel, spec.kernel),
+            strides=(spec.stride, spec.stride),
+            padding="KERAS",
+            name="depthwise",
+        )(x)
+        x = act(self.norm(name="depthwise_bn")(x))
+        if spec.se:
+            x = SqueezeExcite(make_divisible(expanded * SE_RATIO), conv=self.conv, name="se")(x)
+        x = self.conv(spec.out, (1, 1), name="project")(x)
+        x = self.norm(name="project_bn")(x)
+        if spec.stride == 1 and in_channels == spec.out:
+            x = x + shortcut
+        return x
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3 feature extractor.
+
+    Input: (N, H, W, 3) RGB or (N, H, W, 1) grey pixels in [0, 255]; the Keras
+    rescaling to [-1, 1] is built in. Output: (N, H/32, W/32, last_channels).
+    ``train`` switches BatchNorm to batch statistics (and running-average
+    updates, with ``mutable=["batch_stats"]``).
+    """
+
+    blocks: Sequence[BlockSpec] = SMALL_BLOCKS
+    stem_channels: int = 16
+    last_channels: Optional[int] = None  # default: 6 x the last block's output
+    dtype: Any = jnp.float32
+    depthwise_impl: str = "auto"
+    bn_axis_name: Optional[str] = None
+    conv: ModuleDef = nn.Conv
+    norm: ModuleDef = nn.BatchNorm
+    act: Callable = hard_swish
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = functools.partial(self.conv, use_bias=False, padding="SAME", dtype=self.dtype)
+        norm = functools.partial(
+            self.norm,
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=self.dtype,
+            axis_name=self.bn_axis_name,
+        )
+        depthwise = functools.partial(DepthwiseConv2D, impl=self.depthwise_impl, dtype=self.dtype)
+
+        x = to_rgb(jnp.asarray(x)).astype(self.dtype)
+        x = x * (1.0 / 127.5) - 1.0
+        x = conv(self.stem_channels, (3, 3), strides=(2, 2), name="stem_conv")(x)
+        x = self.act(norm(name="stem_bn")(x))
+        for i, spec in enumerate(self.blocks):
+            x = InvertedResidual(
+                spec, expand=i > 0, conv=conv, norm=norm, depthwise=depthwise, name=f"block{i}"
+            )(x)
+        last = self.last_channels or make_divisible(x.shape[-1] * 6)
+        x = conv(last, (1, 1), name="last_conv")(x)
+        x = self.act(norm(name="last_bn")(x))
+        return x
+
+
+MobileNetV3Small = functools.partial(MobileNetV3, blocks=SMALL_BLOCKS)
+MobileNetV3Large = functools.partial(MobileNetV3, blocks=LARGE_BLOCKS)

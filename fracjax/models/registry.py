@@ -1,0 +1,148 @@
+"""Model registry: ``create(name, head=...)`` and each model's input contract."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable, Dict, List, Optional, Tuple
+
+from flax import linen as nn
+
+from fracjax.models import hybrid, mobilenet_v3
+
+
+@dataclasses.dataclass(frozen=True)
+class InputContract:
+    """What a model expects, stated once per architecture.
+
+    Every model takes NHWC pixels in ``pixel_range`` with 3 (RGB) or 1 (grey,
+    repeated to RGB) channels and applies ``preprocessing`` itself, so callers
+    never preprocess by hand.
+    """
+
+    preprocessing: str  # Keras preprocess_input mode: "tf", "caffe" or "torch"
+    pixel_range: Tuple[float, float] = (0.0, 255.0)
+    channels: Tuple[int, ...] = (1, 3)
+    default_size: int = 224
+    min_size: int = 32
+    feature_channels: int = 0
+    keras_application: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build_backbone: Callable[..., nn.Module]
+    contract: InputContract
+
+
+_REGISTRY: Dict[str, ModelEntry] = {}
+
+HEADS = ("hybrid", "linear", None)
+
+
+def register(name: str, build_backbone: Callable[..., nn.Module], contract: InputContract) -> None:
+    """Register a backbone builder (keyword options -> Linen module)."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = ModelEntry(name, build_backbone, contract)
+
+
+def available() -> List[str]:
+    """Names accepted by :func:`create`."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}") from None
+
+
+def input_contract(name: str) -> InputContract:
+    return _entry(name).contract
+
+
+def _accepted_fields(builder) -> set:
+    target = builder.func if hasattr(builder, "func") else builder
+    if dataclasses.is_dataclass(target):
+        return {f.name for f in dataclasses.fields(target) if f.init and f.name not in ("parent", "name")}
+    return set(inspect.signature(target).parameters)
+
+
+_HEAD_OPTIONS = {"head_blocks", "head_dropout"}
+
+
+def create(
+    name: str,
+    head: Optional[str] = "hybrid",
+    num_classes: int = 1,
+    **options,
+) -> nn.Module:
+    """Build a Linen module.
+
+    Args:
+      name: one of :func:`available`, e.g. ``"mobilenet_v3_small"``.
+      head: ``"hybrid"`` (the paper's conv blocks + GAP + dropout + dense),
+        ``"linear"`` (GAP + dropout + dense) or ``None`` (the bare backbone,
+        whose output is the feature map).
+      num_classes: logits out of the head (1 for binary, sigmoid).
+      **options: backbone fields (``dtype``, ``depthwise_impl``,
+        ``bn_axis_name``...) and head options ``head_blocks`` (list of
+        ConvBlockSpec / ints / (features, kernel, dropout)) and
+        ``head_dropout``.
+
+    The classifier's call is ``model.apply(variables, x, train=...,
+    backbone_train=...)``; see :class:`fracjax.models.hybrid.Classifier`.
+    """
+    entry = _entry(name)
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    head_options = {k: options.pop(k) for k in list(options) if k in _HEAD_OPTIONS}
+    accepted = _accepted_fields(entry.build_backbone)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(
+            f"create({name!r}): unknown option(s) {unknown}; backbone options: {sorted(accepted)}, "
+            f"head options: {sorted(_HEAD_OPTIONS)}"
+        )
+    backbone = entry.build_backbone(**options)
+    if head is None:
+        if head_options:
+            raise TypeError(f"head options {sorted(head_options)} given with head=None")
+        return backbone
+    common = {k: options[k] for k in ("dtype", "bn_axis_name") if k in options}
+    if head == "hybrid":
+        head_module = hybrid.HybridHead(
+            num_classes=num_classes,
+            blocks=hybrid.parse_blocks(head_options.get("head_blocks", hybrid.DEFAULT_HYBRID_BLOCKS)),
+            dropout=head_options.get("head_dropout", 0.3),
+            **common,
+        )
+    else:
+        if "head_blocks" in head_options:
+            raise TypeError("head_blocks applies to head='hybrid' only")
+        head_module = hybrid.LinearHead(
+            num_classes=num_classes,
+            dropout=head_options.get("head_dropout", 0.2),
+            **{k: v for k, v in common.items() if k == "dtype"},
+        )
+    return hybrid.Classifier(backbone=backbone, head=head_module)
+
+
+register(
+    "mobilenet_v3_small",
+    mobilenet_v3.MobileNetV3Small,
+    InputContract(preprocessing="tf", feature_channels=576, keras_application="MobileNetV3Small"),
+)
+register(
+    "mobilenet_v3_large",
+    mobilenet_v3.MobileNetV3Large,
+    InputContract(preprocessing="tf", feature_channels=960, keras_application="MobileNetV3Large"),
+)

@@ -1,0 +1,304 @@
+"""Import Keras ImageNet weights into fracjax backbones.
+
+Two file formats are read (with h5py, no TensorFlow or Keras needed):
+
+* Keras 3 ``.weights.h5``: ``layers/<snake_class_name>[_k]/vars/<j>``, the
+  k-th layer of a class in ``model.layers`` order. Layer names are not stored.
+* Legacy HDF5, as ``keras.applications`` downloads them (often written by
+  Keras 2, with Keras-2 layer names): root attribute ``layer_names`` and one
+  group per layer with attribute ``weight_names``. As Keras itself does, the
+  layers that carry weights are matched in order, not by name.
+
+Our side of the match is the order in which the backbone calls its
+weight-bearing layers, recorded once by intercepting a shape-only trace. Every
+shape is checked; a missing, extra or mis-shaped weight is a hard error that
+names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from fracjax.models.layers import DepthwiseConv2D
+
+
+class KerasWeightsError(ValueError):
+    """A Keras weights file that cannot be loaded into the requested model."""
+
+
+# Keras class (snake case, as the .weights.h5 keys spell it) for each of our
+# weight-bearing layer types, and the variables Keras stores, in its order.
+_KIND_OF = {
+    nn.Conv: "conv2d",
+    DepthwiseConv2D: "depthwise_conv2d",
+    nn.BatchNorm: "batch_normalization",
+    nn.Dense: "dense",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSlot:
+    """One weight-bearing layer of our module, in call order."""
+
+    path: Tuple[str, ...]  # module path inside the variables tree
+    kind: str  # Keras class, snake case
+    variables: Tuple[Tuple[str, str], ...]  # (collection, name) in Keras's var order
+
+
+def _slot_variables(kind: str, module: nn.Module) -> Tuple[Tuple[str, str], ...]:
+    if kind == "batch_normalization":
+        return (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))
+    if getattr(module, "use_bias", True):
+        return (("params", "kernel"), ("params", "bias"))
+    return (("params", "kernel"),)
+
+
+def keras_layer_order(module: nn.Module, input_shape: Sequence[int]) -> List[LayerSlot]:
+    """The weight-bearing layers of ``module`` in the order they are called.
+
+    Shapes only: nothing is computed. Keras's ``model.layers`` order, which
+    both weight formats follow, is the same for the architectures we port.
+    """
+    slots: List[LayerSlot] = []
+    seen = set()
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        if context.method_name == "__call__":
+            kind = next((k for t, k in _KIND_OF.items() if isinstance(mod, t)), None)
+            path = tuple(mod.scope.path) if mod.scope is not None else ()
+            if kind is not None and path not in seen:
+                seen.add(path)
+                slots.append(LayerSlot(path, kind, _slot_variables(kind, mod)))
+        return next_fun(*args, **kwargs)
+
+    def init(x):
+        with nn.intercept_methods(interceptor):
+            return module.init(jax.random.key(0), x)
+
+    jax.eval_shape(init, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    return slots
+
+
+# --------------------------------------------------------------------------
+# Reading the two file formats.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class FileLayer:
+    label: str  # where it sits in the file, for error messages
+    kind: Optional[str]  # Keras class (snake case) where the format records it
+    arrays: List[np.ndarray]
+
+
+def _open_h5(path: str):
+    import h5py  # optional dependency: only weight import needs it
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Keras weights file not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise KerasWeightsError(f"{path} is not a readable HDF5 file ({err})") from None
+
+
+def _split_key(key: str) -> Tuple[str, int]:
+    """``conv2d_12`` -> ("conv2d", 12); ``conv2d`` -> ("conv2d", 0)."""
+    base, _, suffix = key.rpartition("_")
+    if base and suffix.isdigit():
+        return base, int(suffix)
+    return key, 0
+
+
+def _read_keras3(f, path: str) -> Dict[str, Dict[int, FileLayer]]:
+    """Keras 3 layout -> {kind: {index: FileLayer}} for layers that hold vars."""
+    import h5py
+
+    by_kind: Dict[str, Dict[int, FileLayer]] = {}
+    for key, group in f["layers"].items():
+        if not isinstance(group, h5py.Group):
+            continue
+        if "vars" in group and len(group["vars"]):
+            vars_group = group["vars"]
+            arrays = [np.asarray(vars_group[str(j)]) for j in range(len(vars_group))]
+            kind, index = _split_key(key)
+            by_kind.setdefault(kind, {})[index] = FileLayer(f"layers/{key}", kind, arrays)
+        else:
+            # Nested models keep their own "layers" group.
+            nested = [k for k in group.keys() if k != "vars"]
+            if nested:
+                raise KerasWeightsError(
+                    f"{path}: layer group layers/{key} holds nested groups {nested}; "
+                    "save the backbone model itself, not a model wrapping it"
+                )
+    return by_kind
+
+
+def _decode(values) -> List[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _read_legacy(f, path: str) -> List[FileLayer]:
+    """Legacy layout -> FileLayers with weights, in the file's layer order."""
+    root = f["model_weights"] if "model_weights" in f else f
+    if "layer_names" not in root.attrs:
+        raise KerasWeightsError(
+            f"{path}: neither a Keras 3 .weights.h5 file (no 'layers' group) nor a legacy "
+            "Keras weights file (no 'layer_names' attribute)"
+        )
+    layers = []
+    for name in _decode(root.attrs["layer_names"]):
+        if name not in root:
+            raise KerasWeightsError(f"{path}: layer {name!r} is listed in layer_names but has no group")
+        group = root[name]
+        names = _decode(group.attrs.get("weight_names", []))
+        if not names:
+            continue
+        try:
+            arrays = [np.asarray(group[w]) for w in names]
+        except KeyError as err:
+            raise KerasWeightsError(f"{path}: layer {name!r} lists a weight it does not hold ({err})") from None
+        layers.append(FileLayer(name, None, arrays))
+    return layers
+
+
+def read_keras_weights(path: str, slots: Sequence[LayerSlot]) -> List[Tuple[LayerSlot, FileLayer]]:
+    """Pair each of our layers with the file's layer that Keras would load into it.
+
+    Raises KerasWeightsError naming what is missing or extra.
+    """
+    with _open_h5(path) as f:
+        if "layers" in f:
+            by_kind = _read_keras3(f, path)
+            pairs, counters = [], {}
+            for slot in slots:
+                index = counters.get(slot.kind, 0)
+                counters[slot.kind] = index + 1
+                layer = by_kind.get(slot.kind, {}).pop(index, None)
+                if layer is None:
+                    key = slot.kind if index == 0 else f"{slot.kind}_{index}"
+                    raise KerasWeightsError(
+                        f"{path}: missing weights layers/{key} for {'/'.join(slot.path)}"
+                    )
+                pairs.append((slot, layer))
+            extra = sorted(layer.label for layers in by_kind.values() for layer in layers.values())
+            if extra:
+                raise KerasWeightsError(
+                    f"{path}: {len(extra)} weight layer(s) the model does not have: "
+                    f"{', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''} "
+                    "(a model with its Keras top, or another architecture?)"
+                )
+            return pairs
+        layers = _read_legacy(f, path)
+    if len(layers) != len(slots):
+        detail = ""
+        if len(layers) < len(slots):
+            missing = slots[len(layers)]
+            detail = f"; the first without weights would be {'/'.join(missing.path)}"
+        else:
+            detail = f"; the first extra is {layers[len(slots)].label!r}"
+        raise KerasWeightsError(
+            f"{path}: the file has {len(layers)} layers with weights, the model {len(slots)}{detail} "
+            "(a model with its Keras top, or another architecture?)"
+        )
+    return list(zip(slots, layers))
+
+
+# --------------------------------------------------------------------------
+# Conversion.
+# --------------------------------------------------------------------------
+
+
+def _to_flax(kind: str, var_index: int, array: np.ndarray) -> np.ndarray:
+    if kind == "depthwise_conv2d" and var_index == 0:
+        # Keras (kh, kw, C, depth_multiplier=1) -> flax grouped (kh, kw, 1, C).
+        return np.swapaxes(array, 2, 3)
+    return array
+
+
+def convert_keras_weights(module: nn.Module, path: str, input_shape: Sequence[int]) -> dict:
+    """Read ``path`` into a variables dict shaped like ``module.init``'s output."""
+    slots = keras_layer_order(module, input_shape)
+    target = jax.eval_shape(
+        lambda x: module.init(jax.random.key(0), x),
+        jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32),
+    )
+    target = {k: v for k, v in target.items() if k in ("params", "batch_stats")}
+    flat_target = traverse_util.flatten_dict(nn.unbox(target))
+    flat: Dict[tuple, np.ndarray] = {}
+    for slot, layer in read_keras_weights(path, slots):
+        if len(layer.arrays) != len(slot.variables):
+            raise KerasWeightsError(
+                f"{path}: {layer.label} holds {len(layer.arrays)} arrays, "
+                f"{'/'.join(slot.path)} ({slot.kind}) needs {len(slot.variables)}"
+            )
+        for j, ((collection, name), array) in enumerate(zip(slot.variables, layer.arrays)):
+            key = (collection, *slot.path, name)
+            value = _to_flax(slot.kind, j, array)
+            expected = flat_target[key]
+            if tuple(value.shape) != tuple(expected.shape):
+                raise KerasWeightsError(
+                    f"{path}: {layer.label} var {j} has shape {tuple(array.shape)}; "
+                    f"{'/'.join(key)} needs {tuple(expected.shape)}"
+                )
+            flat[key] = jnp.asarray(value, dtype=expected.dtype)
+    missing = sorted("/".join(k) for k in set(flat_target) - set(flat))
+    if missing:  # a variable our layer order does not cover: a bug on our side
+        raise KerasWeightsError(f"{path}: no Keras weight for {', '.join(missing[:8])}")
+    return traverse_util.unflatten_dict(flat)
+
+
+def load_keras_weights(name: str, path: str, image_size: Optional[int] = None, **options) -> dict:
+    """Keras ImageNet (or any Keras-saved) weights for the backbone ``name``.
+
+    Returns ``{"params": ..., "batch_stats": ...}`` for
+    ``fracjax.models.create(name, head=None, **options)``. ``path`` is a Keras 3
+    ``.weights.h5`` or a legacy ``.h5`` weights file of the same architecture
+    without its top (``include_top=False``). Use
+    :func:`with_backbone_variables` to put it into a classifier's variables.
+    """
+    from fracjax.models.registry import create, input_contract
+
+    backbone = create(name, head=None, **options)
+    size = image_size or input_contract(name).default_size
+    return convert_keras_weights(backbone, path, (1, size, size, 3))
+
+
+def with_backbone_variables(variables: dict, backbone_variables: dict) -> dict:
+    """A copy of a classifier's ``variables`` whose ``backbone`` subtrees are
+    replaced by ``backbone_variables``; the head keeps its initialisation.
+    Every collection, path and shape must match."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in variables.items()}
+    for collection, tree in backbone_variables.items():
+        if collection not in variables or "backbone" not in variables[collection]:
+            raise KerasWeightsError(f"the classifier has no {collection}/backbone to replace")
+        current = variables[collection]["backbone"]
+        want = jax.tree_util.tree_structure(current)
+        got = jax.tree_util.tree_structure(tree)
+        if want != got:
+            a = set(traverse_util.flatten_dict(nn.unbox(current)))
+            b = set(traverse_util.flatten_dict(nn.unbox(tree)))
+            raise KerasWeightsError(
+                f"{collection}/backbone structure differs: missing {sorted('/'.join(k) for k in a - b)[:5]}, "
+                f"extra {sorted('/'.join(k) for k in b - a)[:5]}"
+            )
+        for (kp, old), new in zip(
+            jax.tree_util.tree_leaves_with_path(current), jax.tree_util.tree_leaves(tree)
+        ):
+            if np.shape(old) != np.shape(new):
+                raise KerasWeightsError(
+                    f"{collection}/backbone{jax.tree_util.keystr(kp)}: shape {np.shape(new)}, "
+                    f"the classifier needs {np.shape(old)}"
+                )
+        out[collection]["backbone"] = tree
+    return out
