@@ -1,0 +1,109 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fracjax.models import layers
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,padding",
+    [
+        (12, 3, 1, "SAME"),
+        (13, 3, 1, "SAME"),
+        (12, 3, 2, "KERAS"),
+        (13, 3, 2, "KERAS"),
+        (12, 5, 1, "SAME"),
+        (11, 5, 1, "VALID"),
+        (14, 5, 2, "KERAS"),
+        (15, 5, 2, "KERAS"),
+        (9, 3, 2, "SAME"),
+    ],
+)
+def test_shift_depthwise_matches_lax_value_and_gradients(size, kernel, stride, padding):
+    kx, kk, kg = jax.random.split(jax.random.key(size * 100 + kernel * 10 + stride), 3)
+    channels = 6
+    x = jax.random.normal(kx, (2, size, size + 1, channels))  # non-square on purpose
+    w = jax.random.normal(kk, (kernel, kernel, 1, channels))
+
+    def run(impl):
+        def f(x, w):
+            return layers.depthwise_conv(x, w, (stride, stride), padding, impl=impl)
+
+        y = f(x, w)
+        cot = jax.random.normal(kg, y.shape)
+        _, vjp = jax.vjp(f, x, w)
+        return y, vjp(cot)
+
+    y_shift, (dx_shift, dw_shift) = jax.jit(lambda: run("shift"))()
+    y_lax, (dx_lax, dw_lax) = jax.jit(lambda: run("lax"))()
+    chex.assert_equal_shape([y_shift, y_lax])
+    chex.assert_trees_all_close(y_shift, y_lax, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(dx_shift, dx_lax, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(dw_shift, dw_lax, rtol=1e-5, atol=1e-4)
+
+
+def test_shift_depthwise_second_call_does_not_recompile():
+    x = jnp.ones((1, 8, 8, 4))
+    w = jnp.ones((3, 3, 1, 4))
+    f = jax.jit(jax.grad(lambda x, w: layers.depthwise_conv(x, w, impl="shift").sum(), argnums=1))
+    f(x, w)
+    f(x + 1, w)
+    assert f._cache_size() == 1
+
+
+def test_depthwise_module_params_do_not_depend_on_impl():
+    x = jax.random.normal(jax.random.key(0), (2, 10, 10, 8))
+    mods = [layers.DepthwiseConv2D((3, 3), (2, 2), padding="KERAS", impl=i) for i in ("shift", "lax")]
+    v = mods[0].init(jax.random.key(1), x)
+    chex.assert_shape(v["params"]["kernel"], (3, 3, 1, 8))
+    chex.assert_trees_all_close(mods[0].apply(v, x), mods[1].apply(v, x), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_impl_selection(monkeypatch):
+    assert layers.resolve_depthwise_impl("auto") == ("shift" if jax.default_backend() == "cpu" else "lax")
+    assert layers.resolve_depthwise_impl("lax") == "lax"
+    monkeypatch.setattr(layers, "_default_impl", "lax")
+    assert layers.resolve_depthwise_impl("auto") == "lax"
+    assert layers.resolve_depthwise_impl("shift") == "shift"
+    with pytest.raises(ValueError, match="depthwise impl"):
+        layers.resolve_depthwise_impl("fast")
+    with pytest.raises(ValueError, match="depthwise impl"):
+        layers.set_default_depthwise_impl("cuda")
+
+
+def test_depthwise_rejects_wrong_kernel_shape():
+    with pytest.raises(ValueError, match="kernel must be"):
+        layers.depthwise_conv(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 1)))
+
+
+def test_keras_correct_pad_even_and_odd():
+    assert layers.keras_correct_pad((224, 224), (3, 3)) == ((0, 1), (0, 1))
+    assert layers.keras_correct_pad((224, 224), (5, 5)) == ((1, 2), (1, 2))
+    assert layers.keras_correct_pad((225, 28), (3, 5)) == ((1, 1), (1, 2))
+    # At even sizes it equals "SAME".
+    assert layers.resolve_padding("KERAS", (56, 56), (5, 5), (2, 2)) == layers.same_pad((56, 56), (5, 5), (2, 2))
+    assert layers.resolve_padding("KERAS", (57, 57), (3, 3), (1, 1)) == ((1, 1), (1, 1))
+    with pytest.raises(ValueError, match="padding"):
+        layers.resolve_padding("FULL", (8, 8), (3, 3), (1, 1))
+
+
+@pytest.mark.parametrize(
+    "expanded,squeeze", [(16, 8), (96, 24), (240, 64), (120, 32), (144, 40), (288, 72), (576, 144)]
+)
+def test_make_divisible_gives_the_keras_se_widths(expanded, squeeze):
+    assert layers.make_divisible(expanded * 0.25) == squeeze
+
+
+def test_activations():
+    x = jnp.linspace(-6.0, 6.0, 101)
+    chex.assert_trees_all_close(layers.hard_swish(x), jax.nn.hard_swish(x), atol=1e-6)
+    chex.assert_trees_all_close(layers.hard_sigmoid(x), np.clip(np.asarray(x) + 3, 0, 6) / 6, atol=1e-6)
+
+
+def test_to_rgb():
+    grey = jnp.arange(12.0).reshape(1, 2, 2, 3)[..., :1]
+    chex.assert_shape(layers.to_rgb(grey), (1, 2, 2, 3))
+    with pytest.raises(ValueError, match="channels"):
+        layers.to_rgb(jnp.ones((1, 2, 2, 2)))

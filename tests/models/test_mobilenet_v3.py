@@ -1,0 +1,114 @@
+"""MobileNetV3 against keras.applications (random weights, randomised BN)."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import fracjax
+from fracjax.models import mobilenet_v3
+
+from .conftest import build_oracle, write_legacy_h5
+
+
+def relative_error(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+def count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def small_oracles(keras):
+    # One Keras model per input size (Keras fixes the size at build time),
+    # sharing weights: the 160 model loads the 224 model's file.
+    m224 = build_oracle("MobileNetV3Small", 224, seed=3)
+    m160 = build_oracle("MobileNetV3Small", 160, seed=4)
+    m160.set_weights(m224.get_weights())
+    return {224: m224, 160: m160}
+
+
+@pytest.fixture(scope="module")
+def small_files(small_oracles, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mnv3s")
+    keras3 = d / "mobilenet_v3_small.weights.h5"
+    small_oracles[224].save_weights(keras3)
+    legacy = d / "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+    write_legacy_h5(small_oracles[224], legacy)
+    return {"keras3": keras3, "legacy": legacy}
+
+
+def test_legacy_writer_is_what_keras_loads(small_oracles, small_files, keras):
+    # The test file must be one Keras itself accepts, or the legacy test proves nothing.
+    other = build_oracle("MobileNetV3Small", 224, seed=99)
+    other.load_weights(small_files["legacy"])
+    for a, b in zip(other.get_weights(), small_oracles[224].get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fmt", ["keras3", "legacy"])
+@pytest.mark.parametrize("size", [224, 160])
+def test_parity_with_keras_mobilenet_v3_small(small_oracles, small_files, fmt, size):
+    variables = fracjax.models.load_keras_weights("mobilenet_v3_small", small_files[fmt])
+    model = fracjax.models.create("mobilenet_v3_small", head=None)
+    x = np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
+    expected = np.asarray(small_oracles[size](x, training=False))
+    with jax.default_matmul_precision("highest"):
+        got = jax.jit(model.apply)(variables, x)
+    chex.assert_shape(got, expected.shape)
+    assert relative_error(got, expected) <= 1e-4
+
+
+def test_parity_with_lax_depthwise_too(small_oracles, small_files):
+    variables = fracjax.models.load_keras_weights("mobilenet_v3_small", small_files["keras3"])
+    model = fracjax.models.create("mobilenet_v3_small", head=None, depthwise_impl="lax")
+    x = np.random.default_rng(7).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
+    expected = np.asarray(small_oracles[224](x, training=False))
+    with jax.default_matmul_precision("highest"):
+        got = jax.jit(model.apply)(variables, x)
+    assert relative_error(got, expected) <= 1e-4
+
+
+def test_parity_with_keras_mobilenet_v3_large(keras, tmp_path):
+    oracle = build_oracle("MobileNetV3Large", 192, seed=5)
+    path = tmp_path / "large.weights.h5"
+    oracle.save_weights(path)
+    variables = fracjax.models.load_keras_weights("mobilenet_v3_large", path, image_size=192)
+    assert count(variables) == oracle.count_params()
+    model = fracjax.models.create("mobilenet_v3_large", head=None)
+    x = np.random.default_rng(5).uniform(0, 255, (1, 192, 192, 3)).astype(np.float32)
+    with jax.default_matmul_precision("highest"):
+        got = jax.jit(model.apply)(variables, x)
+    assert relative_error(got, oracle(x, training=False)) <= 1e-4
+
+
+def test_parameter_count_small(small_oracles):
+    model = fracjax.models.create("mobilenet_v3_small", head=None)
+    variables = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
+    assert count(variables) == 939_120 == small_oracles[224].count_params()
+    # BN statistics count too: 939,120 includes them, as Keras's count_params does.
+    assert count(variables["batch_stats"]) > 0
+
+
+def test_shapes_batch_one_and_grey_input():
+    model = fracjax.models.create("mobilenet_v3_small", head=None)
+    rgb_one = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 1)).astype(np.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), rgb_one)
+    apply = jax.jit(model.apply)
+    grey = apply(variables, rgb_one)
+    chex.assert_shape(grey, (1, 7, 7, 576))
+    rgb = apply(variables, np.repeat(rgb_one, 3, axis=-1))
+    chex.assert_trees_all_close(grey, rgb, rtol=1e-6, atol=1e-6)
+    chex.assert_tree_all_finite(grey)
+    # Odd size: Keras's correct_pad path.
+    chex.assert_shape(apply(variables, np.zeros((2, 97, 131, 3), np.float32)), (2, 4, 5, 576))
+
+
+def test_block_table_matches_reference():
+    exp = []
+    in_ch = 16
+    for spec in mobilenet_v3.SMALL_BLOCKS:
+        exp.append(mobilenet_v3.make_divisible(in_ch * spec.expansion))
+        in_ch = spec.out
+    assert exp == [16, 72, 88, 96, 240, 240, 120, 144, 288, 576, 576]

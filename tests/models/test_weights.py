@@ -1,0 +1,141 @@
+"""Keras weight import: the hard errors, and the classifier helper."""
+
+import chex
+import h5py
+import jax
+import numpy as np
+import pytest
+
+import fracjax
+from fracjax.models import KerasWeightsError, weights
+
+from .conftest import build_oracle, write_legacy_h5
+
+
+@pytest.fixture(scope="module")
+def oracle(keras):
+    return build_oracle("MobileNetV3Small", 224, seed=11)
+
+
+@pytest.fixture(scope="module")
+def files(oracle, tmp_path_factory):
+    d = tmp_path_factory.mktemp("weights")
+    keras3 = d / "small.weights.h5"
+    oracle.save_weights(keras3)
+    legacy = d / "small_legacy.h5"
+    write_legacy_h5(oracle, legacy)
+    return {"keras3": keras3, "legacy": legacy, "dir": d}
+
+
+def test_both_formats_give_identical_variables(files):
+    a = fracjax.models.load_keras_weights("mobilenet_v3_small", files["keras3"])
+    b = fracjax.models.load_keras_weights("mobilenet_v3_small", files["legacy"])
+    assert set(a) == {"params", "batch_stats"}
+    chex.assert_trees_all_equal(a, b)
+
+
+def test_layer_order_covers_every_variable():
+    model = fracjax.models.create("mobilenet_v3_small", head=None)
+    slots = weights.keras_layer_order(model, (1, 224, 224, 3))
+    kinds = [s.kind for s in slots]
+    assert kinds.count("depthwise_conv2d") == 11
+    assert kinds.count("batch_normalization") == 34
+    assert slots[0].path == ("stem_conv",) and slots[-1].path == ("last_bn",)
+
+
+def test_not_hdf5_is_a_clear_error(tmp_path):
+    bad = tmp_path / "weights.h5"
+    bad.write_text("this is not an HDF5 file\n")
+    with pytest.raises(KerasWeightsError, match="weights.h5 is not a readable HDF5 file"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", bad)
+
+
+def test_truncated_file_is_a_clear_error(files, tmp_path):
+    data = files["keras3"].read_bytes()
+    cut = tmp_path / "cut.weights.h5"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(KerasWeightsError, match="cut.weights.h5"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", cut)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.h5"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", tmp_path / "nowhere.h5")
+
+
+def test_other_architecture_is_rejected(files):
+    with pytest.raises(KerasWeightsError, match="small.weights.h5"):
+        fracjax.models.load_keras_weights("mobilenet_v3_large", files["keras3"])
+    with pytest.raises(KerasWeightsError, match="layers with weights"):
+        fracjax.models.load_keras_weights("mobilenet_v3_large", files["legacy"])
+
+
+def test_file_with_keras_top_has_extra_weights(keras, tmp_path):
+    keras.utils.set_random_seed(0)
+    with_top = keras.applications.MobileNetV3Small(weights=None, input_shape=(224, 224, 3), classes=5)
+    path = tmp_path / "top.weights.h5"
+    with_top.save_weights(path)
+    with pytest.raises(KerasWeightsError, match="the model does not have: layers/conv2d_"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", path)
+    legacy = tmp_path / "top.h5"
+    write_legacy_h5(with_top, legacy)
+    with pytest.raises(KerasWeightsError, match="the first extra is"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", legacy)
+
+
+def _copy_h5(src, dst, edit):
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for k, v in f.attrs.items():
+            g.attrs[k] = v
+        for k in f:
+            f.copy(f[k], g, k)
+        edit(g)
+
+
+def test_missing_layer_is_named(files, tmp_path):
+    path = tmp_path / "missing.weights.h5"
+    _copy_h5(files["keras3"], path, lambda g: g.__delitem__("layers/depthwise_conv2d_10"))
+    with pytest.raises(KerasWeightsError, match="missing weights layers/depthwise_conv2d_10 for block10/depthwise"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", path)
+
+
+def test_misshaped_weight_is_named(files, tmp_path):
+    path = tmp_path / "shape.weights.h5"
+
+    def edit(g):
+        del g["layers/conv2d/vars/0"]
+        g["layers/conv2d/vars"].create_dataset("0", data=np.zeros((5, 5, 3, 16), np.float32))
+
+    _copy_h5(files["keras3"], path, edit)
+    with pytest.raises(KerasWeightsError, match=r"layers/conv2d var 0 has shape \(5, 5, 3, 16\).*stem_conv/kernel"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", path)
+
+
+def test_legacy_missing_weight_array_is_named(files, tmp_path):
+    path = tmp_path / "legacy_missing.h5"
+    _copy_h5(files["legacy"], path, lambda g: g.__delitem__("Conv_1/BatchNorm/Conv_1/BatchNorm/gamma:0"))
+    with pytest.raises(KerasWeightsError, match="Conv_1/BatchNorm"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", path)
+
+
+def test_with_backbone_variables_keeps_the_head(files):
+    model = fracjax.models.create("mobilenet_v3_small", head="hybrid")
+    variables = model.init(jax.random.key(0), np.zeros((1, 224, 224, 1), np.float32), train=False)
+    imported = fracjax.models.load_keras_weights("mobilenet_v3_small", files["keras3"])
+    merged = fracjax.models.with_backbone_variables(variables, imported)
+    chex.assert_trees_all_equal(merged["params"]["backbone"], imported["params"])
+    chex.assert_trees_all_equal(merged["batch_stats"]["backbone"], imported["batch_stats"])
+    chex.assert_trees_all_equal(merged["params"]["head"], variables["params"]["head"])
+    # The original is untouched.
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(variables["params"]["backbone"], imported["params"])
+
+
+def test_with_backbone_variables_rejects_another_backbone(files):
+    model = fracjax.models.create("mobilenet_v3_large", head="linear")
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32))
+    )
+    imported = fracjax.models.load_keras_weights("mobilenet_v3_small", files["keras3"])
+    with pytest.raises(KerasWeightsError, match="backbone"):
+        fracjax.models.with_backbone_variables(variables, imported)
