@@ -1,0 +1,226 @@
+"""Decoding X-ray files to grey uint8 arrays.
+
+``read_image(path)`` returns (H, W, 1) uint8 for PNG (8- and 16-bit), JPEG
+(grey, RGB, CMYK; EXIF orientation applied), BMP, TIFF and DICOM. The rules:
+
+* High bit-depth data (16-bit PNG/TIFF, DICOM) is rescaled (or windowed) onto
+  the full 0..255 range, never clamped: Pillow's ``convert("L")`` of a 16-bit
+  image clips everything above 255 to white.
+* Colour becomes luminance (ITU-R 601); alpha is composited over black (a
+  transparent pixel carries no signal).
+* DICOM: the modality LUT (rescale slope/intercept) first, then the VOI LUT or
+  the first window centre/width, else the full range; MONOCHROME1 is inverted
+  so that bone is bright, as in MONOCHROME2.
+* Anything unreadable raises :class:`ImageDecodeError` (a ValueError) naming
+  the file and the cause.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot be decoded as an image; ``path`` and ``reason`` say why."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+def rescale_to_uint8(values: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
+    """Map [low, high] (default: the data's min and max) linearly onto 0..255."""
+    values = values.astype(np.float64)
+    low = float(np.min(values)) if low is None else low
+    high = float(np.max(values)) if high is None else high
+    if not np.isfinite(low) or not np.isfinite(high):
+        raise ValueError("non-finite pixel values")
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    out = (values - low) * (255.0 / (high - low))
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of (..., 3) values, in float64."""
+    rgb = rgb.astype(np.float64)
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def _is_dicom(path: PathLike) -> bool:
+    if os.fspath(path).lower().endswith(DICOM_EXTENSIONS):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _pil_to_grey(image, path: PathLike) -> np.ndarray:
+    """A loaded PIL image -> (H, W) uint8, without clamping high bit depths."""
+    mode = image.mode
+    if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+        if mode in ("P", "PA"):
+            image = image.convert("RGBA")
+            mode = "RGBA"
+        if mode == "1":
+            return np.asarray(image.convert("L"))
+        if mode == "L":
+            return np.asarray(image)
+        if mode == "LA":
+            arr = np.asarray(image).astype(np.float64)
+            return np.clip(np.round(arr[..., 0] * arr[..., 1] / 255.0), 0, 255).astype(np.uint8)
+        if mode == "RGBA":
+            arr = np.asarray(image).astype(np.float64)
+            grey = luminance(arr[..., :3]) * arr[..., 3] / 255.0
+            return np.clip(np.round(grey), 0, 255).astype(np.uint8)
+        # RGB, RGBX, CMYK, YCbCr, LAB, HSV: Pillow converts these to RGB exactly (8-bit in, 8-bit out).
+        rgb = np.asarray(image.convert("RGB"))
+        return np.clip(np.round(luminance(rgb)), 0, 255).astype(np.uint8)
+    # High bit depth: I;16 (16-bit PNG), I;16B, I (32-bit int), F (float).
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(image)
+        if arr.dtype.kind not in "iuf":
+            arr = np.asarray(image.convert("I"))
+        return rescale_to_uint8(arr)
+    raise ImageDecodeError(path, f"unsupported image mode {mode!r}")
+
+
+def _read_pil(path: PathLike) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, not later
+            image = ImageOps.exif_transpose(image)
+            grey = _pil_to_grey(image, path)
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(path, f"{type(err).__name__}: {err}") from None
+    return grey
+
+
+def _window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """The DICOM linear window (PS3.3 C.11.2.1.2) onto 0..255."""
+    width = max(width, 1.0)
+    low = centre - 0.5 - (width - 1) / 2
+    scaled = (values - (centre - 0.5)) / (width - 1 if width > 1 else 1) + 0.5
+    out = np.where(values <= low, 0.0, np.where(values > low + width - 1, 1.0, scaled))
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def _voi_lut(values: np.ndarray, item) -> np.ndarray:
+    """A VOI LUT (PS3.3 C.11.2): entries below/above the first/last mapped
+    value saturate; the output range is 0 .. 2**bits - 1, mapped onto 0..255.
+    (Done here: pydicom 3.0's apply_voi_lut wraps values past the table.)"""
+    count, first, bits = (int(v) for v in item.LUTDescriptor)
+    count = count or 65536
+    element = item["LUTData"]
+    data = element.value
+    if isinstance(data, (bytes, bytearray)):
+        data = np.frombuffer(data, dtype="<u2" if bits > 8 or len(data) == 2 * count else np.uint8)
+    table = np.asarray(data, np.float64).reshape(-1)[:count]
+    if first >= 2**15 and values.min() < 0:  # a descriptor value stored unsigned for signed data
+        first -= 2**16
+    index = np.clip(np.round(values).astype(np.int64) - first, 0, len(table) - 1)
+    return rescale_to_uint8(table[index], 0.0, float(2**bits - 1))
+
+
+def _first(value) -> float:
+    try:
+        return float(value[0])
+    except TypeError:
+        return float(value)
+
+
+def _read_dicom(path: PathLike) -> np.ndarray:
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+    except ImportError as err:  # pragma: no cover - pydicom is a declared dependency
+        raise ImageDecodeError(path, f"DICOM support needs pydicom ({err})") from None
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as err:  # pydicom raises many types for bad files
+        raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]  # the first frame of a multi-frame image
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        if pixels.ndim == 3 and pixels.shape[-1] == 3:
+            if photometric.startswith("YBR"):
+                from pydicom.pixels import convert_color_space
+
+                pixels = convert_color_space(pixels, photometric, "RGB")
+            return rescale_to_uint8(luminance(pixels), 0.0, float(2 ** int(ds.BitsStored) - 1))
+        raise ImageDecodeError(path, f"DICOM photometric interpretation {photometric} is not supported")
+    try:
+        values = apply_modality_lut(pixels, ds).astype(np.float64)
+        if "VOILUTSequence" in ds:
+            grey = _voi_lut(values, ds.VOILUTSequence[0])
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            grey = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
+        else:
+            grey = rescale_to_uint8(values)
+    except ImageDecodeError:
+        raise
+    except Exception as err:
+        raise ImageDecodeError(path, f"DICOM LUT: {type(err).__name__}: {err}") from None
+    if photometric == "MONOCHROME1":
+        grey = 255 - grey
+    return grey
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 1) uint8 grey image (see the module doc)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageDecodeError(path, "no such file")
+    if os.path.getsize(path) == 0:
+        raise ImageDecodeError(path, "empty file")
+    grey = _read_dicom(path) if _is_dicom(path) else _read_pil(path)
+    if grey.ndim != 2 or min(grey.shape) < 1:
+        raise ImageDecodeError(path, f"decoded to an unusable shape {grey.shape}")
+    return grey[..., None]
+
+
+def resize_bilinear(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Bilinear resize with half-pixel centres and no antialiasing: what Keras
+    ``image_dataset_from_directory`` (``tf.image.resize``) does; aspect ratio
+    is not kept. (H, W, C) -> (size[0], size[1], C), float32."""
+    h, w = image.shape[:2]
+    out_h, out_w = size
+    img = image.astype(np.float32)
+
+    def axis(n_in, n_out):
+        pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        low = np.floor(pos)
+        frac = (pos - low).astype(np.float32)
+        lo = np.clip(low, 0, n_in - 1).astype(np.int64)
+        hi = np.clip(low + 1, 0, n_in - 1).astype(np.int64)
+        return lo, hi, frac
+
+    y0, y1, fy = axis(h, out_h)
+    x0, x1, fx = axis(w, out_w)
+    rows = img[y0] * (1 - fy)[:, None, None] + img[y1] * fy[:, None, None]
+    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
