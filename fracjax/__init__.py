@@ -1,7 +1,19 @@
 """fracjax: bone-fracture classification of X-ray images in JAX/Flax."""
 
+import importlib
+
 __version__ = "0.1.0"
 
 from fracjax import models  # noqa: E402
 
-__all__ = ["models", "__version__"]
+# Loaded on first use: fracjax.data imports tensorflow_datasets and grain.
+_LAZY = {"data"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"fracjax.{name}")
+    raise AttributeError(f"module 'fracjax' has no attribute {name!r}")
+
+
+__all__ = ["models", "data", "__version__"]

@@ -1,0 +1,25 @@
+"""fracjax data: decoding, TFDS builders, the input pipeline, on-device
+augmentation and the leakage audit.
+
+Importing this package registers the TFDS builders ``fracture_xray`` and
+``synthetic_fracture``.
+"""
+
+from fracjax.data import builders  # noqa: F401  (registers the TFDS builders)
+from fracjax.data.builders import FractureXray, FractureXrayConfig, SyntheticFracture, SyntheticFractureConfig
+from fracjax.data.io import ImageDecodeError, read_image, resize_bilinear
+from fracjax.data.synthetic import LABEL_NAMES, SyntheticConfig, generate_arrays, generate_example
+
+__all__ = [
+    "FractureXray",
+    "FractureXrayConfig",
+    "ImageDecodeError",
+    "LABEL_NAMES",
+    "SyntheticConfig",
+    "SyntheticFracture",
+    "SyntheticFractureConfig",
+    "generate_arrays",
+    "generate_example",
+    "read_image",
+    "resize_bilinear",
+]
