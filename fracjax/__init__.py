@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 from fracjax import models  # noqa: E402
 
 # Loaded on first use: fracjax.data imports tensorflow_datasets and grain.
-_LAZY = {"data"}
+_LAZY = {"data", "train"}
 
 
 def __getattr__(name):
@@ -16,4 +16,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'fracjax' has no attribute {name!r}")
 
 
-__all__ = ["models", "data", "__version__"]
+__all__ = ["models", "data", "train", "__version__"]

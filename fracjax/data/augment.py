@@ -92,10 +92,12 @@ def augment_one(key: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.
     return x
 
 
-def augment_batch(key: jax.Array, images: jax.Array, config: AugmentConfig = AugmentConfig()) -> jax.Array:
-    """Augment a batch (N, H, W, C) in [0, 255]; returns float32. Each example
-    draws its own parameters from ``fold_in(key, i)``, so the result for an
-    example does not depend on the batch size or on how the batch is split
-    across devices."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(images.shape[0]))
+def augment_batch(
+    key: jax.Array, images: jax.Array, config: AugmentConfig = AugmentConfig(), offset=0
+) -> jax.Array:
+    """Augment a batch (N, H, W, C) in [0, 255]; returns float32. Example ``i``
+    draws its own parameters from ``fold_in(key, offset + i)``, so its result
+    does not depend on the batch size, and a device holding the slice of a
+    global batch that starts at ``offset`` augments as one device would."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(images.shape[0]))
     return jax.vmap(augment_one, in_axes=(0, 0, None))(keys, images, config)

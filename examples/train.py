@@ -1,0 +1,17 @@
+"""Train the paper's hybrid MobileNetV3-Small fracture classifier.
+
+    python examples/train.py                      # synthetic set, two phases, into runs/mobilenet_v3_small_hybrid/
+    python examples/train.py --dataset fracture_xray --manual-dir ~/Downloads/fracture \
+        --pretrained weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5 --phase2-lr 1e-5
+    python examples/train.py --resume             # continue a killed run
+    python examples/train.py --help               # every flag
+
+The same code is importable: ``fracjax.train.fit(fracjax.train.TrainConfig(...))``.
+"""
+
+import sys
+
+from fracjax.train.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from fracjax.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Binary classification metrics over every evaluation example (host side,
+numpy): what clinical papers report, with the confusion matrix.
+
+All functions take labels in {0, 1} and fracture probabilities (or scores);
+``threshold`` turns probabilities into decisions (``p >= threshold`` is
+"fractured"). Undefined ratios (e.g. sensitivity with no positives) are NaN,
+never a silent 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import numpy as np
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else float("nan")
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> Dict[str, int]:
+    labels = np.asarray(labels).astype(bool)
+    predicted = np.asarray(predicted).astype(bool)
+    return {
+        "tp": int(np.sum(labels & predicted)),
+        "fp": int(np.sum(~labels & predicted)),
+        "tn": int(np.sum(~labels & ~predicted)),
+        "fn": int(np.sum(labels & ~predicted)),
+    }
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties);
+    NaN when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), np.float64)
+    # Average rank within each run of tied scores.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0  # ranks are 1-based
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def cohen_kappa(cm: Dict[str, int]) -> float:
+    n = cm["tp"] + cm["fp"] + cm["tn"] + cm["fn"]
+    if n == 0:
+        return float("nan")
+    observed = (cm["tp"] + cm["tn"]) / n
+    p_yes = ((cm["tp"] + cm["fp"]) / n) * ((cm["tp"] + cm["fn"]) / n)
+    p_no = ((cm["tn"] + cm["fn"]) / n) * ((cm["tn"] + cm["fp"]) / n)
+    expected = p_yes + p_no
+    if expected == 1.0:
+        return float("nan") if observed != 1.0 else 1.0
+    return float((observed - expected) / (1.0 - expected))
+
+
+def binary_metrics(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float = 0.5,
+    loss: Optional[float] = None,
+) -> Dict[str, object]:
+    """accuracy, auroc, sensitivity (recall), specificity, precision, f1,
+    kappa, the confusion matrix, n, (loss) and the threshold used."""
+    labels = np.asarray(labels).astype(np.int64)
+    probabilities = np.asarray(probabilities, np.float64)
+    if labels.shape != probabilities.shape:
+        raise ValueError(f"labels {labels.shape} and probabilities {probabilities.shape} differ in shape")
+    cm = confusion(labels, probabilities >= threshold)
+    n = len(labels)
+    sensitivity = _ratio(cm["tp"], cm["tp"] + cm["fn"])
+    precision = _ratio(cm["tp"], cm["tp"] + cm["fp"])
+    f1 = _ratio(2 * cm["tp"], 2 * cm["tp"] + cm["fp"] + cm["fn"])
+    out: Dict[str, object] = {
+        "n": n,
+        "accuracy": _ratio(cm["tp"] + cm["tn"], n),
+        "auroc": auroc(labels, probabilities),
+        "sensitivity": sensitivity,
+        "specificity": _ratio(cm["tn"], cm["tn"] + cm["fp"]),
+        "precision": precision,
+        "f1": f1,
+        "kappa": cohen_kappa(cm),
+        "confusion": cm,
+        "threshold": float(threshold),
+    }
+    if loss is not None:
+        out["loss"] = float(loss)
+    return out
+
+
+def is_better(value: float, best: Optional[float]) -> bool:
+    """For early stopping on a metric to maximise; NaN is never better."""
+    if value is None or math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or value > best
