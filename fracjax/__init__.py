@@ -7,13 +7,17 @@ __version__ = "0.1.0"
 from fracjax import models  # noqa: E402
 
 # Loaded on first use: fracjax.data imports tensorflow_datasets and grain.
-_LAZY = {"data", "train"}
+_LAZY = {"data", "train", "inference"}
 
 
 def __getattr__(name):
+    if name == "Classifier":
+        from fracjax.inference import Classifier
+
+        return Classifier
     if name in _LAZY:
         return importlib.import_module(f"fracjax.{name}")
     raise AttributeError(f"module 'fracjax' has no attribute {name!r}")
 
 
-__all__ = ["models", "data", "train", "__version__"]
+__all__ = ["Classifier", "models", "data", "train", "inference", "__version__"]

@@ -162,6 +162,15 @@ def model_spec(config: TrainConfig, image_size: int) -> Dict[str, Any]:
     }
 
 
+def replicate_for_pmap(tree, devices):
+    """One copy per device along a new leading axis, laid out as pmap wants
+    (``jax.device_put_replicated`` is gone from JAX)."""
+    mesh = Mesh(np.array(devices), ("replica",))
+    sharding = NamedSharding(mesh, PartitionSpec("replica"))
+    n = len(devices)
+    return jax.tree_util.tree_map(lambda x: jax.device_put(jnp.stack([x] * n), sharding), tree)
+
+
 class Parallel:
     """Places batches and runs steps: jit over a 1-D ``data`` mesh (default)
     or pmap over the same devices."""
@@ -187,7 +196,7 @@ class Parallel:
 
     def put_state(self, state: TrainState):
         if self.mode == "pmap":
-            return jax.device_put_replicated(state, jax.local_devices())
+            return replicate_for_pmap(state, jax.local_devices())
         return jax.device_put(state, self.replicated)
 
     def get_state(self, state: TrainState) -> TrainState:

@@ -26,26 +26,22 @@ TRAINABLE, FROZEN = "trainable", "frozen"
 
 
 def backbone_groups(backbone_params: Dict[str, Any]) -> List[List[str]]:
-    """The backbone's top-level modules in call order, grouped: everything
-    before the first block (the stem), each block (``block<i>``, ``stage<i>``,
-    ``layer<i>``...), everything after the last block (the top). Unfreezing
-    "the top N" means the last N groups."""
+    """The backbone's top-level modules grouped from input to output: the stem
+    (modules named ``stem*``), each block (``block<i>``, ``stage<i>``...,
+    ordered by number), then the top (everything else, e.g. the last conv).
+    Unfreezing "the top N" means the last N groups. (Names, not dict order:
+    JAX sorts dict keys when it flattens a tree.)"""
+    block = re.compile(r"^(?:block|stage|layer|dense_block|transition)(\d+)(?:_(\d+))?$")
+
+    def block_key(name):
+        m = block.match(name)
+        return (int(m.group(1)), int(m.group(2) or 0))
+
     names = list(backbone_params)
-    block = re.compile(r"^(block|stage|layer|dense_block|conv_block)\d+")
-    groups: List[List[str]] = []
-    stem: List[str] = []
-    top: List[str] = []
-    seen_block = False
-    for name in names:
-        if block.match(name):
-            seen_block = True
-            groups.append([name])
-        elif not seen_block:
-            stem.append(name)
-        else:
-            top.append(name)
-    out = ([stem] if stem else []) + groups + ([top] if top else [])
-    return out
+    stem = sorted(n for n in names if n.startswith("stem"))
+    blocks = sorted((n for n in names if block.match(n)), key=block_key)
+    top = sorted(n for n in names if n not in stem and n not in blocks)
+    return ([stem] if stem else []) + [[b] for b in blocks] + ([top] if top else [])
 
 
 def trainable_labels(params: Dict[str, Any], phase: int, unfreeze: Union[str, int] = "all") -> Dict[str, Any]:

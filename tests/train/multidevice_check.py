@@ -1,0 +1,82 @@
+"""Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8:
+the same training steps on 1 device, jit-sharded over 8 and pmapped over 8.
+Prints a JSON dict of the largest relative differences against 1 device."""
+
+import functools
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import fracjax
+from fracjax.data.augment import AugmentConfig
+from fracjax.train import optim
+from fracjax.train.loop import replicate_for_pmap
+from fracjax.train.steps import StepConfig, TrainState, train_step
+
+assert jax.device_count() == 8, jax.devices()
+SIZE, BATCH, STEPS = 48, 16, 3
+options = dict(head_blocks=[16], head_dropout=0.0)
+model = fracjax.models.create("mobilenet_v3_small", head="hybrid", **options)
+pmap_model = fracjax.models.create("mobilenet_v3_small", head="hybrid", bn_axis_name="batch", **options)
+variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, SIZE, SIZE, 1))))(jax.random.key(0))
+rng = np.random.default_rng(0)
+batches = [
+    {"image": rng.integers(0, 255, (BATCH, SIZE, SIZE, 1), dtype=np.uint8), "label": (np.arange(BATCH) % 2).astype(np.int32)}
+    for _ in range(STEPS)
+]
+phase = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+labels = optim.trainable_labels(variables["params"], phase)
+tx = optim.make_optimizer(variables["params"], phase, 1e-3)
+# Backbone BN in inference mode (the default): in training mode the gradient of a BN bias that feeds
+# a linear layer and another training-mode BN is exactly zero, and Adam turns its rounding noise into
+# +-lr steps whose signs differ between summation orders. The head BN trains on global-batch statistics.
+config = StepConfig(backbone_train=False, augment=AugmentConfig())
+
+
+def fresh():
+    return TrainState.create(variables["params"], variables["batch_stats"], tx, jax.random.key(1))
+
+
+def run_jit(devices):
+    mesh = Mesh(np.array(devices), ("data",))
+    rep, shard = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    step = jax.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx, labels=labels, config=config),
+                   in_shardings=(rep, shard), out_shardings=(rep, rep))
+    state = jax.device_put(fresh(), rep)
+    for b in batches:
+        state, m = step(state, {k: jax.device_put(v, shard) for k, v in b.items()})
+    return jax.device_get(state), float(m["loss"])
+
+
+def run_pmap():
+    step = jax.pmap(functools.partial(train_step, apply_fn=pmap_model.apply, tx=tx, labels=labels, config=config,
+                                      axis_name="batch"), axis_name="batch")
+    state = replicate_for_pmap(fresh(), jax.devices())
+    for b in batches:
+        state, m = step(state, jax.tree_util.tree_map(lambda x: x.reshape(8, -1, *x.shape[1:]), b))
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state)), float(m["loss"][0])
+
+
+def rel(a, b):
+    """Largest absolute difference over the tree, relative to the tree's largest value."""
+    a, b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+    return diff / max(float(np.max(np.abs(np.asarray(y)))) for y in b)
+
+
+one, loss1 = run_jit(jax.devices()[:1])
+sharded, loss8 = run_jit(jax.devices())
+pmapped, lossp = run_pmap()
+moved = rel(one.params, variables["params"])
+print(json.dumps({
+    "jit8_params": rel(sharded.params, one.params),
+    "jit8_stats": rel(sharded.batch_stats, one.batch_stats),
+    "pmap_params": rel(pmapped.params, one.params),
+    "pmap_stats": rel(pmapped.batch_stats, one.batch_stats),
+    "loss": [loss1, loss8, lossp],
+    "moved": moved,
+}))
