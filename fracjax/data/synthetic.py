@@ -36,7 +36,7 @@ class SyntheticConfig:
     lengths are concerned)."""
 
     size: int = 224
-    displaced_rate: float = 0.35  # of fractures
+    displaced_rate: float = 0.5  # of fractures
     angulated_rate: float = 0.25  # of fractures
     overlap_rate: float = 0.45  # a second bone crossing or running beside
     joint_rate: float = 0.6  # a joint in view
@@ -159,7 +159,7 @@ def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig
         vi = np.clip(((v / (3 * radius) + 1) * 128).astype(np.int32), 0, 255)
         line_u = frac_u + v * tilt + jag[vi]
         distal = bu > line_u
-        gap = rng.uniform(1.2, 3.2) * scale
+        gap = rng.uniform(2.0, 4.5) * scale
         du = np.zeros_like(v)
         dv = np.zeros_like(v)
         if rng.random() < config.displaced_rate:
@@ -175,7 +175,7 @@ def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig
         # Bone is missing in a thin band around the fracture line.
         fracture_band = np.clip(gap / 2 + 0.5 - np.abs(bu - line_u), 0.0, 1.0)
         bone_att = bone.attenuation(bu - du, v - dv)
-        bone_att *= 1.0 - rng.uniform(0.75, 0.95) * fracture_band
+        bone_att *= 1.0 - rng.uniform(0.85, 1.0) * fracture_band
     else:
         bone_att = bone.attenuation(bu, v)
     attenuation = attenuation + bone_att * BONE_ATTENUATION / S
