@@ -135,6 +135,9 @@ class MobileNetV3(nn.Module):
     dtype: Any = jnp.float32
     depthwise_impl: str = "auto"
     bn_axis_name: Optional[str] = None
+    # Keras's 0.999 suits long ImageNet runs; a short run from scratch needs
+    # running statistics that catch up within an epoch (e.g. 0.9).
+    bn_momentum: float = BN_MOMENTUM
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
     act: Callable = hard_swish
@@ -145,7 +148,7 @@ class MobileNetV3(nn.Module):
         norm = functools.partial(
             self.norm,
             use_running_average=not train,
-            momentum=BN_MOMENTUM,
+            momentum=self.bn_momentum,
             epsilon=BN_EPSILON,
             dtype=self.dtype,
             axis_name=self.bn_axis_name,

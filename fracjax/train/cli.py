@@ -84,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cosine: warm-up then cosine decay per phase; plateau: halve on a validation-loss plateau")
     g.add_argument("--unfreeze", type=_unfreeze, default=DEFAULTS.unfreeze,
                    help="phase 2: 'all' or the number of top backbone groups to fine-tune")
-    g.add_argument("--backbone-bn-train", action="store_true",
-                   help="phase 2: backbone BatchNorm in training mode (Keras guidance: keep it off)")
+    g.add_argument("--backbone-bn", default="auto", choices=["auto", "train", "inference"],
+                   help="phase 2 backbone BatchNorm: train (batch statistics), inference (running statistics, the "
+                   "Keras guidance for a pretrained backbone), auto (inference with --pretrained, else train)")
+    g.add_argument("--backbone-bn-momentum", type=float, metavar="M",
+                   help="momentum of the backbone's BatchNorm running statistics (default: the Keras value with "
+                   "--pretrained, 0.9 from scratch)")
     g.add_argument("--grad-clip", type=_positive_float, default=DEFAULTS.grad_clip, help="global-norm gradient clipping")
     g.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
     g.add_argument("--class-weights", type=float, nargs=2, metavar=("NOT_FRACTURED", "FRACTURED"), help="loss weights per class")
@@ -111,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(argv: Optional[List[str]] = None) -> TrainConfig:
     args = build_parser().parse_args(argv)
     values = vars(args)
+    values["backbone_bn_train"] = {"auto": None, "train": True, "inference": False}[values.pop("backbone_bn")]
     if values.get("class_weights") is not None:
         values["class_weights"] = tuple(values["class_weights"])
     return TrainConfig(**values)

@@ -31,17 +31,24 @@ class TrainConfig:
     # Optimisation.
     batch_size: int = 32
     eval_batch_size: int = 64
-    phase1_epochs: int = 2
+    phase1_epochs: int = 1
     phase2_epochs: int = 6
     lr: float = 1e-3
-    phase2_lr: float = 5e-4
+    phase2_lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.5
     plateau_patience: int = 1
     plateau_factor: float = 0.5
     unfreeze: Union[str, int] = "all"
-    backbone_bn_train: bool = False  # phase 2: backbone BatchNorm in training mode
+    # Phase 2 backbone BatchNorm: True = batch statistics (and updates), False =
+    # running statistics (Keras guidance for a pretrained backbone), None =
+    # auto: False with --pretrained, True without (a random backbone's running
+    # statistics are placeholders; freezing them leaves it unnormalised).
+    backbone_bn_train: Optional[bool] = None
+    # Momentum of the backbone's BatchNorm running statistics; None = auto: the
+    # architecture's (Keras) value with --pretrained, 0.9 without.
+    backbone_bn_momentum: Optional[float] = None
     grad_clip: Optional[float] = 1.0
     label_smoothing: float = 0.0
     class_weights: Optional[Tuple[float, float]] = None  # (not fractured, fractured)
@@ -117,9 +124,23 @@ class TrainConfig:
         if self.dataset.split("/")[0] == "fracture_xray" and self.manual_dir is not None:
             if not os.path.isdir(self.manual_dir):
                 bad("manual_dir", f"no such folder: {self.manual_dir}")
+        if self.backbone_bn_momentum is not None and not 0.0 <= self.backbone_bn_momentum < 1.0:
+            bad("backbone_bn_momentum", f"must be in [0, 1), got {self.backbone_bn_momentum}")
         if self.early_stopping_patience < 1:
             bad("early_stopping_patience", "must be >= 1")
         return self
+
+    @property
+    def backbone_bn_mode(self) -> bool:
+        if self.backbone_bn_train is None:
+            return self.pretrained is None
+        return bool(self.backbone_bn_train)
+
+    @property
+    def backbone_momentum(self) -> Optional[float]:
+        if self.backbone_bn_momentum is None:
+            return None if self.pretrained else 0.9
+        return self.backbone_bn_momentum
 
     @property
     def run_name(self) -> str:

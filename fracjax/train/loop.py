@@ -143,6 +143,8 @@ def build_model(config: TrainConfig, bn_axis_name: Optional[str] = None):
         options["head_blocks"] = config.head_blocks
     if config.head_dropout is not None:
         options["head_dropout"] = config.head_dropout
+    if config.backbone_momentum is not None:
+        options["bn_momentum"] = config.backbone_momentum
     return fracjax.models.create(config.model, head=config.head, num_classes=1, **options)
 
 
@@ -226,11 +228,21 @@ class Parallel:
 def predict_source(eval_fn, variables, source, batch_size: int, par: Parallel) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(probabilities, labels, indices) for every example of ``source``."""
     probs, labels, indices = [], [], []
-    for batch in pipeline.eval_batches(source, batch_size, jax.process_index(), jax.process_count()):
-        placed = {k: jax.make_array_from_process_local_data(par.sharded, batch[k]) for k in ("image",)}
-        p = np.asarray(jax.device_get(eval_fn(variables, placed)))
+    multihost = jax.process_count() > 1
+    local_batch = batch_size // jax.process_count() if multihost else batch_size
+    for batch in pipeline.eval_batches(source, local_batch, jax.process_index(), jax.process_count()):
+        placed = jax.make_array_from_process_local_data(par.sharded, batch["image"])
+        out = eval_fn(variables, {"image": placed})
+        if multihost:
+            # Every process gets every process's predictions and bookkeeping.
+            from jax.experimental import multihost_utils
+
+            p = np.asarray(multihost_utils.process_allgather(out, tiled=True))
+            batch = {k: np.asarray(multihost_utils.process_allgather(batch[k], tiled=True)) for k in ("mask", "label", "index")}
+        else:
+            p = np.asarray(jax.device_get(out))
         m = batch["mask"]
-        probs.append(p[: len(m)][m])
+        probs.append(p[m])
         labels.append(batch["label"][m])
         indices.append(batch["index"][m])
     return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices)
@@ -357,15 +369,18 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
 
     # The model first: a bad weights file must stop the run before any data work.
     model = build_model(config, Parallel.AXIS if config.parallel == "pmap" else None)
+    init_model = build_model(config)  # pmap's BN axis needs no axis at init
+    backbone = None
+    if config.pretrained:
+        check_size = config.image_size or fracjax.models.input_contract(config.model).default_size
+        backbone = fracjax.models.load_keras_weights(config.model, config.pretrained, image_size=check_size)
     builder = prepare_dataset(config)
     stored_size = int(builder.info.features["image"].shape[0])
     image_size = config.image_size or stored_size
     dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
-    init_model = build_model(config)  # pmap's BN axis needs no axis at init
     variables = jax.jit(lambda k: init_model.init(k, dummy, train=False))(jax.random.key(config.seed))
     pretrained_note = None
-    if config.pretrained:
-        backbone = fracjax.models.load_keras_weights(config.model, config.pretrained, image_size=image_size)
+    if backbone is not None:
         variables = fracjax.models.with_backbone_variables(variables, backbone)
         pretrained_note = os.path.abspath(config.pretrained)
         _log(f"loaded backbone weights from {config.pretrained}")
@@ -467,7 +482,7 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
             plateau_state = plateau_state._replace(**{k: jnp.asarray(v, getattr(plateau_state, k).dtype) for k, v in book["plateau"].items()})
 
         step_config = StepConfig(
-            backbone_train=(phase.number == 2 and config.backbone_bn_train),
+            backbone_train=(phase.number == 2 and config.backbone_bn_mode),
             label_smoothing=config.label_smoothing,
             pos_weight=pos_w,
             neg_weight=neg_w,
@@ -479,7 +494,8 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
         )
         state = par.put_state(state)
         trainable = optim.count_trainable(variables["params"], labels)
-        _log(f"phase {phase.number}: {trainable:,} trainable parameters, lr {phase.lr:g}, "
+        bn_note = f", backbone BatchNorm {'train' if step_config.backbone_train else 'inference'} mode"
+        _log(f"phase {phase.number}: {trainable:,} trainable parameters{bn_note}, lr {phase.lr:g}, "
              f"{phase.epochs} epoch(s) of {spe} steps, batch {config.batch_size}, {par.mode} on {par.count} device(s)")
 
         while global_step < min(phase_end, total_steps):
