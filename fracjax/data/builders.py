@@ -266,6 +266,10 @@ class SyntheticFracture(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Long bones, joints, fractures (displaced, angulated) and confounders."}
     BUILDER_CONFIGS = [
+        SyntheticFractureConfig(
+            name="128", image_size=128,
+            description="2,000 / 500 / 500 images at 128x128: the default, sized for training on a CPU in minutes.",
+        ),
         SyntheticFractureConfig(name="224", description="2,000 / 500 / 500 images at 224x224."),
         SyntheticFractureConfig(
             name="large", num_train=8000, num_validation=1000, num_test=1000,
@@ -276,7 +280,7 @@ class SyntheticFracture(tfds.core.GeneratorBasedBuilder):
             description="128 / 64 / 64 images at 96x96, for tests and smoke runs.",
         ),
     ]
-    DEFAULT_CONFIG_NAME = "224"
+    DEFAULT_CONFIG_NAME = "128"
 
     def __init__(self, *, file_format=None, **kwargs):
         super().__init__(file_format=file_format or "array_record", **kwargs)

@@ -36,7 +36,7 @@ class SyntheticConfig:
     lengths are concerned)."""
 
     size: int = 224
-    displaced_rate: float = 0.5  # of fractures
+    displaced_rate: float = 0.7  # of fractures
     angulated_rate: float = 0.25  # of fractures
     overlap_rate: float = 0.45  # a second bone crossing or running beside
     joint_rate: float = 0.6  # a joint in view
@@ -159,7 +159,7 @@ def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig
         vi = np.clip(((v / (3 * radius) + 1) * 128).astype(np.int32), 0, 255)
         line_u = frac_u + v * tilt + jag[vi]
         distal = bu > line_u
-        gap = rng.uniform(2.0, 4.5) * scale
+        gap = rng.uniform(2.5, 5.0) * scale
         du = np.zeros_like(v)
         dv = np.zeros_like(v)
         if rng.random() < config.displaced_rate:
