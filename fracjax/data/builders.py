@@ -267,8 +267,8 @@ class SyntheticFracture(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Long bones, joints, fractures (displaced, angulated) and confounders."}
     BUILDER_CONFIGS = [
         SyntheticFractureConfig(
-            name="128", image_size=128,
-            description="2,000 / 500 / 500 images at 128x128: the default, sized for training on a CPU in minutes.",
+            name="128", image_size=128, num_train=6000,
+            description="6,000 / 500 / 500 images at 128x128: the default, sized for training on a CPU in minutes.",
         ),
         SyntheticFractureConfig(name="224", description="2,000 / 500 / 500 images at 224x224."),
         SyntheticFractureConfig(

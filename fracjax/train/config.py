@@ -34,7 +34,7 @@ class TrainConfig:
     phase1_epochs: int = 1
     phase2_epochs: int = 6
     lr: float = 1e-3
-    phase2_lr: float = 1e-3
+    phase2_lr: float = 3e-3  # from scratch; with --pretrained use ~1e-5 (Keras guide)
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.5
