@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fracjax
-from fracjax.data.io import read_image, resize_bilinear
+from fracjax.data.io import luminance, read_image, resize_bilinear
 
 ArrayLike = Union[np.ndarray, jax.Array]
 
@@ -62,9 +62,9 @@ class Classifier:
             raise ValueError(f"expected an image (H, W) or (H, W, C), got shape {image.shape}")
         if image.shape[-1] == 4:  # RGBA: luminance over black, as the file reader does
             rgb, alpha = image[..., :3], image[..., 3:] / 255.0
-            image = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None] * alpha
+            image = luminance(rgb)[..., None].astype(np.float32) * alpha
         elif image.shape[-1] == 3:
-            image = (image @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+            image = luminance(image)[..., None].astype(np.float32)
         if image.shape[:2] != (self.image_size, self.image_size):
             image = resize_bilinear(image, (self.image_size, self.image_size))
         return np.clip(image, 0.0, 255.0)

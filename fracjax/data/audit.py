@@ -36,6 +36,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fracjax.data.io import gaussian_blur
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -76,15 +78,6 @@ def _bilinear(x: np.ndarray, size: int) -> np.ndarray:
     return resize_bilinear(x[..., None], (size, size))[..., 0]
 
 
-def _gauss_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    radius = max(1, int(3 * sigma))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
-    k /= k.sum()
-    pad = np.pad(x, radius, mode="reflect")
-    rows = sum(k[i] * pad[:, i : i + x.shape[1]] for i in range(2 * radius + 1))
-    return sum(k[i] * rows[i : i + x.shape[0], :] for i in range(2 * radius + 1))
-
-
 def symmetries(x: np.ndarray) -> List[np.ndarray]:
     """The 8 symmetries of the square: rotations by 0/90/180/270, each also flipped."""
     out = []
@@ -105,8 +98,8 @@ def thumbnail(image, size: int = 12) -> np.ndarray:
 
 def _detail(x: np.ndarray) -> np.ndarray:
     """Band-pass then local contrast normalisation."""
-    band = _gauss_blur(x, 0.6) - _gauss_blur(x, 2.0)
-    return band / np.sqrt(_gauss_blur(band * band, 4.0) + 1.0)
+    band = gaussian_blur(x, 0.6) - gaussian_blur(x, 2.0)
+    return band / np.sqrt(gaussian_blur(band * band, 4.0) + 1.0)
 
 
 def _best_ncc(big: np.ndarray, small: np.ndarray) -> float:

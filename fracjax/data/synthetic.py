@@ -24,6 +24,8 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
+from fracjax.data.io import gaussian_blur
+
 LABEL_NAMES = ("not_fractured", "fractured")
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 # Attenuation of bone per pixel of path, relative to the image size.
@@ -112,18 +114,6 @@ def _draw_polyline(shape, points, width, rng=None) -> np.ndarray:
         d2 = (yy - (y0 + t * dy)) ** 2 + (xx - (x0 + t * dx)) ** 2
         best = np.minimum(best, d2)
     return np.clip(width / 2.0 + 0.5 - np.sqrt(best), 0.0, 1.0)
-
-
-def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur (reflect padding)."""
-    if sigma <= 0.05:
-        return img
-    radius = max(1, int(3 * sigma))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    k /= k.sum()
-    pad = np.pad(img, radius, mode="reflect")
-    rows = sum(k[i] * pad[:, i : i + img.shape[1]] for i in range(2 * radius + 1))
-    return sum(k[i] * rows[i : i + img.shape[0], :] for i in range(2 * radius + 1))
 
 
 def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig = SyntheticConfig()) -> np.ndarray:
@@ -229,7 +219,7 @@ def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig
     # Projection, exposure and detector.
     mu = rng.uniform(1.0, 2.0)
     img = 1.0 - np.exp(-mu * np.maximum(attenuation, 0.0))
-    img = _blur(img, rng.uniform(0.3, 1.1) * scale)
+    img = gaussian_blur(img, rng.uniform(0.3, 1.1) * scale)
     img = img / max(float(img.max()), 1e-6)
     img = np.clip(img * rng.uniform(0.75, 1.1) + rng.uniform(-0.05, 0.08), 0.0, 1.0) ** rng.uniform(0.7, 1.4)
     img = img + rng.normal(0.0, rng.uniform(0.01, 0.035), img.shape)

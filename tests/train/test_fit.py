@@ -126,6 +126,8 @@ def test_restore_then_predict_equals_the_run(first_run, data_dir):
     metrics = fracjax.train.binary_metrics(arrays.labels, probs, clf.threshold)
     assert metrics["accuracy"] == pytest.approx(report["test"]["accuracy"])
     assert metrics["auroc"] == pytest.approx(report["test"]["auroc"], abs=1e-6)
+    # RGB input becomes the same grey image.
+    np.testing.assert_allclose(clf.predict(np.repeat(arrays.images[:4], 3, axis=-1)), probs[:4], atol=1e-5)
     # File paths go through the same reader.
     path = out / "x.png"
     from PIL import Image
