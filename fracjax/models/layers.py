@@ -306,3 +306,45 @@ def to_rgb(x: Array) -> Array:
     if x.shape[-1] != 3:
         raise ValueError(f"expected 1 (grey) or 3 (RGB) channels last, got shape {x.shape}")
     return x
+
+
+# --------------------------------------------------------------------------
+# Keras preprocess_input, built into each model, and Keras-style pooling.
+# --------------------------------------------------------------------------
+
+# Keras imagenet_utils constants. "caffe" works in BGR order.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
+TORCH_RGB_STD = (0.229, 0.224, 0.225)
+PREPROCESSING_MODES = ("tf", "caffe", "torch")
+
+
+def preprocess_input(x: Array, mode: str) -> Array:
+    """RGB or grey pixels in [0, 255] -> what a Keras ImageNet model was
+    trained on (``keras.applications.<family>.preprocess_input``).
+
+    ``tf``: [-1, 1]. ``caffe``: RGB -> BGR, minus the ImageNet mean, not
+    scaled. ``torch``: [0, 1], minus the mean, over the standard deviation.
+    """
+    x = to_rgb(x)
+    if mode == "tf":
+        return x * (1.0 / 127.5) - 1.0
+    if mode == "caffe":
+        return x[..., ::-1] - jnp.asarray(CAFFE_BGR_MEAN, x.dtype)
+    if mode == "torch":
+        mean = jnp.asarray(TORCH_RGB_MEAN, x.dtype)
+        std = jnp.asarray(TORCH_RGB_STD, x.dtype)
+        return (x * (1.0 / 255.0) - mean) / std
+    raise ValueError(f"preprocessing mode must be one of {PREPROCESSING_MODES}, got {mode!r}")
+
+
+def zero_pad(x: Array, pad: int) -> Array:
+    """Keras ``ZeroPadding2D(pad)`` on NHWC."""
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def padded_max_pool(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> Array:
+    """Keras stems' ``ZeroPadding2D(pad)`` then a "valid" max pool. The
+    padding is zeros, not -inf: the same here, since the stems pool after a
+    ReLU, but stated as Keras does it."""
+    return nn.max_pool(zero_pad(x, pad), (window, window), strides=(stride, stride), padding="VALID")

@@ -18,7 +18,7 @@ from fracjax.models.layers import (
     SqueezeExcite,
     hard_swish,
     make_divisible,
-    to_rgb,
+    preprocess_input,
 )
 
 # Keras MobileNetV3: every BatchNorm uses these (flax defaults differ).
@@ -155,8 +155,7 @@ class MobileNetV3(nn.Module):
         )
         depthwise = functools.partial(DepthwiseConv2D, impl=self.depthwise_impl, dtype=self.dtype)
 
-        x = to_rgb(jnp.asarray(x)).astype(self.dtype)
-        x = x * (1.0 / 127.5) - 1.0
+        x = preprocess_input(jnp.asarray(x).astype(self.dtype), "tf")
         x = conv(self.stem_channels, (3, 3), strides=(2, 2), name="stem_conv")(x)
         x = self.act(norm(name="stem_bn")(x))
         for i, spec in enumerate(self.blocks):

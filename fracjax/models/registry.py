@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from flax import linen as nn
 
-from fracjax.models import hybrid, mobilenet_v3
+from fracjax.models import densenet, hybrid, mobilenet_v3, resnet, vgg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,3 +146,20 @@ register(
     mobilenet_v3.MobileNetV3Large,
     InputContract(preprocessing="tf", feature_channels=960, keras_application="MobileNetV3Large"),
 )
+
+# The paper's baselines and their families (each registered model has a Keras
+# parity test).
+for _name, _builder, _channels, _application in (
+    ("resnet50", resnet.ResNet50, 2048, "ResNet50"),
+    ("resnet101", resnet.ResNet101, 2048, "ResNet101"),
+    ("resnet152", resnet.ResNet152, 2048, "ResNet152"),
+):
+    register(_name, _builder, InputContract("caffe", feature_channels=_channels, keras_application=_application))
+for _name, _builder, _application in (("vgg16", vgg.VGG16, "VGG16"), ("vgg19", vgg.VGG19, "VGG19")):
+    register(_name, _builder, InputContract("caffe", feature_channels=512, keras_application=_application))
+for _name, _builder, _channels, _application in (
+    ("densenet121", densenet.DenseNet121, 1024, "DenseNet121"),
+    ("densenet169", densenet.DenseNet169, 1664, "DenseNet169"),
+    ("densenet201", densenet.DenseNet201, 1920, "DenseNet201"),
+):
+    register(_name, _builder, InputContract("torch", feature_channels=_channels, keras_application=_application))

@@ -31,11 +31,13 @@ def backbone_groups(backbone_params: Dict[str, Any]) -> List[List[str]]:
     ordered by number), then the top (everything else, e.g. the last conv).
     Unfreezing "the top N" means the last N groups. (Names, not dict order:
     JAX sorts dict keys when it flattens a tree.)"""
-    block = re.compile(r"^(?:block|stage|layer|dense_block|transition)(\d+)(?:_(\d+))?$")
+    block = re.compile(r"^(block|stage|layer|transition)(\d+)(?:_(\d+))?$")
 
     def block_key(name):
         m = block.match(name)
-        return (int(m.group(1)), int(m.group(2) or 0))
+        # A DenseNet's transition<i> comes after every layer of its block<i>_<j>.
+        within = float("inf") if m.group(1) == "transition" else int(m.group(3) or 0)
+        return (int(m.group(2)), within)
 
     names = list(backbone_params)
     stem = sorted(n for n in names if n.startswith("stem"))

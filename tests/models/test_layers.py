@@ -107,3 +107,24 @@ def test_to_rgb():
     chex.assert_shape(layers.to_rgb(grey), (1, 2, 2, 3))
     with pytest.raises(ValueError, match="channels"):
         layers.to_rgb(jnp.ones((1, 2, 2, 2)))
+
+
+@pytest.mark.parametrize(
+    "mode, family", [("tf", "mobilenet_v3"), ("caffe", "resnet"), ("caffe", "vgg16"), ("torch", "densenet")]
+)
+def test_preprocess_input_matches_keras(keras, mode, family):
+    rgb = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    expected = getattr(keras.applications, family).preprocess_input(rgb.copy())
+    if family == "mobilenet_v3":  # Keras's is a no-op there: the model rescales inside
+        expected = rgb / 127.5 - 1.0
+    chex.assert_trees_all_close(layers.preprocess_input(jnp.asarray(rgb), mode), expected, rtol=1e-6, atol=1e-5)
+    grey = rgb[..., :1]
+    chex.assert_trees_all_close(
+        layers.preprocess_input(jnp.asarray(grey), mode),
+        layers.preprocess_input(jnp.asarray(np.repeat(grey, 3, -1)), mode),
+    )
+
+
+def test_preprocess_input_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="preprocessing mode"):
+        layers.preprocess_input(jnp.ones((1, 2, 2, 3)), "imagenet")
