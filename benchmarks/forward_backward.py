@@ -3,6 +3,7 @@ implementation, with compile times on their own line.
 
     python benchmarks/forward_backward.py                 # hybrid MobileNetV3-Small, batch 32, 224
     python benchmarks/forward_backward.py --impl shift --batch 8 --size 160
+    python benchmarks/forward_backward.py --model resnet50 --reps 3
 
 Not a test: it prints timings (median and spread over --reps runs after one
 warm-up) for the machine it runs on. The ratio column compares each
@@ -36,7 +37,9 @@ def timed(fn, *args, reps: int):
 
 
 def measure(args, impl: str) -> dict:
-    model = fracjax.models.create(args.model, head=args.head, depthwise_impl=impl)
+    # Only MobileNets have depthwise convolutions to choose an implementation for.
+    options = {"depthwise_impl": impl} if args.model.startswith("mobilenet") else {}
+    model = fracjax.models.create(args.model, head=args.head, **options)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 255, (args.batch, args.size, args.size, 1)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 2, (args.batch,)).astype(np.float32))
@@ -95,7 +98,8 @@ def main(argv=None):
 
     print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)); "
           f"{args.model} + {args.head} head, batch {args.batch}, {args.size}x{args.size}, float32")
-    results = [measure(args, impl) for impl in args.impl]
+    impls = args.impl if args.model.startswith("mobilenet") else ["-"]
+    results = [measure(args, impl) for impl in impls]
     base = results[0]
     print(f"{'depthwise':<10} {'forward':>24} {'fwd+bwd':>24} {'img/s fwd':>10} {'img/s train':>11} {'ratio':>6}")
     for r in results:

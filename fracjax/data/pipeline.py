@@ -106,7 +106,7 @@ def load_source(dataset: str, split: str, data_dir: Optional[str] = None):
     """``tfds.data_source`` of a prepared data set (array_record; no TensorFlow)."""
     import tensorflow_datasets as tfds
 
-    import fracjax.data  # noqa: F401  (registers our builders)
+    import fracjax.data.builders  # noqa: F401  (registers our builders)
 
     try:
         return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)

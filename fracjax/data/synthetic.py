@@ -38,7 +38,11 @@ class SyntheticConfig:
     lengths are concerned)."""
 
     size: int = 224
+    # Width of the fracture gap, in pixels of a 224 image (scaled with size).
+    gap_range: Tuple[float, float] = (2.5, 5.0)
     displaced_rate: float = 0.7  # of fractures
+    # Sideways shift of the distal fragment, as a fraction of the bone radius.
+    shift_range: Tuple[float, float] = (0.15, 0.6)
     angulated_rate: float = 0.25  # of fractures
     overlap_rate: float = 0.45  # a second bone crossing or running beside
     joint_rate: float = 0.6  # a joint in view
@@ -149,11 +153,11 @@ def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig
         vi = np.clip(((v / (3 * radius) + 1) * 128).astype(np.int32), 0, 255)
         line_u = frac_u + v * tilt + jag[vi]
         distal = bu > line_u
-        gap = rng.uniform(2.5, 5.0) * scale
+        gap = rng.uniform(*config.gap_range) * scale
         du = np.zeros_like(v)
         dv = np.zeros_like(v)
         if rng.random() < config.displaced_rate:
-            dv = np.where(distal, rng.choice([-1, 1]) * rng.uniform(0.15, 0.6) * radius, 0.0)
+            dv = np.where(distal, rng.choice([-1, 1]) * rng.uniform(*config.shift_range) * radius, 0.0)
             du = np.where(distal, rng.uniform(-0.5, 1.5) * gap, 0.0)
         if rng.random() < config.angulated_rate:
             a = rng.uniform(0.05, 0.2) * rng.choice([-1, 1])

@@ -75,7 +75,7 @@ def prepare_dataset(config: TrainConfig):
     """Prepare the TFDS set if it is missing; return the builder."""
     import tensorflow_datasets as tfds
 
-    import fracjax.data  # noqa: F401  (registers the builders)
+    import fracjax.data.builders  # noqa: F401  (registers the builders)
 
     name = config.dataset
     base = name.split("/")[0]

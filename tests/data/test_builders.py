@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import fracjax.data  # noqa: F401  (registers the builders)
+import fracjax.data.builders  # noqa: F401  (registers the builders)
 from fracjax.data import builders, synthetic
 from fracjax.data.io import ImageDecodeError
 

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def data_dir(tmp_path_factory):
     import tensorflow_datasets as tfds
 
-    import fracjax.data  # noqa: F401
+    import fracjax.data.builders  # noqa: F401  (registers the builders)
 
     d = str(tmp_path_factory.mktemp("tfds"))
     tfds.builder("synthetic_fracture/tiny", data_dir=d).download_and_prepare()
