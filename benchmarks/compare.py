@@ -26,8 +26,8 @@ memory formats, ``torch.compile`` (where it works here), and Keras 3 on the
 JAX backend (``keras.applications`` + the same head, ``train_on_batch``).
 Each peer runs in its own subprocess, so one framework's threads or flags
 never slow another. A peer that is not installed or fails is reported as
-such, never estimated. Ratios are fracjax / peer for throughputs (above 1:
-fracjax is faster) and peer / fracjax for latency.
+such, never estimated. The "fracjax speedup" columns are fracjax / peer for
+throughputs and peer / fracjax for latency: above 1, fracjax is faster.
 """
 
 from __future__ import annotations
@@ -122,8 +122,9 @@ def bench_fracjax(model_name: str, batch: int, size: int, reps: int) -> Dict:
             lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=trainable, config=config),
             donate_argnums=0,
         )
-        state = TrainState.create(params, batch_stats, tx, jax.random.key(1))
-        holder = {"state": state}
+        # Copies: the step donates its state, and both variants start from the same one.
+        fresh = jax.tree_util.tree_map(jnp.copy, (params, batch_stats))
+        holder = {"state": TrainState.create(*fresh, tx, jax.random.key(1))}
 
         def run():
             holder["state"], metrics = step(holder["state"], device_batch)
@@ -309,8 +310,8 @@ def table(model_name: str, ours: Dict, peers: List[Dict], batch: int, peak: floa
     train_ref = batch / median(ours["train_noaug"])
     infer_ref = batch / median(ours["infer"])
     latency_ref = median(ours["latency"]) * 1e3
-    header = (f"{'':<24} {'train img/s':>12} {'x fracjax':>9} {'infer img/s':>12} {'x fracjax':>9} "
-              f"{'1-image ms':>11} {'x fracjax':>9} {'first call s':>13}")
+    header = (f"{'':<24} {'train img/s':>12} {'speedup':>9} {'infer img/s':>12} {'speedup':>9} "
+              f"{'1-image ms':>11} {'speedup':>9} {'first call s':>13}")
     rows.append(header)
     rows.append("-" * len(header))
 
@@ -324,6 +325,7 @@ def table(model_name: str, ours: Dict, peers: List[Dict], batch: int, peak: floa
         )
 
     row("fracjax (augment)", ours["train"], None, None, ours["train"]["first_s"])
+    # The peers train without augmentation: compare them with this row.
     row("fracjax (no augment)", ours["train_noaug"], ours["infer"], ours["latency"], ours["train_noaug"]["first_s"])
     for p in peers:
         if "error" in p:
@@ -381,6 +383,7 @@ def main(argv=None):
         peers = [run_peer(peer, model_name, args) for peer in args.peers]
         everything["models"][model_name] = {"fracjax": ours, "peers": peers}
         print(table(model_name, ours, peers, args.batch, peak), flush=True)
+    print("speedup: fracjax's advantage over that row (fracjax / peer images/s; peer / fracjax ms); >1: fracjax faster")
     print("first call s: compile (fracjax, torch.compile) or warm-up; excluded from the throughputs")
     if args.json:
         with open(args.json, "w") as f:
