@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fracjax.models.layers import ModuleDef, padded_max_pool, preprocess_input, zero_pad
+from fracjax.models.layers import ModuleDef, batch_norm_def, imagenet_stem, preprocess_input
 
 # Keras DenseNet BatchNorm constants.
 BN_EPSILON = 1.001e-5
@@ -75,18 +75,9 @@ class DenseNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(self.conv, use_bias=False, padding="VALID", dtype=self.dtype)
-        norm = functools.partial(
-            self.norm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            axis_name=self.bn_axis_name,
-        )
+        norm = batch_norm_def(train, self.bn_momentum, BN_EPSILON, self.dtype, self.bn_axis_name, self.norm)
         x = preprocess_input(jnp.asarray(x).astype(self.dtype), "torch")
-        x = conv(64, (7, 7), strides=(2, 2), name="stem_conv")(zero_pad(x, 3))
-        x = nn.relu(norm(name="stem_bn")(x))
-        x = padded_max_pool(x, 3, 2, 1)
+        x = imagenet_stem(x, conv, norm)
         for stage, layers in enumerate(self.blocks):
             for i in range(layers):
                 x = DenseLayer(self.growth, conv=conv, norm=norm, name=f"block{stage + 1}_{i + 1}")(x)

@@ -348,3 +348,27 @@ def padded_max_pool(x: Array, window: int = 3, stride: int = 2, pad: int = 1) ->
     padding is zeros, not -inf: the same here, since the stems pool after a
     ReLU, but stated as Keras does it."""
     return nn.max_pool(zero_pad(x, pad), (window, window), strides=(stride, stride), padding="VALID")
+
+
+def batch_norm_def(
+    train: bool,
+    momentum: float,
+    epsilon: float,
+    dtype: Any = None,
+    axis_name: Union[str, None] = None,
+    norm: ModuleDef = nn.BatchNorm,
+) -> ModuleDef:
+    """An architecture's BatchNorm, bound once: batch statistics (and running
+    average updates) when ``train``, the running averages otherwise."""
+    return functools.partial(
+        norm, use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype, axis_name=axis_name
+    )
+
+
+def imagenet_stem(x: Array, conv: ModuleDef, norm: ModuleDef, features: int = 64) -> Array:
+    """The Keras ResNet / DenseNet stem: ZeroPadding(3) + 7x7/2 "valid" conv ->
+    BN -> ReLU -> ZeroPadding(1) + 3x3/2 max pool. Call it from a compact
+    ``__call__``: it makes the caller's ``stem_conv`` and ``stem_bn``."""
+    x = conv(features, (7, 7), strides=(2, 2), padding="VALID", name="stem_conv")(zero_pad(x, 3))
+    x = nn.relu(norm(name="stem_bn")(x))
+    return padded_max_pool(x, 3, 2, 1)

@@ -14,6 +14,7 @@ from flax import linen as nn
 
 from fracjax.models.layers import (
     DepthwiseConv2D,
+    batch_norm_def,
     ModuleDef,
     SqueezeExcite,
     hard_swish,
@@ -145,14 +146,7 @@ class MobileNetV3(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(self.conv, use_bias=False, padding="SAME", dtype=self.dtype)
-        norm = functools.partial(
-            self.norm,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=BN_EPSILON,
-            dtype=self.dtype,
-            axis_name=self.bn_axis_name,
-        )
+        norm = batch_norm_def(train, self.bn_momentum, BN_EPSILON, self.dtype, self.bn_axis_name, self.norm)
         depthwise = functools.partial(DepthwiseConv2D, impl=self.depthwise_impl, dtype=self.dtype)
 
         x = preprocess_input(jnp.asarray(x).astype(self.dtype), "tf")
