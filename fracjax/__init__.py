@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 from fracjax import models  # noqa: E402
 
 # Loaded on first use: fracjax.data imports tensorflow_datasets and grain.
-_LAZY = {"data", "train", "inference"}
+_LAZY = {"data", "train", "inference", "evaluation"}
 
 
 def __getattr__(name):
@@ -15,9 +15,13 @@ def __getattr__(name):
         from fracjax.inference import Classifier
 
         return Classifier
+    if name == "evaluate":
+        from fracjax.evaluation import evaluate
+
+        return evaluate
     if name in _LAZY:
         return importlib.import_module(f"fracjax.{name}")
     raise AttributeError(f"module 'fracjax' has no attribute {name!r}")
 
 
-__all__ = ["Classifier", "models", "data", "train", "inference", "__version__"]
+__all__ = ["Classifier", "evaluate", "models", "data", "train", "inference", "evaluation", "__version__"]

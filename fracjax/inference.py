@@ -24,7 +24,13 @@ class Classifier:
     """A trained fracture classifier: the model rebuilt from the spec saved
     with the checkpoint, its variables, and its decision threshold."""
 
-    def __init__(self, spec: Dict[str, Any], variables: Dict[str, Any], batch_size: int = 32):
+    def __init__(
+        self,
+        spec: Dict[str, Any],
+        variables: Dict[str, Any],
+        batch_size: int = 32,
+        calibration: Optional[Dict[str, Any]] = None,
+    ):
         self.spec = dict(spec)
         self.model = fracjax.models.create(
             spec["model"],
@@ -36,7 +42,12 @@ class Classifier:
         self.image_size = int(spec["image_size"])
         self.threshold = float(spec.get("threshold", 0.5))
         self.batch_size = batch_size
-        self._forward = jax.jit(lambda v, x: jax.nn.sigmoid(self.model.apply(v, x, train=False)[:, 0]))
+        # Temperature scaling and operating points fitted on validation
+        # (fracjax.evaluation.calibrate_run); absent: raw probabilities.
+        self.calibration = dict(calibration or {})
+        self.temperature = float(self.calibration.get("temperature", 1.0))
+        self.operating_points = dict(self.calibration.get("operating_points", {}))
+        self._forward = jax.jit(lambda v, x: self.model.apply(v, x, train=False)[:, 0].astype(jnp.float32))
 
     @classmethod
     def from_checkpoint(cls, path: str, which: str = "best", batch_size: int = 32) -> "Classifier":
@@ -50,7 +61,10 @@ class Classifier:
         if spec is None:
             raise ValueError(f"{folder}/{step}: the checkpoint carries no model spec")
         variables = jax.tree_util.tree_map(jnp.asarray, variables)
-        return cls(spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size)
+        calibration = read_calibration(os.path.join(folder, str(step)))
+        return cls(
+            spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size, calibration
+        )
 
     # -- inputs ---------------------------------------------------------------
 
@@ -98,10 +112,8 @@ class Classifier:
 
     # -- prediction -------------------------------------------------------------
 
-    def predict(self, inputs) -> np.ndarray:
-        """Fracture probabilities, one per image: file paths (PNG, JPEG, BMP,
-        DICOM...), an array (N, H, W[, C]) / (H, W) of pixels in [0, 255] at
-        any size (resized to the model's), or a list of such arrays."""
+    def logits(self, inputs) -> np.ndarray:
+        """The model's fracture logits (before temperature scaling)."""
         out = []
         for batch in self._batches(inputs):
             n = len(batch)
@@ -110,7 +122,65 @@ class Classifier:
             out.append(np.asarray(self._forward(self.variables, jnp.asarray(batch)))[:n])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def classify(self, inputs) -> List[str]:
-        """Labels at the saved decision threshold."""
+    def predict(self, inputs, calibrated: bool = True) -> np.ndarray:
+        """Fracture probabilities, one per image: file paths (PNG, JPEG, BMP,
+        DICOM...), an array (N, H, W[, C]) / (H, W) of pixels in [0, 255] at
+        any size (resized to the model's), or a list of such arrays.
+        ``calibrated``: divide the logits by the temperature fitted on
+        validation, when the checkpoint has one."""
+        z = self.logits(inputs).astype(np.float64)
+        if calibrated:
+            z = z / self.temperature
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def calibrate(self, probabilities) -> np.ndarray:
+        """Raw model probabilities -> calibrated ones (identity without a temperature)."""
+        if self.temperature == 1.0:
+            return np.asarray(probabilities, np.float32)
+        p = np.clip(np.asarray(probabilities, np.float64), 1e-7, 1 - 1e-7)
+        z = (np.log(p) - np.log1p(-p)) / self.temperature
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def threshold_for(self, operating_point: Optional[str] = None) -> float:
+        """The decision threshold: the saved one, or an operating point chosen
+        on validation (``"youden"``, ``"sensitivity_0.95"``...)."""
+        if operating_point is None:
+            return self.threshold
+        if operating_point not in self.operating_points:
+            raise KeyError(
+                f"no operating point {operating_point!r}; this checkpoint has {sorted(self.operating_points) or 'none'}"
+            )
+        return float(self.operating_points[operating_point])
+
+    def classify(self, inputs, operating_point: Optional[str] = None) -> List[str]:
+        """Labels at the saved decision threshold, or at a named operating point."""
         labels = self.spec.get("labels", ["not_fractured", "fractured"])
-        return [labels[int(p >= self.threshold)] for p in self.predict(inputs)]
+        threshold = self.threshold_for(operating_point)
+        return [labels[int(p >= threshold)] for p in self.predict(inputs)]
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def read_calibration(step_folder: str) -> Optional[Dict[str, Any]]:
+    """The calibration saved inside a checkpoint's step folder, if any."""
+    import json
+
+    path = os.path.join(step_folder, CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_calibration(step_folder: str, calibration: Dict[str, Any]) -> str:
+    """Write atomically (a temporary file renamed into place), so a killed
+    run leaves the old file or the new one, never half of one."""
+    import json
+
+    path = os.path.join(step_folder, CALIBRATION_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(calibration, f, indent=1)
+    os.replace(tmp, path)
+    return path

@@ -36,6 +36,7 @@ class Bottleneck(nn.Module):
     projection: bool
     conv: ModuleDef
     norm: ModuleDef
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -54,7 +55,7 @@ class Bottleneck(nn.Module):
         y = self.conv(4 * self.filters, (1, 1), name="conv3")(y)
         if self.projection:
             shortcut = self.norm(name="shortcut_bn")(shortcut)
-        y = self.norm(name="bn3")(y)
+        y = self.norm(name="bn3", **({"scale_init": nn.initializers.zeros} if self.zero_init_residual else {}))(y)
         return nn.relu(y + shortcut)
 
 
@@ -70,6 +71,9 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None
     bn_momentum: float = BN_MOMENTUM
+    # Each bottleneck starts as its shortcut (last BN scale 0; Goyal et al.
+    # 2017), for training from scratch; loaded weights replace it.
+    zero_init_residual: bool = True
     conv: ModuleDef = nn.Conv
     norm: ModuleDef = nn.BatchNorm
 
@@ -87,6 +91,7 @@ class ResNet(nn.Module):
                     projection=i == 0,
                     conv=conv,
                     norm=norm,
+                    zero_init_residual=self.zero_init_residual,
                     name=f"block{stage + 1}_{i + 1}",
                 )(x)
         return x

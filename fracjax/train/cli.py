@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--early-stopping-patience", type=_positive_int, default=DEFAULTS.early_stopping_patience,
                    help="stop a phase after this many epochs without a better validation AUROC")
     g.add_argument("--threshold", type=float, default=DEFAULTS.threshold, help="decision threshold on the fracture probability")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--audit", metavar="JSON", help="leakage audit of the data set (python -m fracjax.data.audit "
+                   "--json A --clean-test): the report adds metrics on the clean test examples")
+    g.add_argument("--bootstrap", type=_positive_int, default=DEFAULTS.bootstrap,
+                   help="bootstrap resamples for the test metrics' 95%% intervals")
+    g.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the end-of-run calibration and report.html (report.json is always written)")
     g = p.add_argument_group("running")
     g.add_argument("--parallel", default=DEFAULTS.parallel, choices=PARALLEL_MODES,
                    help="jit: one program over a device mesh (NamedSharding); pmap: the older per-device map")

@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     phase1_epochs: int = 1
-    phase2_epochs: int = 6
+    phase2_epochs: int = 8
     lr: float = 1e-3
     phase2_lr: float = 3e-3  # from scratch; with --pretrained use ~1e-5 (Keras guide)
     weight_decay: float = 1e-4
@@ -59,6 +59,10 @@ class TrainConfig:
     brightness: float = 0.0
     early_stopping_patience: int = 3  # epochs without a better validation AUROC
     threshold: float = 0.5
+    # Evaluation at the end of the run.
+    report: bool = True  # calibration on validation, test intervals, report.html with Grad-CAM
+    audit: Optional[str] = None  # leakage audit JSON (python -m fracjax.data.audit --clean-test): clean-test metrics
+    bootstrap: int = 1000  # resamples for the test metrics' 95% intervals
     # Running.
     parallel: str = "jit"
     dtype: str = "float32"
@@ -126,6 +130,10 @@ class TrainConfig:
                 bad("manual_dir", f"no such folder: {self.manual_dir}")
         if self.backbone_bn_momentum is not None and not 0.0 <= self.backbone_bn_momentum < 1.0:
             bad("backbone_bn_momentum", f"must be in [0, 1), got {self.backbone_bn_momentum}")
+        if self.audit is not None and not os.path.isfile(self.audit):
+            bad("audit", f"no such file: {self.audit}")
+        if self.bootstrap < 1:
+            bad("bootstrap", f"must be >= 1, got {self.bootstrap}")
         if self.early_stopping_patience < 1:
             bad("early_stopping_patience", "must be >= 1")
         return self

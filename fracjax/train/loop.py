@@ -312,33 +312,9 @@ def _check_resumable(meta: Dict[str, Any], config: TrainConfig) -> None:
 
 
 def _plot_curves(history: List[Dict[str, Any]], path: str) -> None:
-    import matplotlib
+    from fracjax.evaluation import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    axes[0].plot(epochs, [h["validation"]["loss"] for h in history], "o-", label="validation loss")
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("binary cross-entropy")
-    axes[0].legend()
-    axes[1].plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train accuracy")
-    axes[1].plot(epochs, [h["validation"]["accuracy"] for h in history], "o-", label="validation accuracy")
-    axes[1].plot(epochs, [h["validation"]["auroc"] for h in history], "o-", label="validation AUROC")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylim(0.4, 1.01)
-    axes[1].legend(loc="lower right")
-    changes = [h["epoch"] - 0.5 for h0, h in zip(history, history[1:]) if h["phase"] != h0["phase"]]
-    for ax in axes:
-        for x in changes:
-            ax.axvline(x, color="grey", linestyle=":")
-        ax.grid(alpha=0.3)
-    fig.suptitle("fracjax training (dotted: phase 1 -> phase 2)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    figures.training_curves(history, path)
 
 
 def _jsonable(x):
@@ -598,11 +574,29 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
             "devices": f"{par.count} x {jax.devices()[0].platform}",
         }
     )
-    with open(os.path.join(run_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
     if book["history"]:
         _plot_curves(book["history"], os.path.join(run_dir, "curves.png"))
     checkpoints.close()
+    if config.report and jax.process_index() == 0:
+        # Temperature and operating points from validation (saved in the best
+        # checkpoint), test intervals, clean test with an audit, report.html.
+        from fracjax.evaluation import evaluate_run
+
+        evaluation_start = time.perf_counter()
+        done = evaluate_run(run_dir, splits["validation"], splits["test"], audit=config.audit,
+                            history=book["history"], bootstrap=config.bootstrap, seed=config.seed)
+        result = done["result"]
+        report["test"]["intervals"] = _jsonable(result.metrics["intervals"])
+        for key in ("ece", "brier", "average_precision"):
+            report["test"][key] = _jsonable(result.metrics[key])
+        if result.clean is not None:
+            report["clean_test"] = _jsonable({k: v for k, v in result.clean.items()})
+        report["calibration"] = _jsonable(done["calibration"])
+        report["timing"]["evaluation_seconds"] = round(time.perf_counter() - evaluation_start, 1)
+        report["timing"]["wall_seconds"] = round(time.perf_counter() - start_time, 1)
+        _log(f"report: {done['report']}")
+    with open(os.path.join(run_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
     _log(
         f"test (best checkpoint, step {best_step}): accuracy {test['accuracy']:.3f}, AUROC {test['auroc']:.4f}, "
         f"sensitivity {test['sensitivity']:.3f}, specificity {test['specificity']:.3f} -> {run_dir}"

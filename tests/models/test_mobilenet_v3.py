@@ -112,3 +112,27 @@ def test_block_table_matches_reference():
         exp.append(mobilenet_v3.make_divisible(in_ch * spec.expansion))
         in_ch = spec.out
     assert exp == [16, 72, 88, 96, 240, 240, 120, 144, 288, 576, 576]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "resnet50"])
+def test_zero_init_residual_starts_residual_blocks_as_identity(name):
+    """The last BN scale of exactly the residual blocks starts at 0 (and at 1
+    with zero_init_residual=False); the other BNs are untouched."""
+    import flax
+
+    x = np.zeros((1, 64, 64, 1), np.float32)
+    zeroed = {}
+    for flag in (True, False):
+        model = fracjax.models.create(name, head=None, zero_init_residual=flag)
+        params = jax.jit(lambda k: model.init(k, x))(jax.random.key(0))["params"]
+        flat = flax.traverse_util.flatten_dict(params)
+        zeroed[flag] = sorted("/".join(k[:-1]) for k, v in flat.items() if k[-1] == "scale" and not np.any(v))
+        scales = [v for k, v in flat.items() if k[-1] == "scale"]
+        assert all(np.all((v == 0) | (v == 1)) for v in scales)
+    assert zeroed[False] == []
+    if name == "mobilenet_v3_small":
+        residual = [f"block{i}/project_bn" for i, spec in enumerate(mobilenet_v3.SMALL_BLOCKS)
+                    if i > 0 and spec.stride == 1 and spec.out == mobilenet_v3.SMALL_BLOCKS[i - 1].out]
+        assert zeroed[True] == sorted(residual) and len(residual) == 6
+    else:
+        assert len(zeroed[True]) == 16 and all(z.endswith("/bn3") for z in zeroed[True])

@@ -1,0 +1,246 @@
+"""The paper's comparison: the hybrid MobileNetV3-Small against DenseNet121,
+VGG-16 and ResNet50, trained with the same data, head and budget, evaluated
+on one test set, written as ``comparison.md``, ``comparison.json``,
+``roc.png`` and ``report.html`` (``examples/compare.py`` is the command).
+
+Each model trains into its own run folder under the comparison folder. A
+model whose run holds ``report.json`` is done and is not trained again; one
+with checkpoints but no report resumes; so a killed comparison continues
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from fracjax.evaluation import figures, report as report_lib, stats
+
+PAPER_MODELS = ("mobilenet_v3_small", "resnet50", "vgg16", "densenet121")
+
+
+@dataclasses.dataclass
+class ComparisonConfig:
+    models: Sequence[str] = PAPER_MODELS
+    out: str = os.path.join("runs", "comparison")
+    # Shared by every model: the same data, head and budget.
+    dataset: str = "synthetic_fracture"
+    data_dir: Optional[str] = None
+    manual_dir: Optional[str] = None
+    head: str = "hybrid"
+    image_size: Optional[int] = 96
+    train_examples: Optional[int] = 2000
+    phase1_epochs: int = 1
+    phase2_epochs: int = 1
+    batch_size: int = 32
+    seed: int = 0
+    audit: Optional[str] = None
+    bootstrap: int = 1000
+    # Per model: {model: Keras weights file}; a pretrained model fine-tunes
+    # with ``pretrained_phase2_lr`` (Keras guidance) instead of the default.
+    pretrained: Dict[str, str] = dataclasses.field(default_factory=dict)
+    pretrained_phase2_lr: float = 1e-5
+    progress: bool = False
+    latency_repeats: int = 20
+
+    def validate(self) -> "ComparisonConfig":
+        import fracjax
+
+        known = fracjax.models.available()
+        if not self.models:
+            raise ValueError("--models: name at least one model")
+        for name in self.models:
+            if name not in known:
+                raise ValueError(f"--models: unknown model {name!r}; choose from {known}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"--models: a model is named twice in {list(self.models)}")
+        for name, path in self.pretrained.items():
+            if name not in self.models:
+                raise ValueError(f"--pretrained {name}={path}: {name} is not among --models")
+            if not os.path.isfile(path):
+                raise ValueError(f"--pretrained {name}={path}: no such file")
+        return self
+
+    def train_config(self, model: str):
+        from fracjax.train import TrainConfig
+
+        pretrained = self.pretrained.get(model)
+        values = dict(
+            model=model, head=self.head, dataset=self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
+            image_size=self.image_size, train_examples=self.train_examples, phase1_epochs=self.phase1_epochs,
+            phase2_epochs=self.phase2_epochs, batch_size=self.batch_size, seed=self.seed, audit=self.audit,
+            bootstrap=self.bootstrap, pretrained=pretrained, out=self.out, name=model, progress=self.progress,
+        )
+        if pretrained:
+            values["phase2_lr"] = self.pretrained_phase2_lr
+        return TrainConfig(**values)
+
+
+def forward_flops(model, variables, image_size: int) -> float:
+    """XLA's count of floating-point operations for one image's forward pass."""
+    import jax
+    import jax.numpy as jnp
+
+    one = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
+    cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, one).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else None
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def one_image_latency_ms(classifier, image_size: int, repeats: int = 20) -> float:
+    """Median wall time of ``predict`` on one image (compiled first)."""
+    image = np.full((image_size, image_size), 128, np.uint8)
+    single = type(classifier)(classifier.spec, classifier.variables, batch_size=1, calibration=classifier.calibration)
+    single.predict(image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        single.predict(image)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * float(np.median(times))
+
+
+def _parameter_count(variables) -> int:
+    import jax
+
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(variables["params"])))
+
+
+def _row(model: str, run_dir: str, config: ComparisonConfig) -> Dict[str, Any]:
+    """One table row from a finished run folder (report.json, evaluation.json, the checkpoint)."""
+    from fracjax.inference import Classifier
+
+    with open(os.path.join(run_dir, "report.json")) as f:
+        run_report = json.load(f)
+    with open(os.path.join(run_dir, "evaluation.json")) as f:
+        evaluation = json.load(f)
+    classifier = Classifier.from_checkpoint(run_dir)
+    size = classifier.image_size
+    predictions = evaluation["test"]["predictions"]
+    labels = np.array([p["label"] for p in predictions])
+    probs = np.array([p["probability"] for p in predictions])
+    metrics = evaluation["test"]["metrics"]
+    clean = evaluation["test"].get("clean")
+    return {
+        "model": model,
+        "pretrained": run_report.get("pretrained"),
+        "test": metrics,
+        "clean_test": clean,
+        "parameters": _parameter_count(classifier.variables),
+        "forward_gflops": forward_flops(classifier.model, classifier.variables, size) / 1e9,
+        "train_seconds": run_report["timing"]["train_seconds"],
+        "wall_seconds": run_report["timing"]["wall_seconds"],
+        "train_images_per_s": run_report["timing"]["train_images_per_s"],
+        "latency_ms": one_image_latency_ms(classifier, size, config.latency_repeats),
+        "image_size": size,
+        "run_dir": os.path.relpath(run_dir, config.out),
+        "labels": labels.tolist(),
+        "probabilities": probs.tolist(),
+    }
+
+
+def _cell(metrics: Optional[Dict[str, Any]], key: str, digits: int = 3) -> str:
+    if not metrics or metrics.get(key) is None:
+        return "-"
+    return stats.format_interval(metrics[key], (metrics.get("intervals") or {}).get(key), digits)
+
+
+COLUMNS = (
+    "model", "accuracy", "AUROC", "sensitivity", "specificity", "F1", "kappa", "clean acc.", "clean AUROC",
+    "params (M)", "GFLOPs", "train (s)", "train img/s", "latency (ms)",
+)
+
+
+def table_rows(rows: List[Dict[str, Any]]) -> List[List[str]]:
+    out = []
+    for r in rows:
+        t, c = r["test"], r["clean_test"]
+        name = r["model"] + (" (ImageNet)" if r.get("pretrained") else "")
+        out.append([
+            name, _cell(t, "accuracy"), _cell(t, "auroc"), _cell(t, "sensitivity"), _cell(t, "specificity"),
+            _cell(t, "f1"), _cell(t, "kappa"), _cell(c, "accuracy"), _cell(c, "auroc"),
+            f"{r['parameters'] / 1e6:.2f}", f"{r['forward_gflops']:.3f}", f"{r['train_seconds']:.0f}",
+            f"{r['train_images_per_s']:.1f}", f"{r['latency_ms']:.1f}",
+        ])
+    return out
+
+
+def markdown(rows: List[Dict[str, Any]], config: ComparisonConfig) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
+    n = rows[0]["test"]["n"] if rows else 0
+    lines.append("")
+    lines.append(
+        f"{config.dataset}, test n={n}, {config.image_size or 'stored'} px, head '{config.head}', "
+        f"{config.train_examples or 'all'} training examples, {config.phase1_epochs} + {config.phase2_epochs} epochs "
+        f"(frozen + fine-tuning), batch {config.batch_size}, seed {config.seed}. [..] = 95% bootstrap interval "
+        f"({config.bootstrap} resamples). Clean columns: test examples without a near-copy in train/validation "
+        f"({'audit ' + config.audit if config.audit else 'no audit given'}). GFLOPs: one image's forward pass (XLA "
+        "count); latency: one image, this machine's CPU."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_comparison(config: ComparisonConfig, log=print) -> Dict[str, Any]:
+    """Train (or resume, or reuse) every model, then write the outputs."""
+    from fracjax.train import fit
+
+    config.validate()
+    # Every weights file is checked against its architecture before any training.
+    import fracjax
+
+    for model, path in config.pretrained.items():
+        size = config.image_size or fracjax.models.input_contract(model).default_size
+        fracjax.models.load_keras_weights(model, path, image_size=size)
+    os.makedirs(config.out, exist_ok=True)
+    rows = []
+    for model in config.models:
+        run_dir = os.path.join(config.out, model)
+        done = os.path.exists(os.path.join(run_dir, "report.json")) and os.path.exists(
+            os.path.join(run_dir, "evaluation.json"))
+        if done:
+            log(f"{model}: finished earlier, reusing {run_dir}")
+        else:
+            train_config = config.train_config(model)
+            started = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+            train_config.resume = started
+            log(f"{model}: {'resuming' if started else 'training'} into {run_dir}")
+            fit(train_config)
+        rows.append(_row(model, run_dir, config))
+        # Written after every model: a killed comparison keeps what it has.
+        _write(rows, config)
+    paths = _write(rows, config, final=True)
+    log(f"wrote {', '.join(paths.values())}")
+    return {"rows": rows, "paths": paths}
+
+
+def _write(rows: List[Dict[str, Any]], config: ComparisonConfig, final: bool = False) -> Dict[str, str]:
+    paths = {name: os.path.join(config.out, name) for name in ("comparison.md", "comparison.json")}
+    with open(paths["comparison.md"], "w") as f:
+        f.write(markdown(rows, config))
+    with open(paths["comparison.json"], "w") as f:
+        json.dump({"config": dataclasses.asdict(config), "rows": rows}, f, indent=1, default=str)
+    if final:
+        paths["roc.png"] = os.path.join(config.out, "roc.png")
+        curves = {r["model"]: (np.array(r["labels"]), np.array(r["probabilities"])) for r in rows}
+        roc_png = figures.roc_pr(curves, paths["roc.png"])
+        paths["report.html"] = os.path.join(config.out, "report.html")
+        body = [
+            "<h2>Models</h2>",
+            report_lib.html_table(COLUMNS, table_rows(rows)),
+            "<p class='note'>" + markdown(rows, config).strip().splitlines()[-1] + "</p>",
+            "<h2>ROC and precision-recall</h2>",
+            report_lib.png_tag(roc_png, "ROC of every model"),
+            "<h2>Each model's report</h2><ul>",
+        ]
+        body += [f"<li><a href='{r['run_dir']}/report.html'>{r['model']}</a></li>" for r in rows]
+        body.append("</ul>")
+        with open(paths["report.html"], "w") as f:
+            f.write(report_lib.page("fracjax comparison", body))
+    return paths

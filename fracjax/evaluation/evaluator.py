@@ -1,0 +1,285 @@
+"""``fracjax.evaluate``: every metric with bootstrap intervals, on the whole
+test split and, given a leakage audit, on its clean subset side by side.
+
+    clf = fracjax.Classifier.from_checkpoint("runs/mobilenet_v3_small_hybrid")
+    result = fracjax.evaluate(clf, "synthetic_fracture", split="test", audit="audit.json")
+    print(result.table())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+
+from fracjax.evaluation import stats
+
+# Rows of the printed table: (key, label).
+TABLE_ROWS = (
+    ("accuracy", "accuracy"),
+    ("auroc", "AUROC"),
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("precision", "precision"),
+    ("f1", "F1"),
+    ("kappa", "Cohen's kappa"),
+    ("average_precision", "average precision"),
+    ("ece", "ECE (10 bins)"),
+    ("brier", "Brier score"),
+)
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """Predictions and metrics of one split (and its clean subset)."""
+
+    split: str
+    labels: np.ndarray
+    probabilities: np.ndarray
+    filenames: List[str]
+    threshold: float
+    metrics: Dict[str, Any]
+    clean: Optional[Dict[str, Any]] = None  # the same metrics on the clean subset
+    clean_mask: Optional[np.ndarray] = None  # which examples are clean
+    calibrated: bool = False
+
+    def to_json(self, with_predictions: bool = False) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "split": self.split,
+            "threshold": self.threshold,
+            "calibrated": self.calibrated,
+            "metrics": _jsonable(self.metrics),
+        }
+        if self.clean is not None:
+            out["clean"] = _jsonable(self.clean)
+        if with_predictions:
+            out["predictions"] = [
+                {"filename": f, "label": int(y), "probability": float(p)}
+                for f, y, p in zip(self.filenames, self.labels, self.probabilities)
+            ]
+        return out
+
+    def table(self, digits: int = 3) -> str:
+        """A markdown table: metric | this split [| clean subset], values with
+        their bootstrap intervals."""
+        columns = [(f"{self.split} (n={self.metrics['n']})", self.metrics)]
+        if self.clean is not None:
+            columns.append((f"clean {self.split} (n={self.clean['n']})", self.clean))
+        head = "| metric | " + " | ".join(name for name, _ in columns) + " |"
+        rows = [head, "|" + "---|" * (len(columns) + 1)]
+        for key, label in TABLE_ROWS:
+            cells = [stats.format_interval(m.get(key), m.get("intervals", {}).get(key), digits) for _, m in columns]
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+        level = int(round(100 * self.metrics.get("interval_level", 0.95)))
+        rows.append(f"\nthreshold {self.threshold:.3f}; [..] = {level}% bootstrap interval")
+        return "\n".join(rows)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if np.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def clean_filenames(audit: Any, split: str = "test") -> Optional[set]:
+    """The clean examples of ``split`` by filename, from an audit given as an
+    :class:`fracjax.data.audit.AuditReport`, its JSON dict, a path to that
+    JSON, or an iterable of filenames. None when ``audit`` is None.
+
+    Without a ``clean_test`` list, the clean examples are those of ``split``
+    in no pair with another split (computed against the data in
+    :func:`evaluate`)."""
+    if audit is None:
+        return None
+    if isinstance(audit, (str, os.PathLike)):
+        path = os.fspath(audit)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"audit: no such file {path}")
+        with open(path) as f:
+            try:
+                audit = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"audit: {path} is not JSON ({err})") from None
+    if hasattr(audit, "to_json"):
+        audit = audit.to_json()
+    if isinstance(audit, dict):
+        if audit.get("clean_test") is not None and split == "test":
+            return set(audit["clean_test"])
+        if "pairs" not in audit:
+            raise ValueError("audit: expected the JSON of `python -m fracjax.data.audit` (with 'pairs')")
+        return _Copied({pair[side]["filename"] for pair in audit["pairs"] for side in ("a", "b")
+                        if pair[side]["split"] == split and pair["a"]["split"] != pair["b"]["split"]})
+    return set(audit)
+
+
+class _Copied(set):
+    """Filenames of ``split`` with a near-copy in another split (the
+    complement is clean)."""
+
+
+def _examples(data, split: str, data_dir: Optional[str]):
+    """(images iterable, labels, filenames) from a data set name, a source
+    (indexable dicts with image/label[/filename]) or (images, labels[, filenames])."""
+    if isinstance(data, str):
+        from fracjax.data.pipeline import load_source
+
+        data = load_source(data, split, data_dir)
+    if isinstance(data, tuple):
+        images, labels = data[0], np.asarray(data[1])
+        filenames = list(data[2]) if len(data) > 2 else [f"{i:05d}" for i in range(len(labels))]
+        if len(images) != len(labels) or len(filenames) != len(labels):
+            raise ValueError(f"images ({len(images)}), labels ({len(labels)}) and filenames differ in length")
+        return (images[i] for i in range(len(labels))), labels.astype(np.int64), [str(f) for f in filenames]
+    n = len(data)
+    images, labels, filenames = [], np.empty((n,), np.int64), []
+    for i in range(n):  # decoded once: evaluation splits fit in memory
+        ex = data[i]
+        images.append(np.asarray(ex["image"]))
+        labels[i] = int(ex["label"])
+        name = ex.get("filename", f"{i:05d}") if hasattr(ex, "get") else f"{i:05d}"
+        filenames.append(name.decode() if isinstance(name, bytes) else str(name))
+    return images, labels, filenames
+
+
+def evaluate(
+    classifier,
+    data,
+    split: str = "test",
+    *,
+    data_dir: Optional[str] = None,
+    audit: Any = None,
+    threshold: Union[None, float, str] = None,
+    calibrated: bool = True,
+    bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> EvaluationResult:
+    """Evaluate ``classifier`` (a :class:`fracjax.Classifier` or a path to a
+    run/checkpoint) on ``data``: a prepared TFDS data set name (with
+    ``split`` and ``data_dir``), a source, or ``(images, labels[, filenames])``.
+
+    ``threshold``: a number, a named operating point of the checkpoint
+    (``"youden"``, ``"sensitivity_0.95"``: chosen on validation), or None for
+    the saved decision threshold. ``audit``: the leakage audit (see
+    :func:`clean_filenames`); its clean examples get their own metrics.
+    ``calibrated``: use the temperature fitted on validation, if any."""
+    from fracjax.inference import Classifier
+
+    if isinstance(classifier, (str, os.PathLike)):
+        classifier = Classifier.from_checkpoint(classifier)
+    if isinstance(threshold, str):
+        threshold = classifier.threshold_for(threshold)
+    elif threshold is None:
+        threshold = classifier.threshold
+    if not 0.0 < float(threshold) < 1.0 + 1e-9:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    images, labels, filenames = _examples(data, split, data_dir)
+    if len(labels) == 0:
+        raise ValueError(f"split {split!r} holds no examples")
+    probs = classifier.predict(list(images), calibrated=calibrated).astype(np.float64)
+    metrics = stats.metrics_with_intervals(labels, probs, float(threshold), samples=bootstrap, level=level, seed=seed)
+    result = EvaluationResult(split, labels, probs, filenames, float(threshold), metrics,
+                              calibrated=calibrated and classifier.temperature != 1.0)
+    names = clean_filenames(audit, split)
+    if names is not None:
+        if isinstance(names, _Copied):
+            mask = np.array([f not in names for f in filenames])
+        else:
+            unknown = names - set(filenames)
+            if names and len(unknown) == len(names):
+                raise ValueError(f"audit: none of its {len(names)} clean filenames is in split {split!r}")
+            mask = np.array([f in names for f in filenames])
+        result.clean_mask = mask
+        result.clean = stats.metrics_with_intervals(
+            labels[mask], probs[mask], float(threshold), samples=bootstrap, level=level, seed=seed
+        ) if mask.any() else {"n": 0}
+    return result
+
+
+def calibrate(labels, logits, sensitivities: Sequence[float] = (0.9, 0.95), bins: int = 10) -> Dict[str, Any]:
+    """Temperature and operating points fitted on one split (validation):
+    ``{"temperature", "operating_points" (on calibrated probabilities),
+    "ece_before", "ece_after", "fitted_on"}``."""
+    labels = np.asarray(labels).astype(np.int64)
+    logits = np.asarray(logits, np.float64)
+    temperature = stats.fit_temperature(labels, logits)
+    raw = 1.0 / (1.0 + np.exp(-logits))
+    # float32, as Classifier.predict returns them: a threshold equal to a
+    # positive's probability must compare equal when applied.
+    calibrated = (1.0 / (1.0 + np.exp(-logits / temperature))).astype(np.float32)
+    points: Dict[str, float] = {}
+    if 0 < labels.sum() < labels.size:
+        points = stats.operating_points(labels, calibrated, sensitivities)
+    return {
+        "temperature": float(temperature),
+        "operating_points": points,
+        "ece_before": stats.expected_calibration_error(labels, raw, bins),
+        "ece_after": stats.expected_calibration_error(labels, calibrated, bins),
+        "fitted_on": {"examples": int(labels.size), "positives": int(labels.sum())},
+    }
+
+
+def calibrate_checkpoint(path: str, data, split: str = "validation", data_dir: Optional[str] = None,
+                         which: str = "best", **kwargs) -> Dict[str, Any]:
+    """Fit temperature scaling and operating points on ``split`` (validation)
+    and save them inside the checkpoint's step folder (``calibration.json``),
+    where :meth:`fracjax.Classifier.from_checkpoint` finds them."""
+    from fracjax.inference import Classifier, write_calibration
+    from fracjax.train.checkpoint import find_model_checkpoint
+
+    folder, step = find_model_checkpoint(path, which)
+    classifier = Classifier.from_checkpoint(os.path.join(folder, str(step)))
+    images, labels, _ = _examples(data, split, data_dir)
+    logits = classifier.logits(list(images))
+    calibration = calibrate(labels, logits, **kwargs)
+    calibration["fitted_on"]["split"] = split
+    write_calibration(os.path.join(folder, str(step)), calibration)
+    return calibration
+
+
+def evaluate_run(
+    run_dir: str,
+    validation,
+    test,
+    *,
+    audit: Any = None,
+    history: Optional[List[Dict[str, Any]]] = None,
+    report: bool = True,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    gradcam_per_group: int = 4,
+) -> Dict[str, Any]:
+    """The end of a run: fit temperature scaling and operating points on
+    ``validation`` (saved in the best checkpoint), evaluate ``test`` with
+    intervals (and clean test, given an audit), write ``evaluation.json`` and
+    ``report.html``. ``validation``/``test``: sources or (images, labels[,
+    filenames]). Returns {"result", "calibration", "classifier", "report"}."""
+    from fracjax.inference import Classifier
+
+    calibration = calibrate_checkpoint(run_dir, validation)
+    classifier = Classifier.from_checkpoint(run_dir)
+    images, labels, filenames = _examples(test, "test", None)
+    images = list(images)
+    result = evaluate(classifier, (images, labels, filenames), "test", audit=audit, bootstrap=bootstrap, seed=seed)
+    raw = classifier.predict(images, calibrated=False)
+    with open(os.path.join(run_dir, "evaluation.json"), "w") as f:
+        json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)
+    path = None
+    if report:
+        from fracjax.evaluation.report import run_report
+
+        path = run_report(run_dir, classifier, result, history=history, images=np.stack(images),
+                          raw_probabilities=raw, calibration=calibration, gradcam_per_group=gradcam_per_group)
+    return {"result": result, "calibration": calibration, "classifier": classifier, "report": path}

@@ -1,0 +1,166 @@
+"""Self-contained HTML reports (figures embedded as PNG data URIs: one file
+to mail or archive).
+
+* :func:`run_report`: one trained run: metrics with intervals (all test and
+  clean test), training curves, ROC and precision-recall, confusion matrix,
+  reliability before/after temperature scaling, Grad-CAM overlays of true and
+  false positives and negatives.
+* :func:`comparison_report`: the table of ``examples/compare.py`` with the
+  ROC figure of every model and each model's section.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from fracjax.evaluation import figures, gradcam, stats
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
+td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
+"""
+
+
+def png_tag(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def page(title: str, body: Sequence[str]) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+        f"<p class='note'>written by fracjax {stamp}</p>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def metrics_rows(result) -> List[List[str]]:
+    from fracjax.evaluation.evaluator import TABLE_ROWS
+
+    columns = [result.metrics] + ([result.clean] if result.clean is not None else [])
+    rows = []
+    for key, label in TABLE_ROWS:
+        rows.append([label] + [stats.format_interval(m.get(key), m.get("intervals", {}).get(key)) for m in columns])
+    return rows
+
+
+def metrics_section(result) -> str:
+    header = ["metric", f"{result.split} (n={result.metrics['n']})"]
+    if result.clean is not None:
+        header.append(f"clean {result.split} (n={result.clean['n']})")
+    level = int(round(100 * result.metrics.get("interval_level", 0.95)))
+    note = (f"<p class='note'>Decision threshold {result.threshold:.3f}; [..] = {level}% percentile bootstrap "
+            f"interval; probabilities {'temperature-scaled' if result.calibrated else 'as the model gives them'}."
+            + ("" if result.clean is not None else " No leakage audit given: no clean-test column.") + "</p>")
+    return html_table(header, metrics_rows(result)) + note
+
+
+def _pick(indices: np.ndarray, probs: np.ndarray, count: int, most_confident: bool) -> np.ndarray:
+    order = np.argsort(probs[indices])
+    order = order[::-1] if most_confident else order
+    return indices[order[:count]]
+
+
+def gradcam_grid(classifier, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, threshold: float,
+                 per_group: int = 4, layer: str = gradcam.DEFAULT_LAYER, path: Optional[str] = None) -> bytes:
+    """Grad-CAM ("fractured") overlays of the most confident true/false
+    positives and negatives (``per_group`` each)."""
+    predicted = probs >= threshold
+    groups = [
+        ("true positive", np.flatnonzero(predicted & (labels == 1)), True),
+        ("false positive", np.flatnonzero(predicted & (labels == 0)), True),
+        ("false negative", np.flatnonzero(~predicted & (labels == 1)), False),
+        ("true negative", np.flatnonzero(~predicted & (labels == 0)), False),
+    ]
+    chosen = [(name, _pick(idx, probs, per_group, high)) for name, idx, high in groups]
+    flat = np.concatenate([idx for _, idx in chosen]).astype(np.int64)
+    maps = {}
+    if flat.size:
+        out = gradcam.explain_classifier(classifier, [images[i] for i in flat], layer=layer)
+        maps = {int(i): (out["images"][k], out["maps"][k]) for k, i in enumerate(flat)}
+    rows = []
+    for name, idx in chosen:
+        items = [(gradcam.overlay(*maps[int(i)]), f"p={probs[i]:.2f}") for i in idx]
+        rows.append((f"{name} ({len(idx)})", items))
+    return figures.image_grid(rows, path)
+
+
+def run_report(
+    run_dir: str,
+    classifier,
+    result,
+    history: Optional[List[Dict[str, Any]]] = None,
+    images: Optional[np.ndarray] = None,
+    raw_probabilities: Optional[np.ndarray] = None,
+    calibration: Optional[Dict[str, Any]] = None,
+    title: Optional[str] = None,
+    gradcam_per_group: int = 4,
+) -> str:
+    """Write ``<run_dir>/report.html`` for an evaluated run; returns its path.
+
+    ``result``: the test :class:`EvaluationResult`; ``images``: its images
+    (for Grad-CAM); ``raw_probabilities``: before temperature scaling (for the
+    reliability diagram)."""
+    spec = classifier.spec
+    body = [f"<p>{html.escape(spec.get('model', '?'))} with the {html.escape(str(spec.get('head')))} head, "
+            f"{spec.get('image_size')} px; run folder {html.escape(os.path.abspath(run_dir))}.</p>"]
+    body.append("<h2>Test metrics</h2>")
+    body.append(metrics_section(result))
+    if calibration:
+        points = calibration.get("operating_points", {})
+        rows = [[name, f"{t:.3f}"] + _at_threshold(result, t) for name, t in points.items()]
+        body.append("<h2>Operating points (chosen on validation, applied to test)</h2>")
+        body.append(f"<p class='note'>Temperature {calibration['temperature']:.3f} (validation ECE "
+                    f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}).</p>")
+        body.append(html_table(["operating point", "threshold", "test sensitivity", "test specificity",
+                                "test accuracy"], rows))
+    if history:
+        body.append("<h2>Training curves</h2>")
+        body.append(png_tag(figures.training_curves(history), "training curves"))
+    body.append("<h2>ROC and precision-recall</h2>")
+    curves = {"all test": (result.labels, result.probabilities)}
+    if result.clean_mask is not None and result.clean_mask.any():
+        curves["clean test"] = (result.labels[result.clean_mask], result.probabilities[result.clean_mask])
+    body.append(png_tag(figures.roc_pr(curves, os.path.join(run_dir, "roc.png")), "ROC and precision-recall"))
+    body.append("<h2>Confusion matrix and reliability</h2>")
+    extra = {"before temperature": raw_probabilities} if raw_probabilities is not None and result.calibrated else None
+    body.append(png_tag(figures.confusion_matrix(result.metrics["confusion"], result.threshold), "confusion matrix"))
+    body.append(png_tag(figures.reliability_diagram(result.labels, result.probabilities, extra=extra), "reliability"))
+    if images is not None and gradcam_per_group:
+        body.append("<h2>Grad-CAM (evidence for 'fractured')</h2>")
+        body.append("<p class='note'>Most confident examples of each kind; warm colours drive the fracture "
+                    f"logit (layer '{gradcam.DEFAULT_LAYER}').</p>")
+        grid = gradcam_grid(classifier, images, result.labels, result.probabilities, result.threshold,
+                            gradcam_per_group, path=os.path.join(run_dir, "gradcam.png"))
+        body.append(png_tag(grid, "Grad-CAM grid"))
+    body.append("<h2>Model</h2><pre>" + html.escape(json.dumps(spec, indent=1, default=str)) + "</pre>")
+    path = os.path.join(run_dir, "report.html")
+    with open(path, "w") as f:
+        f.write(page(title or f"fracjax report: {os.path.basename(os.path.abspath(run_dir))}", body))
+    return path
+
+
+def _at_threshold(result, threshold: float) -> List[str]:
+    from fracjax.train.metrics import binary_metrics
+
+    m = binary_metrics(result.labels, result.probabilities, threshold)
+    return [f"{m['sensitivity']:.3f}", f"{m['specificity']:.3f}", f"{m['accuracy']:.3f}"]

@@ -1,0 +1,286 @@
+"""Statistics for reading a binary classifier honestly (numpy, host side):
+bootstrap confidence intervals, ROC and precision-recall curves, operating
+points chosen on one split and applied to another, calibration error and
+temperature scaling.
+
+Labels are {0, 1} (1 = fractured); scores are fracture probabilities, and a
+decision is ``p >= threshold``, as in :mod:`fracjax.train.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from fracjax.train.metrics import binary_metrics
+
+INTERVAL_METRICS = ("accuracy", "auroc", "sensitivity", "specificity", "f1", "kappa")
+
+
+def _check(labels, scores) -> Tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels ({labels.size}) and scores ({scores.size}) differ in length")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return labels, scores
+
+
+# --------------------------------------------------------------------------
+# Curves.
+# --------------------------------------------------------------------------
+
+
+def roc_curve(labels, scores) -> Dict[str, np.ndarray]:
+    """``fpr``, ``tpr`` and ``thresholds`` (decreasing; the first is +inf, so
+    the curve starts at (0, 0)), one point per distinct score."""
+    labels, scores = _check(labels, scores)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_run = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1] if len(s) else np.zeros(0, np.int64)
+    tp = np.cumsum(y)[last_of_run]
+    fp = np.cumsum(1 - y)[last_of_run]
+    n_pos, n_neg = max(int(labels.sum()), 1), max(int((1 - labels).sum()), 1)
+    return {
+        "fpr": np.r_[0.0, fp / n_neg],
+        "tpr": np.r_[0.0, tp / n_pos],
+        "thresholds": np.r_[np.inf, s[last_of_run]],
+    }
+
+
+def pr_curve(labels, scores) -> Dict[str, np.ndarray]:
+    """``precision``, ``recall``, ``thresholds`` (decreasing) and
+    ``average_precision`` (the step-wise area, as scikit-learn defines it)."""
+    labels, scores = _check(labels, scores)
+    roc = roc_curve(labels, scores)
+    n_pos = int(labels.sum())
+    tp = roc["tpr"][1:] * max(n_pos, 1)
+    fp = roc["fpr"][1:] * max(int((1 - labels).sum()), 1)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-12), 1.0)
+    recall = roc["tpr"][1:]
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision)) if n_pos else float("nan")
+    return {"precision": precision, "recall": recall, "thresholds": roc["thresholds"][1:], "average_precision": ap}
+
+
+# --------------------------------------------------------------------------
+# Bootstrap.
+# --------------------------------------------------------------------------
+
+
+def _bootstrap_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUROC of each row of (B, N) resampled labels/scores (Mann-Whitney with
+    average ranks for ties); NaN where a row holds one class only."""
+    ranks = scipy_stats.rankdata(scores, axis=1)
+    n_pos = labels.sum(axis=1).astype(np.float64)
+    n_neg = labels.shape[1] - n_pos
+    u = np.sum(ranks * labels, axis=1) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def bootstrap_intervals(
+    labels,
+    probabilities,
+    threshold: float = 0.5,
+    metrics: Sequence[str] = INTERVAL_METRICS,
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Dict[str, Tuple[float, float]]:
+    """Percentile bootstrap intervals: resample the examples with replacement
+    ``samples`` times and take the (1 - level) / 2 quantiles of each metric.
+    Resamples where a metric is undefined (no positives for sensitivity) are
+    left out of that metric; with none left the interval is (NaN, NaN)."""
+    labels, probs = _check(labels, probabilities)
+    unknown = set(metrics) - set(INTERVAL_METRICS) - {"precision"}
+    if unknown:
+        raise ValueError(f"no bootstrap for {sorted(unknown)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    n = labels.size
+    if n == 0:
+        return {m: (float("nan"), float("nan")) for m in metrics}
+    rng = np.random.default_rng(seed)
+    out: Dict[str, Tuple[float, float]] = {}
+    # Chunks keep the (B, N) index matrix small for big test sets.
+    chunk = max(1, min(samples, 4_000_000 // max(n, 1)))
+    values: Dict[str, list] = {m: [] for m in metrics}
+    done = 0
+    while done < samples:
+        b = min(chunk, samples - done)
+        idx = rng.integers(0, n, size=(b, n))
+        y, p = labels[idx], probs[idx]
+        pred = p >= threshold
+        tp = np.sum(y & pred, axis=1)
+        tn = np.sum((1 - y) & ~pred, axis=1)
+        fp = np.sum((1 - y) & pred, axis=1)
+        fn = np.sum(y & ~pred, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            computed = {
+                "accuracy": (tp + tn) / n,
+                "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
+                "specificity": np.where(tn + fp > 0, tn / (tn + fp), np.nan),
+                "precision": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
+                "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan),
+            }
+            # Cohen's kappa from the same counts (NaN where chance agreement is total).
+            observed = (tp + tn) / n
+            expected = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / float(n * n)
+            computed["kappa"] = np.where(expected < 1.0, (observed - expected) / np.where(expected < 1.0, 1.0 - expected, 1.0), np.nan)
+        if "auroc" in metrics:
+            computed["auroc"] = _bootstrap_auroc(y, p)
+        for m in metrics:
+            values[m].append(computed[m])
+        done += b
+    tail = (1.0 - level) / 2.0 * 100.0
+    for m in metrics:
+        v = np.concatenate(values[m])
+        v = v[np.isfinite(v)]
+        out[m] = (float("nan"), float("nan")) if v.size == 0 else tuple(float(q) for q in np.percentile(v, [tail, 100 - tail]))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Operating points.
+# --------------------------------------------------------------------------
+
+
+def threshold_for_sensitivity(labels, probabilities, target: float) -> float:
+    """The highest threshold whose sensitivity on these data is at least
+    ``target`` (so specificity is as high as that allows)."""
+    labels, probs = _check(labels, probabilities)
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
+    positives = np.sort(probs[labels == 1])[::-1]
+    if positives.size == 0:
+        raise ValueError("no positive examples to choose a sensitivity threshold on")
+    needed = int(math.ceil(target * positives.size - 1e-9))
+    return float(positives[max(needed, 1) - 1])
+
+
+def youden_threshold(labels, probabilities) -> float:
+    """The threshold that maximises Youden's J = sensitivity + specificity - 1
+    (the highest such threshold when several tie)."""
+    labels, probs = _check(labels, probabilities)
+    if labels.sum() == 0 or labels.sum() == labels.size:
+        raise ValueError("Youden's J needs both classes")
+    roc = roc_curve(labels, probs)
+    j = roc["tpr"][1:] - roc["fpr"][1:]
+    best = int(np.flatnonzero(j >= j.max() - 1e-12)[0])  # ties up to rounding: the highest threshold
+    return float(roc["thresholds"][1:][best])
+
+
+def operating_points(labels, probabilities, sensitivities: Sequence[float] = (0.9, 0.95)) -> Dict[str, float]:
+    """Named thresholds chosen on these data: ``youden`` and
+    ``sensitivity_<target>`` for each target."""
+    points = {"youden": youden_threshold(labels, probabilities)}
+    for target in sensitivities:
+        points[f"sensitivity_{target:g}"] = threshold_for_sensitivity(labels, probabilities, target)
+    return points
+
+
+# --------------------------------------------------------------------------
+# Calibration.
+# --------------------------------------------------------------------------
+
+
+def reliability(labels, probabilities, bins: int = 10) -> Dict[str, np.ndarray]:
+    """Equal-width bins of the predicted fracture probability: per bin the
+    mean prediction (``confidence``), the fraction actually fractured
+    (``frequency``) and the ``count``; empty bins hold NaN."""
+    labels, probs = _check(labels, probabilities)
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1], right=False), 0, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(which, probs, minlength=bins) / count
+        frequency = np.bincount(which, labels.astype(np.float64), minlength=bins) / count
+    return {"edges": edges, "confidence": confidence, "frequency": frequency, "count": count}
+
+
+def expected_calibration_error(labels, probabilities, bins: int = 10) -> float:
+    """ECE of the fracture probability: sum over bins of |frequency -
+    confidence| weighted by the bin's share of the examples."""
+    r = reliability(labels, probabilities, bins)
+    n = r["count"].sum()
+    if n == 0:
+        return float("nan")
+    filled = r["count"] > 0
+    return float(np.sum(np.abs(r["frequency"][filled] - r["confidence"][filled]) * r["count"][filled]) / n)
+
+
+def logits_from_probabilities(probabilities, eps: float = 1e-7) -> np.ndarray:
+    p = np.clip(np.asarray(probabilities, np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def fit_temperature(labels, logits, max_iter: int = 100) -> float:
+    """The temperature T > 0 minimising the cross-entropy of sigmoid(z / T)
+    on these data (Guo et al. 2017, binary form). The loss is convex in 1/T;
+    Newton's method on 1/T, kept within [1e-2, 1e2]."""
+    labels, z = _check(labels, logits)
+    if z.size == 0 or not np.any(z):
+        return 1.0
+    y = labels.astype(np.float64)
+    s = 1.0
+
+    def loss(s):
+        return float(np.mean(np.logaddexp(0.0, s * z) - y * s * z))
+
+    for _ in range(max_iter):
+        p = 1.0 / (1.0 + np.exp(-s * z))
+        grad = float(np.mean((p - y) * z))
+        hess = float(np.mean(p * (1.0 - p) * z * z))
+        if hess <= 1e-12:
+            break
+        new = float(np.clip(s - grad / hess, 1e-2, 1e2))
+        # Halve the step while the loss does not fall (guards the clipped ends).
+        while loss(new) > loss(s) + 1e-12 and abs(new - s) > 1e-9:
+            new = (new + s) / 2.0
+        if abs(new - s) < 1e-9:
+            break
+        s = new
+    return float(1.0 / s)
+
+
+def apply_temperature(probabilities, temperature: float) -> np.ndarray:
+    z = logits_from_probabilities(probabilities)
+    return 1.0 / (1.0 + np.exp(-z / float(temperature)))
+
+
+def metrics_with_intervals(
+    labels,
+    probabilities,
+    threshold: float = 0.5,
+    samples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    bins: int = 10,
+) -> Dict[str, object]:
+    """Every metric of :func:`fracjax.train.metrics.binary_metrics`, plus
+    ``intervals`` (bootstrap), ``ece``, ``brier`` and ``average_precision``."""
+    labels, probs = _check(labels, probabilities)
+    out = binary_metrics(labels, probs, threshold)
+    out["intervals"] = bootstrap_intervals(labels, probs, threshold, samples=samples, level=level, seed=seed)
+    out["interval_level"] = level
+    out["ece"] = expected_calibration_error(labels, probs, bins)
+    out["brier"] = float(np.mean((probs - labels) ** 2)) if labels.size else float("nan")
+    out["average_precision"] = pr_curve(labels, probs)["average_precision"] if labels.size else float("nan")
+    return out
+
+
+def format_interval(value: float, interval: Optional[Tuple[float, float]], digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if interval and all(math.isfinite(v) for v in interval):
+        text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return text

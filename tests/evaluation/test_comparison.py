@@ -1,0 +1,70 @@
+"""The comparison on a tiny setting: a complete table, the figure and the
+report; a second call reuses finished models and resumes a half-done one."""
+
+import json
+import os
+
+import pytest
+
+from fracjax.evaluation.comparison import COLUMNS, ComparisonConfig, run_comparison
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    import tensorflow_datasets as tfds
+
+    import fracjax.data.builders  # noqa: F401
+
+    d = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("synthetic_fracture/tiny", data_dir=d).download_and_prepare()
+    return d
+
+
+def tiny(data_dir, out, **overrides):
+    values = dict(models=("mobilenet_v3_small", "vgg16"), out=str(out), dataset="synthetic_fracture/tiny",
+                  data_dir=data_dir, image_size=32, train_examples=32, phase1_epochs=1, phase2_epochs=1,
+                  batch_size=16, bootstrap=50, latency_repeats=2)
+    values.update(overrides)
+    return ComparisonConfig(**values)
+
+
+def test_tiny_comparison_is_complete_and_resumable(data_dir, tmp_path):
+    messages = []
+    result = run_comparison(tiny(data_dir, tmp_path), log=messages.append)
+    rows = result["rows"]
+    assert [r["model"] for r in rows] == ["mobilenet_v3_small", "vgg16"]
+    for name in ("comparison.md", "comparison.json", "roc.png", "report.html"):
+        assert os.path.getsize(tmp_path / name) > 0, name
+    table = (tmp_path / "comparison.md").read_text().splitlines()
+    assert table[0] == "| " + " | ".join(COLUMNS) + " |"
+    body = [line for line in table if line.startswith("| mobilenet") or line.startswith("| vgg16")]
+    assert len(body) == 2
+    for line in body:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(COLUMNS)
+        assert "[" in cells[1] and "[" in cells[2]  # accuracy and AUROC carry intervals
+        assert cells[7] == "-"  # no audit: no clean-test column values
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["rows"][1]["parameters"] > saved["rows"][0]["parameters"]  # VGG16 is the bigger one
+    assert all(r["test"]["n"] == 64 and r["forward_gflops"] > 0 and r["latency_ms"] > 0 for r in saved["rows"])
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "vgg16/report.html" in html
+
+    # Again: both finished models are reused. Then a model without its report resumes.
+    messages.clear()
+    run_comparison(tiny(data_dir, tmp_path), log=messages.append)
+    assert sum("finished earlier" in m for m in messages) == 2
+    os.remove(tmp_path / "vgg16" / "report.json")
+    messages.clear()
+    again = run_comparison(tiny(data_dir, tmp_path), log=messages.append)
+    assert any(m.startswith("vgg16: resuming") for m in messages)
+    assert again["rows"][1]["test"]["auroc"] == pytest.approx(rows[1]["test"]["auroc"])
+
+
+def test_bad_configs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'mobilenet'"):
+        ComparisonConfig(models=("mobilenet",)).validate()
+    with pytest.raises(ValueError, match="resnet50=.*not among --models"):
+        ComparisonConfig(models=("vgg16",), pretrained={"resnet50": str(tmp_path)}).validate()
+    with pytest.raises(ValueError, match="no such file"):
+        ComparisonConfig(models=("vgg16",), pretrained={"vgg16": str(tmp_path / "w.h5")}).validate()

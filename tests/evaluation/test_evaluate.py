@@ -1,0 +1,89 @@
+"""fracjax.evaluate: metrics with intervals, clean-test columns from an
+audit, calibration saved in a checkpoint, the HTML report."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fracjax
+from fracjax.evaluation import evaluator as evaluate_lib
+from fracjax.inference import Classifier
+from fracjax.train.metrics import binary_metrics
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    spec = {"model": "mobilenet_v3_small", "head": "linear", "image_size": 32, "threshold": 0.5}
+    model = fracjax.models.create("mobilenet_v3_small", head="linear")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    return Classifier(spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, labels = fracjax.data.generate_arrays(40, "test", seed=5, config=fracjax.data.SyntheticConfig(size=32))
+    return images, labels, [f"test/{i:05d}.png" for i in range(40)]
+
+
+def test_metrics_match_the_predictions(classifier, data):
+    images, labels, names = data
+    result = fracjax.evaluate(classifier, data, bootstrap=200)
+    probs = classifier.predict(images)
+    np.testing.assert_allclose(result.probabilities, probs, rtol=1e-6)
+    expected = binary_metrics(labels, probs, 0.5)
+    for key in ("accuracy", "auroc", "sensitivity", "specificity", "kappa", "f1"):
+        assert result.metrics[key] == pytest.approx(expected[key], nan_ok=True), key
+    for key in ("accuracy", "auroc", "sensitivity", "specificity"):
+        low, high = result.metrics["intervals"][key]
+        assert low <= result.metrics[key] <= high
+    assert result.clean is None
+    table = result.table()
+    assert "| accuracy |" in table and "bootstrap" in table
+    assert result.to_json(with_predictions=True)["predictions"][3]["filename"] == names[3]
+
+
+def test_clean_test_column_from_an_audit(classifier, data, tmp_path):
+    images, labels, names = data
+    clean = names[::2]
+    result = fracjax.evaluate(classifier, data, audit={"pairs": [], "clean_test": clean}, bootstrap=100)
+    assert result.clean["n"] == 20
+    expected = binary_metrics(labels[::2], result.probabilities[::2], 0.5)
+    assert result.clean["accuracy"] == pytest.approx(expected["accuracy"])
+    assert "clean test (n=20)" in result.table()
+    # An audit without a clean list: test examples in a cross-split pair are left out.
+    audit = {"pairs": [{"a": {"split": "train", "filename": "train/1.png"}, "b": {"split": "test", "filename": names[0]}},
+                       {"a": {"split": "test", "filename": names[1]}, "b": {"split": "test", "filename": names[2]}}]}
+    path = tmp_path / "audit.json"
+    path.write_text(json.dumps(audit))
+    result = fracjax.evaluate(classifier, data, audit=str(path), bootstrap=100)
+    assert result.clean["n"] == 39 and not result.clean_mask[0] and result.clean_mask[1]
+
+
+def test_bad_audit_and_threshold_are_named(classifier, data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        fracjax.evaluate(classifier, data, audit=str(tmp_path / "nope.json"))
+    with pytest.raises(ValueError, match="none of its 2 clean filenames"):
+        fracjax.evaluate(classifier, data, audit={"clean_test": ["x", "y"], "pairs": []})
+    with pytest.raises(KeyError, match="no operating point 'youden'"):
+        fracjax.evaluate(classifier, data, threshold="youden")
+
+
+def test_calibration_travels_with_the_classifier(classifier, data):
+    # (That temperature scaling lowers the ECE of a miscalibrated model is
+    # tested in test_stats on a model with a known miscalibration.)
+    images, labels, _ = data
+    logits = classifier.logits(images)
+    calibration = evaluate_lib.calibrate(labels, logits)
+    t = calibration["temperature"]
+    assert t == pytest.approx(fracjax.evaluation.stats.fit_temperature(labels, logits))
+    calibrated = Classifier(classifier.spec, classifier.variables, 16, calibration)
+    np.testing.assert_allclose(calibrated.predict(images), 1 / (1 + np.exp(-logits / t)), rtol=1e-5)
+    np.testing.assert_allclose(calibrated.predict(images, calibrated=False), classifier.predict(images), rtol=1e-6)
+    # Operating points are chosen on these (calibrated) probabilities and meet their target here.
+    point = calibrated.threshold_for("sensitivity_0.95")
+    assert binary_metrics(labels, calibrated.predict(images), point)["sensitivity"] >= 0.95
+    assert calibrated.classify(images[:3], operating_point="youden")[0] in ("fractured", "not_fractured")

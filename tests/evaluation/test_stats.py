@@ -1,0 +1,147 @@
+"""Curves, bootstrap intervals, operating points and calibration against
+hand-computed cases and simulations with a known truth."""
+
+import numpy as np
+import pytest
+
+from fracjax.evaluation import stats
+from fracjax.train.metrics import auroc, binary_metrics
+
+
+def test_roc_curve_by_hand():
+    labels = [1, 0, 1, 0]
+    scores = [0.9, 0.8, 0.8, 0.1]  # a tie between a positive and a negative
+    roc = stats.roc_curve(labels, scores)
+    np.testing.assert_allclose(roc["fpr"], [0.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(roc["tpr"], [0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(roc["thresholds"][1:], [0.9, 0.8, 0.1])
+    # The trapezoid area equals the rank (Mann-Whitney) AUROC with the tie counted half.
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(auroc(labels, scores)) == pytest.approx(0.875)
+
+
+def test_pr_curve_by_hand():
+    pr = stats.pr_curve([1, 0, 1, 0], [0.9, 0.7, 0.6, 0.1])
+    np.testing.assert_allclose(pr["precision"], [1.0, 0.5, 2 / 3, 0.5])
+    np.testing.assert_allclose(pr["recall"], [0.5, 0.5, 1.0, 1.0])
+    assert pr["average_precision"] == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+
+
+def test_constant_predictor():
+    labels = np.array([0, 1] * 50)
+    probs = np.full(100, 0.5)
+    m = stats.metrics_with_intervals(labels, probs, threshold=0.5, samples=200)
+    assert m["auroc"] == 0.5 and m["sensitivity"] == 1.0 and m["specificity"] == 0.0
+    assert m["kappa"] == 0.0
+    assert m["intervals"]["auroc"] == (0.5, 0.5)  # every resample ties everything
+    assert m["ece"] == pytest.approx(0.0)  # 0.5 predicted, half fractured: calibrated
+    roc = stats.roc_curve(labels, probs)
+    assert len(roc["fpr"]) == 2  # one distinct score: (0, 0) -> (1, 1)
+
+
+def test_bootstrap_auroc_matches_the_reference_per_resample():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (20, 40))
+    scores = np.round(rng.random((20, 40)), 1)  # many ties
+    fast = stats._bootstrap_auroc(labels, scores)
+    slow = [auroc(l, s) for l, s in zip(labels, scores)]
+    np.testing.assert_allclose(fast, slow)
+
+
+def test_bootstrap_interval_coverage_on_a_simulated_case():
+    """A 95% interval for accuracy should hold the true accuracy about 95% of
+    the time; percentile intervals at n=150 run slightly narrow."""
+    rng = np.random.default_rng(1)
+    true_accuracy, n, trials = 0.8, 150, 120
+    covered = 0
+    for t in range(trials):
+        labels = rng.integers(0, 2, n)
+        correct = rng.random(n) < true_accuracy
+        probs = np.where(correct, labels, 1 - labels) * 0.8 + 0.1
+        low, high = stats.bootstrap_intervals(labels, probs, samples=400, seed=t, metrics=("accuracy",))["accuracy"]
+        covered += low <= true_accuracy <= high
+    assert 0.88 <= covered / trials <= 0.99, covered / trials
+
+
+def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(2)
+    widths = []
+    for n in (100, 1600):
+        labels = rng.integers(0, 2, n)
+        probs = np.clip(labels * 0.3 + rng.random(n) * 0.7, 0, 1)
+        m = stats.metrics_with_intervals(labels, probs, samples=300)
+        for key in stats.INTERVAL_METRICS:
+            low, high = m["intervals"][key]
+            assert low <= m[key] <= high, key
+        widths.append(m["intervals"]["auroc"][1] - m["intervals"]["auroc"][0])
+    assert widths[1] < widths[0] / 2.5  # ~1/sqrt(16) = 1/4
+
+
+def test_bootstrap_counts_agree_with_the_metrics_on_one_resample():
+    """With one resample that is the data itself (seeded identity check):
+    every bootstrapped metric equals binary_metrics on the resampled data."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 60)
+    probs = rng.random(60)
+    idx = np.random.default_rng(9).integers(0, 60, size=(1, 60))[0]
+    out = stats.bootstrap_intervals(labels, probs, 0.4, samples=1, seed=9)
+    expected = binary_metrics(labels[idx], probs[idx], 0.4)
+    for key in stats.INTERVAL_METRICS:
+        assert out[key][0] == pytest.approx(expected[key]), key
+
+
+def test_undefined_metric_gives_nan_interval():
+    out = stats.bootstrap_intervals(np.zeros(10, int), np.linspace(0, 1, 10), samples=50)
+    assert np.isnan(out["sensitivity"]).all() and np.isnan(out["auroc"]).all()
+    assert np.isfinite(out["specificity"]).all()
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 1.0])
+def test_threshold_for_sensitivity_meets_the_target_where_chosen(target):
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300)
+    probs = np.clip(0.25 * labels + rng.random(300) * 0.75, 0, 1)
+    t = stats.threshold_for_sensitivity(labels, probs, target)
+    assert binary_metrics(labels, probs, t)["sensitivity"] >= target
+    # It is the highest such threshold: any higher one misses the target.
+    assert binary_metrics(labels, probs, np.nextafter(t, 2.0))["sensitivity"] < target
+
+
+def test_youden_threshold_by_hand():
+    labels = [0, 0, 0, 1, 1, 1]
+    probs = [0.1, 0.2, 0.6, 0.4, 0.7, 0.9]
+    # J at 0.7: 2/3 - 0 ; at 0.4: 1 - 1/3 ; at 0.6: 2/3 - 1/3. The highest of the best is 0.7.
+    assert stats.youden_threshold(labels, probs) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="both classes"):
+        stats.youden_threshold([1, 1], [0.2, 0.3])
+
+
+def test_ece_by_hand():
+    # Bin [0.8, 0.9): 4 predictions of 0.8, 2 fractured -> gap 0.3; bin [0.2, 0.3): 0.2, 0 of 2 -> 0.2.
+    labels = [1, 1, 0, 0, 0, 0]
+    probs = [0.8, 0.8, 0.8, 0.8, 0.2, 0.2]
+    assert stats.expected_calibration_error(labels, probs, bins=10) == pytest.approx((4 * 0.3 + 2 * 0.2) / 6)
+
+
+def test_temperature_scaling_repairs_an_overconfident_model():
+    rng = np.random.default_rng(4)
+    z = rng.normal(0.0, 2.0, 20000)
+    labels = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)
+    overconfident = 3.0 * z
+    t = stats.fit_temperature(labels, overconfident)
+    assert t == pytest.approx(3.0, rel=0.08)
+    before = stats.expected_calibration_error(labels, 1 / (1 + np.exp(-overconfident)))
+    after = stats.expected_calibration_error(labels, 1 / (1 + np.exp(-overconfident / t)))
+    assert after < before / 3
+    # Already calibrated: T stays near 1.
+    assert stats.fit_temperature(labels, z) == pytest.approx(1.0, rel=0.08)
+    np.testing.assert_allclose(stats.apply_temperature(1 / (1 + np.exp(-overconfident[:50])), t),
+                               1 / (1 + np.exp(-overconfident[:50] / t)), atol=1e-6)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="differ in length"):
+        stats.roc_curve([0, 1], [0.5])
+    with pytest.raises(ValueError, match="0 or 1"):
+        stats.roc_curve([0, 2], [0.5, 0.5])
+    with pytest.raises(ValueError, match="target sensitivity"):
+        stats.threshold_for_sensitivity([0, 1], [0.1, 0.9], 1.5)
