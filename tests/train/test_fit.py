@@ -198,3 +198,28 @@ def test_weights_for_another_architecture_stop_before_training(data_dir, tmp_pat
 def test_existing_run_needs_resume(first_run, data_dir):
     out, _ = first_run
     assert cli_main(flags(data_dir, out, "a")) == 2
+
+
+def test_explain_writes_overlays_and_skips_a_bad_file(first_run, tmp_path, capsys):
+    import importlib.util
+
+    from PIL import Image
+
+    out, _ = first_run
+    spec = importlib.util.spec_from_file_location("explain", os.path.join(ROOT, "examples", "explain.py"))
+    explain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(explain)
+    images, _ = fracjax.data.generate_arrays(2, "test", seed=1, config=fracjax.data.SyntheticConfig(size=64))
+    files = []
+    for i, image in enumerate(images):
+        files.append(str(tmp_path / f"x{i}.png"))
+        Image.fromarray(image[..., 0]).save(files[-1])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    code = explain.main([str(out / "a"), *files, str(bad), "--out", str(tmp_path / "cams"), "--method", "gradcam++"])
+    printed = capsys.readouterr().out
+    assert code == 1 and "broken.png: unreadable" in printed
+    for i in range(2):
+        picture = np.asarray(Image.open(tmp_path / "cams" / f"x{i}_gradcampp.png"))
+        assert picture.ndim == 3 and picture.shape[2] == 3
+    assert explain.main([str(out / "a"), files[0], "--layer", "nope", "--out", str(tmp_path / "c2")]) == 2
