@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     print(f"{'file':<{width}}  p(fractured)  overlay")
     for k, (path, _) in enumerate(readable):
         stem = os.path.splitext(os.path.basename(path))[0]
-        target = os.path.join(args.out, f"{stem}_{args.method.replace('+', 'pp')}.png")
+        target = os.path.join(args.out, f"{stem}_{args.method.replace('++', 'pp')}.png")
         p = float(out["probabilities"][k])
         save_pair(target, out["images"][k], out["maps"][k], f"p(fractured)={p:.3f}")
         print(f"{path:<{width}}  {p:12.4f}  {target}")
