@@ -42,12 +42,15 @@ class Classifier:
         self.image_size = int(spec["image_size"])
         self.threshold = float(spec.get("threshold", 0.5))
         self.batch_size = batch_size
-        # Temperature scaling and operating points fitted on validation
-        # (fracjax.evaluation.calibrate_run); absent: raw probabilities.
+        self.set_calibration(calibration)
+        self._forward = jax.jit(lambda v, x: self.model.apply(v, x, train=False)[:, 0].astype(jnp.float32))
+
+    def set_calibration(self, calibration: Optional[Dict[str, Any]]) -> None:
+        """Temperature scaling and operating points fitted on validation
+        (fracjax.evaluation.calibrate_checkpoint); None: raw probabilities."""
         self.calibration = dict(calibration or {})
         self.temperature = float(self.calibration.get("temperature", 1.0))
         self.operating_points = dict(self.calibration.get("operating_points", {}))
-        self._forward = jax.jit(lambda v, x: self.model.apply(v, x, train=False)[:, 0].astype(jnp.float32))
 
     @classmethod
     def from_checkpoint(cls, path: str, which: str = "best", batch_size: int = 32) -> "Classifier":

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from fracjax.evaluation import stats
+from fracjax.train.metrics import jsonable as _jsonable
 
 # Rows of the printed table: (key, label).
 TABLE_ROWS = (
@@ -76,21 +77,6 @@ class EvaluationResult:
         level = int(round(100 * self.metrics.get("interval_level", 0.95)))
         rows.append(f"\nthreshold {self.threshold:.3f}; [..] = {level}% bootstrap interval")
         return "\n".join(rows)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return v if np.isfinite(v) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
 
 
 def clean_filenames(audit: Any, split: str = "test") -> Optional[set]:
@@ -232,20 +218,22 @@ def calibrate(labels, logits, sensitivities: Sequence[float] = (0.9, 0.95), bins
 
 
 def calibrate_checkpoint(path: str, data, split: str = "validation", data_dir: Optional[str] = None,
-                         which: str = "best", **kwargs) -> Dict[str, Any]:
+                         which: str = "best", classifier=None, **kwargs) -> Dict[str, Any]:
     """Fit temperature scaling and operating points on ``split`` (validation)
     and save them inside the checkpoint's step folder (``calibration.json``),
-    where :meth:`fracjax.Classifier.from_checkpoint` finds them."""
+    where :meth:`fracjax.Classifier.from_checkpoint` finds them. ``classifier``:
+    that checkpoint already restored (it gets the calibration too)."""
     from fracjax.inference import Classifier, write_calibration
     from fracjax.train.checkpoint import find_model_checkpoint
 
     folder, step = find_model_checkpoint(path, which)
-    classifier = Classifier.from_checkpoint(os.path.join(folder, str(step)))
+    if classifier is None:
+        classifier = Classifier.from_checkpoint(os.path.join(folder, str(step)))
     images, labels, _ = _examples(data, split, data_dir)
-    logits = classifier.logits(list(images))
-    calibration = calibrate(labels, logits, **kwargs)
+    calibration = calibrate(labels, classifier.logits(list(images)), **kwargs)
     calibration["fitted_on"]["split"] = split
     write_calibration(os.path.join(folder, str(step)), calibration)
+    classifier.set_calibration(calibration)
     return calibration
 
 
@@ -268,12 +256,14 @@ def evaluate_run(
     filenames]). Returns {"result", "calibration", "classifier", "report"}."""
     from fracjax.inference import Classifier
 
-    calibration = calibrate_checkpoint(run_dir, validation)
+    # One restore and one compiled forward for calibration, test and Grad-CAM.
     classifier = Classifier.from_checkpoint(run_dir)
+    calibration = calibrate_checkpoint(run_dir, validation, classifier=classifier)
     images, labels, filenames = _examples(test, "test", None)
     images = list(images)
     result = evaluate(classifier, (images, labels, filenames), "test", audit=audit, bootstrap=bootstrap, seed=seed)
-    raw = classifier.predict(images, calibrated=False)
+    # The model's own probabilities, for the reliability diagram, without a second forward pass.
+    raw = stats.apply_temperature(result.probabilities, 1.0 / classifier.temperature)
     with open(os.path.join(run_dir, "evaluation.json"), "w") as f:
         json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)
     path = None

@@ -317,16 +317,7 @@ def _plot_curves(history: List[Dict[str, Any]], path: str) -> None:
     figures.training_curves(history, path)
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
-    return x
+_jsonable = metrics_lib.jsonable
 
 
 def fit(config: TrainConfig) -> Dict[str, Any]:

@@ -103,3 +103,20 @@ def is_better(value: float, best: Optional[float]) -> bool:
     if value is None or math.isnan(value):
         return False
     return best is None or math.isnan(best) or value > best
+
+
+def jsonable(x):
+    """Nested dicts/lists of numpy scalars and arrays -> plain JSON values;
+    NaN and infinities (undefined metrics) become null."""
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
