@@ -107,7 +107,8 @@ def is_better(value: float, best: Optional[float]) -> bool:
 
 def jsonable(x):
     """Nested dicts/lists of numpy scalars and arrays -> plain JSON values;
-    NaN and infinities (undefined metrics) become null."""
+    NaN (an undefined metric) becomes null. Infinities stay: bookkeeping such
+    as reduce-on-plateau's initial best value is inf and must round-trip."""
     if isinstance(x, dict):
         return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -116,7 +117,7 @@ def jsonable(x):
         return jsonable(x.tolist())
     if isinstance(x, (np.floating, float)):
         v = float(x)
-        return v if math.isfinite(v) else None
+        return None if math.isnan(v) else v
     if isinstance(x, np.integer):
         return int(x)
     return x
