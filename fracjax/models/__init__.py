@@ -5,7 +5,7 @@
 """
 
 from fracjax.models.hybrid import Classifier, ConvBlockSpec, HybridHead, LinearHead
-from fracjax.models.layers import DepthwiseConv2D, set_default_depthwise_impl
+from fracjax.models.layers import Conv, DepthwiseConv2D, set_default_conv_impl, set_default_depthwise_impl
 from fracjax.models.mobilenet_v3 import MobileNetV3, MobileNetV3Large, MobileNetV3Small
 from fracjax.models.registry import InputContract, available, create, input_contract, register
 from fracjax.models.weights import KerasWeightsError, load_keras_weights, with_backbone_variables
@@ -13,6 +13,7 @@ from fracjax.models.weights import KerasWeightsError, load_keras_weights, with_b
 __all__ = [
     "Classifier",
     "ConvBlockSpec",
+    "Conv",
     "DepthwiseConv2D",
     "HybridHead",
     "InputContract",
@@ -26,6 +27,7 @@ __all__ = [
     "input_contract",
     "load_keras_weights",
     "register",
+    "set_default_conv_impl",
     "set_default_depthwise_impl",
     "with_backbone_variables",
 ]

@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
+from fracjax.models.layers import Conv
+
 # Keras BatchNormalization defaults, used by the new head layers (as in a
 # Keras transfer-learning model built on top of keras.applications).
 HEAD_BN_MOMENTUM = 0.99
@@ -67,7 +69,7 @@ class HybridHead(nn.Module):
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
         for i, block in enumerate(self.blocks):
-            x = nn.Conv(
+            x = Conv(
                 block.features,
                 (block.kernel, block.kernel),
                 padding="SAME",

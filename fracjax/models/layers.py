@@ -252,6 +252,195 @@ def depthwise_conv(
     return depthwise_conv_lax(x, kernel, strides, pads)
 
 
+# --------------------------------------------------------------------------
+# Convolution.
+#
+# XLA:CPU computes a 1x1 convolution's kernel gradient as a convolution with
+# the batch and feature dimensions swapped: both operands are transposed in
+# memory (full activation copies) and the contraction runs at a fraction of the
+# matmul peak. Written as a matmul of (N*H*W, C_in) by (C_in, C_out), the
+# kernel gradient is x^T @ g, which the CPU matmul library takes without
+# copies. Measured on the hybrid MobileNetV3-Small (batch 32, 224, 2 cores):
+# gradient 660 -> 488 ms (benchmarks/NOTES.md). Other convolutions, and GPU and
+# TPU (where merging N, H, W can force a relayout), keep lax's convolution.
+# --------------------------------------------------------------------------
+
+CONV_IMPLS = ("auto", "matmul", "lax")
+_default_conv_impl = os.environ.get("FRACJAX_CONV_IMPL", "auto")
+
+
+def set_default_conv_impl(impl: str) -> None:
+    """Choose how :class:`Conv` runs 1x1 stride-1 convolutions: ``"auto"``
+    (matmul on CPU, lax elsewhere), ``"matmul"`` or ``"lax"``. The environment
+    variable ``FRACJAX_CONV_IMPL`` sets the initial value. Takes effect for
+    functions traced afterwards."""
+    global _default_conv_impl
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    _default_conv_impl = impl
+
+
+def resolve_conv_impl(impl: str = "auto") -> str:
+    """Turn ``"auto"`` into the implementation to use on the default backend."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = _default_conv_impl
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"FRACJAX_CONV_IMPL must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = "matmul" if jax.default_backend() == "cpu" else "lax"
+    return impl
+
+
+def _is_pointwise_channels_last(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                dimension_numbers, feature_group_count, batch_group_count) -> bool:
+    """A 1x1, stride-1, unpadded, undilated, ungrouped channels-last convolution
+    with an (..., C_in, C_out) kernel: a matmul over the channel axis."""
+    nd = lhs.ndim
+    spatial = nd - 2
+
+    def ones(v):
+        return v is None or all(int(d) == 1 for d in v)
+
+    if feature_group_count != 1 or batch_group_count != 1 or not (ones(window_strides) and ones(lhs_dilation)
+                                                                  and ones(rhs_dilation)):
+        return False
+    if any(int(d) != 1 for d in rhs.shape[:spatial]):
+        return False
+    if not isinstance(padding, str) and any(tuple(p) != (0, 0) for p in padding):
+        return False
+    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    channels_last = (0, nd - 1, *range(1, nd - 1))
+    return (
+        tuple(numbers.lhs_spec) == channels_last
+        and tuple(numbers.out_spec) == channels_last
+        and tuple(numbers.rhs_spec) == (nd - 1, nd - 2, *range(spatial))
+    )
+
+
+# A k x k convolution whose patch (k*k*C_in values) is this small, e.g. a stem
+# on grey or RGB pixels, runs as explicit patches times a matrix: lax's
+# kernel gradient for it transposes the whole input (N last) and runs at a few
+# GFLOP/s; patches^T @ g is one matmul.
+SMALL_PATCH = 32
+
+
+def _is_small_patch_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                                  feature_group_count, batch_group_count) -> bool:
+    def ones(v):
+        return v is None or all(int(d) == 1 for d in v)
+
+    if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1 or not (ones(lhs_dilation)
+                                                                                   and ones(rhs_dilation)):
+        return False
+    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if not (tuple(numbers.lhs_spec) == (0, 3, 1, 2) and tuple(numbers.out_spec) == (0, 3, 1, 2)
+            and tuple(numbers.rhs_spec) == (3, 2, 0, 1)):
+        return False
+    kh, kw, c_in, _ = rhs.shape
+    return kh * kw * c_in <= SMALL_PATCH
+
+
+def patch_matmul_conv(x: Array, kernel: Array, strides, padding, precision=None,
+                      preferred_element_type=None) -> Array:
+    """NHWC correlation with an HWIO kernel as (N*Ho*Wo, kh*kw*C_in) patches
+    times (kh*kw*C_in, C_out); the same result as ``lax.conv_general_dilated``."""
+    kh, kw, c_in, c_out = kernel.shape
+    strides = tuple(int(s) for s in strides)
+    pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    n, hp, wp, c = xp.shape
+    sh, sw = strides
+    ho, wo = _output_size(hp, kh, sh), _output_size(wp, kw, sw)
+    # Tap-major, channel-minor: the order of kernel.reshape(kh * kw * c_in, c_out).
+    taps = [
+        lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(taps, axis=-1).reshape(n * ho * wo, kh * kw * c_in)
+    y = lax.dot(patches, kernel.reshape(kh * kw * c_in, c_out), precision=precision,
+                preferred_element_type=preferred_element_type)
+    return y.reshape(n, ho, wo, c_out)
+
+
+def conv_general_dilated(
+    lhs: Array,
+    rhs: Array,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+    impl: str = "auto",
+) -> Array:
+    """``lax.conv_general_dilated`` with 1x1 stride-1 channels-last
+    convolutions run as a 2-D matmul where ``impl`` resolves to "matmul"
+    (see :func:`resolve_conv_impl`). Same signature, same result."""
+    if resolve_conv_impl(impl) == "matmul":
+        if _is_pointwise_channels_last(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                       dimension_numbers, feature_group_count, batch_group_count):
+            c_in, c_out = rhs.shape[-2:]
+            y = lax.dot(lhs.reshape(-1, c_in), rhs.reshape(c_in, c_out), precision=precision,
+                        preferred_element_type=preferred_element_type)
+            return y.reshape(*lhs.shape[:-1], c_out)
+        if _is_small_patch_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                                         feature_group_count, batch_group_count):
+            return patch_matmul_conv(lhs, rhs, window_strides, padding, precision, preferred_element_type)
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type,
+    )
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` (same fields, same parameters) whose 1x1 stride-1
+    case runs as a matmul on CPU (:func:`conv_general_dilated`)."""
+
+    conv_general_dilated: Any = conv_general_dilated
+
+
+class RepeatedChannelConv(Conv):
+    """A convolution with an ``in_channels``-channel kernel (an RGB stem) that
+    also takes one-channel input as that channel repeated ``in_channels``
+    times, without repeating it: the kernel is summed over its input channels
+    first (exact, up to float rounding). The parameters are those of
+    ``Conv(features, kernel_size)`` on RGB input; gradients reach every input
+    channel's weights equally, as they would through the repeated input.
+
+    Only valid where the layer before treats every channel alike (Keras "tf"
+    preprocessing); a per-channel mean, as in "caffe", breaks the equality at
+    zero-padded borders.
+    """
+
+    in_channels: int = 3
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        c = inputs.shape[-1]
+        if c not in (1, self.in_channels):
+            raise ValueError(f"{self.name}: expected 1 or {self.in_channels} input channels, got shape {inputs.shape}")
+        kernel_size = tuple(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, (*kernel_size, self.in_channels, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        if c == 1:
+            kernel = jnp.sum(kernel, axis=2, keepdims=True)
+        strides = (1,) * len(kernel_size) if self.strides is None else self.strides
+        strides = (strides,) * len(kernel_size) if isinstance(strides, int) else tuple(strides)
+        pads = resolve_padding(self.padding, inputs.shape[1:3], kernel_size, strides)
+        y = self.conv_general_dilated(inputs, kernel, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=self.precision)
+        return y if bias is None else y + bias
+
+
 class DepthwiseConv2D(nn.Module):
     """Depthwise convolution (depth multiplier 1).
 
@@ -286,7 +475,7 @@ class SqueezeExcite(nn.Module):
     (bias) -> gate activation -> rescale the input."""
 
     squeeze_channels: int
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv
     act: Callable = nn.relu
     gate: Callable = hard_sigmoid
 
@@ -336,6 +525,17 @@ def preprocess_input(x: Array, mode: str) -> Array:
         std = jnp.asarray(TORCH_RGB_STD, x.dtype)
         return (x * (1.0 / 255.0) - mean) / std
     raise ValueError(f"preprocessing mode must be one of {PREPROCESSING_MODES}, got {mode!r}")
+
+
+def preprocess_grey(x: Array, mode: str) -> Array:
+    """:func:`preprocess_input` for one-channel input, kept one channel: only
+    for modes that treat every channel alike ("tf"); the result equals one
+    channel of ``preprocess_input(x, mode)``."""
+    if x.shape[-1] != 1:
+        raise ValueError(f"preprocess_grey wants one channel last, got shape {x.shape}")
+    if mode != "tf":
+        raise ValueError(f"only 'tf' preprocessing treats channels alike; got mode {mode!r}")
+    return x * (1.0 / 127.5) - 1.0
 
 
 def zero_pad(x: Array, pad: int) -> Array:

@@ -13,6 +13,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fracjax.models.layers import (
+    Conv,
+    RepeatedChannelConv,
+    preprocess_grey,
     DepthwiseConv2D,
     batch_norm_def,
     ModuleDef,
@@ -147,7 +150,7 @@ class MobileNetV3(nn.Module):
     # steps before MobileNetV3-Small starts to learn. Only the random
     # initialisation changes; loaded weights replace it.
     zero_init_residual: bool = True
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv
     norm: ModuleDef = nn.BatchNorm
     act: Callable = hard_swish
 
@@ -157,8 +160,18 @@ class MobileNetV3(nn.Module):
         norm = batch_norm_def(train, self.bn_momentum, BN_EPSILON, self.dtype, self.bn_axis_name, self.norm)
         depthwise = functools.partial(DepthwiseConv2D, impl=self.depthwise_impl, dtype=self.dtype)
 
-        x = preprocess_input(jnp.asarray(x).astype(self.dtype), "tf")
-        x = conv(self.stem_channels, (3, 3), strides=(2, 2), name="stem_conv")(x)
+        x = jnp.asarray(x).astype(self.dtype)
+        if x.shape[-1] == 1 and self.conv is Conv:
+            # Grey X-rays: "tf" preprocessing treats the three repeated channels
+            # alike, so the stem sums its RGB kernel over them instead of
+            # convolving three copies (3x less stem work, same parameters).
+            x = preprocess_grey(x, "tf")
+            stem = RepeatedChannelConv
+        else:
+            x = preprocess_input(x, "tf")
+            stem = conv
+        x = stem(self.stem_channels, (3, 3), strides=(2, 2), use_bias=False, padding="SAME", dtype=self.dtype,
+                 name="stem_conv")(x)
         x = self.act(norm(name="stem_bn")(x))
         for i, spec in enumerate(self.blocks):
             x = InvertedResidual(

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fracjax.models.layers import ModuleDef, batch_norm_def, imagenet_stem, preprocess_input
+from fracjax.models.layers import Conv, ModuleDef, batch_norm_def, imagenet_stem, preprocess_input
 
 # Keras ResNet BatchNorm constants.
 BN_EPSILON = 1.001e-5
@@ -74,7 +74,7 @@ class ResNet(nn.Module):
     # Each bottleneck starts as its shortcut (last BN scale 0; Goyal et al.
     # 2017), for training from scratch; loaded weights replace it.
     zero_init_residual: bool = True
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv
     norm: ModuleDef = nn.BatchNorm
 
     @nn.compact

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fracjax.models.layers import ModuleDef, preprocess_input
+from fracjax.models.layers import Conv, ModuleDef, preprocess_input
 
 # 3x3 convs per block; the blocks have 64, 128, 256, 512, 512 filters.
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
@@ -45,7 +45,7 @@ class VGG(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None  # no BatchNorm: accepted, unused
     bn_momentum: Optional[float] = None  # no BatchNorm: accepted, unused
-    conv: ModuleDef = nn.Conv
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, train: bool = False):

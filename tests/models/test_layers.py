@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from fracjax.models import layers
 
@@ -71,6 +72,98 @@ def test_depthwise_impl_selection(monkeypatch):
         layers.resolve_depthwise_impl("fast")
     with pytest.raises(ValueError, match="depthwise impl"):
         layers.set_default_depthwise_impl("cuda")
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,groups",
+    [((1, 1), 1, "SAME", 1), ((1, 1), 1, "VALID", 1), ((1, 1), 2, "SAME", 1), ((3, 3), 1, "SAME", 1),
+     ((1, 1), 1, "SAME", 2)],
+)
+def test_conv_matmul_matches_lax_value_and_gradients(kernel, stride, padding, groups):
+    kx, kk, kg = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(kx, (2, 9, 10, 8))
+    w = jax.random.normal(kk, (*kernel, 8 // groups, 12))
+
+    def run(impl):
+        def f(x, w):
+            return layers.conv_general_dilated(
+                x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=groups, impl=impl)
+
+        y = f(x, w)
+        _, vjp = jax.vjp(f, x, w)
+        return y, vjp(jax.random.normal(kg, y.shape))
+
+    y_mm, grads_mm = jax.jit(lambda: run("matmul"))()
+    y_lax, grads_lax = jax.jit(lambda: run("lax"))()
+    chex.assert_equal_shape([y_mm, y_lax])
+    chex.assert_trees_all_close((y_mm, grads_mm), (y_lax, grads_lax), rtol=1e-5, atol=1e-4)
+
+
+def test_conv_matmul_takes_pointwise_and_small_patch_convolutions_only():
+    x = jnp.ones((2, 6, 6, 40))  # 3x3x40 and 1x1x40 patches: too big for the patch path
+
+    def primitives(kernel, strides, x=x):
+        w = jnp.ones((*kernel, x.shape[-1], 3))
+        jaxpr = jax.make_jaxpr(lambda x, w: layers.conv_general_dilated(
+            x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), impl="matmul"))(x, w)
+        return {e.primitive.name for e in jaxpr.jaxpr.eqns}
+
+    assert "dot_general" in primitives((1, 1), (1, 1))
+    assert "conv_general_dilated" not in primitives((1, 1), (1, 1))
+    assert "conv_general_dilated" in primitives((3, 3), (1, 1))
+    assert "conv_general_dilated" in primitives((1, 1), (2, 2))
+    assert "conv_general_dilated" not in primitives((3, 3), (2, 2), x[..., :3])
+
+
+def test_conv_module_keeps_flax_parameters_and_impl_selection(monkeypatch):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    ours, theirs = layers.Conv(4, (1, 1)), nn.Conv(4, (1, 1))
+    v = ours.init(jax.random.key(1), x)
+    chex.assert_trees_all_equal_shapes(v, theirs.init(jax.random.key(1), x))
+    chex.assert_trees_all_close(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-5)
+    assert layers.resolve_conv_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "lax")
+    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
+    assert layers.resolve_conv_impl("auto") == "lax"
+    with pytest.raises(ValueError, match="conv impl"):
+        layers.set_default_conv_impl("onednn")
+
+
+@pytest.mark.parametrize("kernel,stride,channels", [((3, 3), 2, 1), ((3, 3), 2, 3), ((3, 3), 1, 3), ((2, 3), 2, 2)])
+def test_small_patch_conv_matches_lax_value_and_gradients(kernel, stride, channels):
+    kx, kk, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, (2, 11, 12, channels))
+    w = jax.random.normal(kk, (*kernel, channels, 5))
+
+    def run(impl):
+        def f(x, w):
+            return layers.conv_general_dilated(x, w, (stride, stride), "SAME",
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC"), impl=impl)
+
+        y = f(x, w)
+        _, vjp = jax.vjp(f, x, w)
+        return y, vjp(jax.random.normal(kg, y.shape))
+
+    jaxpr = jax.make_jaxpr(lambda: run("matmul"))()
+    assert "conv_general_dilated" not in {e.primitive.name for e in jaxpr.jaxpr.eqns}
+    chex.assert_trees_all_close(jax.jit(lambda: run("matmul"))(), jax.jit(lambda: run("lax"))(),
+                                rtol=1e-5, atol=1e-4)
+
+
+def test_repeated_channel_conv_on_grey_equals_conv_on_repeated_grey():
+    grey = jax.random.uniform(jax.random.key(0), (2, 15, 16, 1), minval=-1.0, maxval=1.0)
+    rgb = jnp.repeat(grey, 3, axis=-1)
+    ours = layers.RepeatedChannelConv(8, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)
+    plain = nn.Conv(8, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)
+    v = ours.init(jax.random.key(1), grey)
+    chex.assert_trees_all_equal_shapes(v, plain.init(jax.random.key(1), rgb))
+    chex.assert_trees_all_close(ours.apply(v, grey), plain.apply(v, rgb), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(ours.apply(v, rgb), plain.apply(v, rgb), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(lambda v: (ours.apply(v, grey) ** 2).sum())(v)
+    g_plain = jax.grad(lambda v: (plain.apply(v, rgb) ** 2).sum())(v)
+    chex.assert_trees_all_close(g_ours, g_plain, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="input channels"):
+        ours.apply(v, jnp.ones((1, 8, 8, 2)))
 
 
 def test_depthwise_rejects_wrong_kernel_shape():
