@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fracjax.models.layers import Conv, ModuleDef, batch_norm_def, imagenet_stem, preprocess_input
+from fracjax.models.layers import BatchNorm, Conv, ModuleDef, batch_norm_def, imagenet_stem, preprocess_input
 
 # Keras DenseNet BatchNorm constants.
 BN_EPSILON = 1.001e-5
@@ -70,7 +70,7 @@ class DenseNet(nn.Module):
     bn_axis_name: Optional[str] = None
     bn_momentum: float = BN_MOMENTUM
     conv: ModuleDef = Conv
-    norm: ModuleDef = nn.BatchNorm
+    norm: ModuleDef = BatchNorm
 
     @nn.compact
     def __call__(self, x, train: bool = False):

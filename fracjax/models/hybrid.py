@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fracjax.models.layers import Conv
+from fracjax.models.layers import BatchNorm, Conv
 
 # Keras BatchNormalization defaults, used by the new head layers (as in a
 # Keras transfer-learning model built on top of keras.applications).
@@ -77,7 +77,7 @@ class HybridHead(nn.Module):
                 dtype=self.dtype,
                 name=f"conv{i}",
             )(x)
-            x = nn.BatchNorm(
+            x = BatchNorm(
                 use_running_average=not train,
                 momentum=HEAD_BN_MOMENTUM,
                 epsilon=HEAD_BN_EPSILON,

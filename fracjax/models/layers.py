@@ -488,6 +488,104 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(s)
 
 
+# --------------------------------------------------------------------------
+# BatchNorm in train mode with a hand-written gradient.
+#
+# Autodiff of flax's BatchNorm goes through the mean and the variance as
+# separate steps and leaves XLA:CPU several passes over the activations; the
+# closed form needs one reduction pass (sum g, sum g*xhat) and one elementwise
+# pass. Measured fwd+bwd (2 cores): 23.2 -> 7.5 ms at (32, 112, 112, 16),
+# 15.6 -> 13.3 at (32, 56, 56, 72), 3.4 -> 2.3 at (32, 14, 14, 240).
+# --------------------------------------------------------------------------
+
+
+def _batch_stats(x32: Array, axis_name) -> Tuple[Array, Array]:
+    """Mean and (biased, E[x^2] - E[x]^2, clipped at 0) variance over every
+    axis but the last, averaged over ``axis_name`` when given (as flax does)."""
+    axes = tuple(range(x32.ndim - 1))
+    moments = jnp.stack([jnp.mean(x32, axes), jnp.mean(jnp.square(x32), axes)])
+    if axis_name is not None:
+        moments = lax.pmean(moments, axis_name)
+    mean, mean_sq = moments[0], moments[1]
+    return mean, jnp.maximum(0.0, mean_sq - jnp.square(mean))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float, axis_name=None):
+    """Normalise ``x`` with its own batch statistics (channels last):
+    returns ``(y, mean, var)``; ``mean``/``var`` (float32) carry no gradient
+    and feed the running averages. ``axis_name``: average the statistics (and
+    the gradient's batch terms) over that mapped axis, as ``pmap`` needs."""
+    y, mean, var, _ = _batch_norm_train_fwd_impl(x, scale, bias, epsilon, axis_name)
+    return y, mean, var
+
+
+def _batch_norm_train_fwd_impl(x, scale, bias, epsilon, axis_name):
+    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean, var = _batch_stats(x32, axis_name)
+    inv = lax.rsqrt(var + epsilon)
+    y = ((x32 - mean) * (scale.astype(x32.dtype) * inv) + bias.astype(x32.dtype)).astype(x.dtype)
+    return y, mean, var, (x, mean, inv, scale)
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name):
+    y, mean, var, residuals = _batch_norm_train_fwd_impl(x, scale, bias, epsilon, axis_name)
+    return (y, mean, var), residuals
+
+
+def _batch_norm_train_bwd(epsilon, axis_name, residuals, cotangents):
+    x, mean, inv, scale = residuals
+    g = cotangents[0]  # the statistics' cotangents are dropped: they only feed running averages
+    x32 = x.astype(mean.dtype)
+    g32 = g.astype(mean.dtype)
+    axes = tuple(range(x.ndim - 1))
+    xhat = (x32 - mean) * inv
+    sum_g = jnp.sum(g32, axes)
+    sum_g_xhat = jnp.sum(g32 * xhat, axes)
+    count = x.size // x.shape[-1]
+    means = jnp.stack([sum_g, sum_g_xhat]) / count
+    if axis_name is not None:
+        # The loss of every device depends on this device's x through the
+        # shared statistics: the batch terms are global means.
+        means = lax.pmean(means, axis_name)
+    dx = (scale.astype(mean.dtype) * inv) * (g32 - means[0] - xhat * means[1])
+    return dx.astype(x.dtype), sum_g_xhat.astype(scale.dtype), sum_g.astype(scale.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class BatchNorm(nn.BatchNorm):
+    """``flax.linen.BatchNorm`` (same fields, variables and results) whose
+    train mode runs :func:`batch_norm_train`. Channels-last (``axis=-1``),
+    scale and bias on, no mask; other settings fall back to flax's code."""
+
+    @nn.compact
+    def __call__(self, x, use_running_average: Union[bool, None] = None, *, mask=None):
+        running = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        features = x.shape[-1]
+        if (running or mask is not None or self.axis not in (-1, x.ndim - 1) or not self.use_scale
+                or not self.use_bias or self.axis_index_groups is not None or not self.use_fast_variance
+                or not self.force_float32_reductions):
+            return self._flax_call(x, use_running_average, mask)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x, scale, bias)
+        axis_name = None if self.is_initializing() else self.axis_name
+        y, mean, var = batch_norm_train(x.astype(dtype), scale.astype(dtype), bias.astype(dtype), self.epsilon,
+                                        axis_name)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+            ra_var.value = m * ra_var.value + (1.0 - m) * var
+        return y
+
+    def _flax_call(self, x, use_running_average, mask):
+        return nn.BatchNorm.__call__.__wrapped__(self, x, use_running_average, mask=mask)
+
+
 def to_rgb(x: Array) -> Array:
     """Accept (..., H, W, 1) grey or (..., H, W, 3) RGB; return RGB."""
     if x.shape[-1] == 1:
@@ -556,12 +654,12 @@ def batch_norm_def(
     epsilon: float,
     dtype: Any = None,
     axis_name: Union[str, None] = None,
-    norm: ModuleDef = nn.BatchNorm,
+    norm: Union[ModuleDef, None] = None,
 ) -> ModuleDef:
     """An architecture's BatchNorm, bound once: batch statistics (and running
     average updates) when ``train``, the running averages otherwise."""
     return functools.partial(
-        norm, use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype, axis_name=axis_name
+        norm or BatchNorm, use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype, axis_name=axis_name
     )
 
 

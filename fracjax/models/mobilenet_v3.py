@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from fracjax.models.layers import (
+    BatchNorm,
     Conv,
     RepeatedChannelConv,
     preprocess_grey,
@@ -151,7 +152,7 @@ class MobileNetV3(nn.Module):
     # initialisation changes; loaded weights replace it.
     zero_init_residual: bool = True
     conv: ModuleDef = Conv
-    norm: ModuleDef = nn.BatchNorm
+    norm: ModuleDef = BatchNorm
     act: Callable = hard_swish
 
     @nn.compact

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fracjax.models.layers import Conv, ModuleDef, batch_norm_def, imagenet_stem, preprocess_input
+from fracjax.models.layers import BatchNorm, Conv, ModuleDef, batch_norm_def, imagenet_stem, preprocess_input
 
 # Keras ResNet BatchNorm constants.
 BN_EPSILON = 1.001e-5
@@ -75,7 +75,7 @@ class ResNet(nn.Module):
     # 2017), for training from scratch; loaded weights replace it.
     zero_init_residual: bool = True
     conv: ModuleDef = Conv
-    norm: ModuleDef = nn.BatchNorm
+    norm: ModuleDef = BatchNorm
 
     @nn.compact
     def __call__(self, x, train: bool = False):

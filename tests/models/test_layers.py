@@ -166,6 +166,46 @@ def test_repeated_channel_conv_on_grey_equals_conv_on_repeated_grey():
         ours.apply(v, jnp.ones((1, 8, 8, 2)))
 
 
+@pytest.mark.parametrize("shape", [(4, 6, 5, 8), (16, 3)])
+def test_batch_norm_matches_flax_in_train_and_inference_mode(shape):
+    x = jax.random.normal(jax.random.key(0), shape) * 3 + 2
+    r = jax.random.normal(jax.random.key(1), shape)
+    ours = layers.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3)
+    ref = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3)
+    v = ref.init(jax.random.key(2), x)
+    chex.assert_trees_all_equal_structs(v, ours.init(jax.random.key(2), x))
+    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
+
+    def loss(module, v, x):
+        y, updates = module.apply(v, x, mutable=["batch_stats"])
+        return (y * r).sum() + (y ** 2).sum(), (y, updates)
+
+    # Values, running-average updates, and gradients for parameters and input.
+    got = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ours, v, x)
+    want = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(ref, v, x)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(layers.BatchNorm(True, epsilon=1e-3).apply(v, x),
+                                nn.BatchNorm(True, epsilon=1e-3).apply(v, x))
+
+
+def test_batch_norm_axis_name_averages_statistics_and_gradients_like_flax():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 6)) * 2 - 1  # (devices, batch, h, w, c)
+    r = jax.random.normal(jax.random.key(1), x.shape)
+    v = nn.BatchNorm(False).init(jax.random.key(2), x[0])
+
+    def per_device(module):
+        def loss(v, x, r):
+            y, updates = module.apply(v, x, mutable=["batch_stats"])
+            return (y * r).sum() + (y ** 2).sum(), updates
+
+        grad = jax.grad(loss, argnums=(0, 1), has_aux=True)
+        return jax.vmap(grad, in_axes=(None, 0, 0), axis_name="devices")(v, x, r)
+
+    got = per_device(layers.BatchNorm(False, momentum=0.9, axis_name="devices"))
+    want = per_device(nn.BatchNorm(False, momentum=0.9, axis_name="devices"))
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_depthwise_rejects_wrong_kernel_shape():
     with pytest.raises(ValueError, match="kernel must be"):
         layers.depthwise_conv(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 1)))
