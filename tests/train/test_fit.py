@@ -141,10 +141,16 @@ def test_restore_then_predict_equals_the_run(first_run, data_dir):
     assert np.all((raw >= 0.5) == (probs >= 0.5))
     metrics = fracjax.train.binary_metrics(arrays.labels, probs, clf.threshold)
     assert metrics["accuracy"] == pytest.approx(report["test"]["accuracy"])
-    # The run's metrics are on the model's own probabilities (the temperature
-    # of a barely trained model is large, which makes float32 ties).
+    # The end-of-run evaluation restored the same checkpoint: same probabilities.
+    with open(out / "a" / "evaluation.json") as f:
+        saved = [p["probability"] for p in json.load(f)["test"]["predictions"]]
+    np.testing.assert_allclose(probs, saved, rtol=0, atol=1e-6)
+    # The run's own test metrics come from the training loop's forward (other
+    # batch shapes, so float32 rounding differs); a barely trained model puts
+    # nearly every probability at one value, so AUROC can move by a few tied
+    # pairs, never more.
     raw_metrics = fracjax.train.binary_metrics(arrays.labels, raw, clf.threshold)
-    assert raw_metrics["auroc"] == pytest.approx(report["test"]["auroc"], abs=1e-6)
+    assert raw_metrics["auroc"] == pytest.approx(report["test"]["auroc"], abs=5e-3)
     # RGB input becomes the same grey image.
     np.testing.assert_allclose(clf.predict(np.repeat(arrays.images[:4], 3, axis=-1)), probs[:4], atol=1e-5)
     # File paths go through the same reader.
