@@ -116,28 +116,36 @@ DEPTHWISE_IMPLS = ("auto", "shift", "lax")
 _default_impl = os.environ.get("FRACJAX_DEPTHWISE_IMPL", "auto")
 
 
+def _check_impl(impl: str, choices: Tuple[str, ...], kind: str, source: str = "") -> None:
+    if impl not in choices:
+        raise ValueError(f"{source or kind + ' impl'} must be one of {choices}, got {impl!r}")
+
+
+def _resolve_impl(impl: str, choices: Tuple[str, ...], default: str, cpu_impl: str, kind: str, env: str) -> str:
+    """``"auto"`` -> the process default (set_default_*, or ``env``) -> on
+    "auto" again, ``cpu_impl`` on CPU and "lax" elsewhere."""
+    _check_impl(impl, choices, kind)
+    if impl == "auto":
+        impl = default
+        _check_impl(impl, choices, kind, source=env)
+    if impl == "auto":
+        impl = cpu_impl if jax.default_backend() == "cpu" else "lax"
+    return impl
+
+
 def set_default_depthwise_impl(impl: str) -> None:
     """Choose the implementation every ``DepthwiseConv2D(impl="auto")`` uses:
     ``"auto"`` (shift on CPU, lax elsewhere), ``"shift"`` or ``"lax"``.
     The environment variable ``FRACJAX_DEPTHWISE_IMPL`` sets the initial value.
     Takes effect for functions traced afterwards."""
     global _default_impl
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
+    _check_impl(impl, DEPTHWISE_IMPLS, "depthwise")
     _default_impl = impl
 
 
 def resolve_depthwise_impl(impl: str = "auto") -> str:
     """Turn ``"auto"`` into the implementation to use on the default backend."""
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"depthwise impl must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        impl = _default_impl
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"FRACJAX_DEPTHWISE_IMPL must be one of {DEPTHWISE_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        impl = "shift" if jax.default_backend() == "cpu" else "lax"
-    return impl
+    return _resolve_impl(impl, DEPTHWISE_IMPLS, _default_impl, "shift", "depthwise", "FRACJAX_DEPTHWISE_IMPL")
 
 
 def _output_size(padded: int, k: int, s: int) -> int:
@@ -270,53 +278,39 @@ _default_conv_impl = os.environ.get("FRACJAX_CONV_IMPL", "auto")
 
 
 def set_default_conv_impl(impl: str) -> None:
-    """Choose how :class:`Conv` runs 1x1 stride-1 convolutions: ``"auto"``
-    (matmul on CPU, lax elsewhere), ``"matmul"`` or ``"lax"``. The environment
-    variable ``FRACJAX_CONV_IMPL`` sets the initial value. Takes effect for
-    functions traced afterwards."""
+    """Choose how :class:`Conv` runs 1x1 stride-1 and small-patch
+    convolutions: ``"auto"`` (matmul on CPU, lax elsewhere), ``"matmul"`` or
+    ``"lax"``. The environment variable ``FRACJAX_CONV_IMPL`` sets the initial
+    value. Takes effect for functions traced afterwards."""
     global _default_conv_impl
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
+    _check_impl(impl, CONV_IMPLS, "conv")
     _default_conv_impl = impl
 
 
 def resolve_conv_impl(impl: str = "auto") -> str:
     """Turn ``"auto"`` into the implementation to use on the default backend."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        impl = _default_conv_impl
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"FRACJAX_CONV_IMPL must be one of {CONV_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        impl = "matmul" if jax.default_backend() == "cpu" else "lax"
-    return impl
+    return _resolve_impl(impl, CONV_IMPLS, _default_conv_impl, "matmul", "conv", "FRACJAX_CONV_IMPL")
 
 
-def _is_pointwise_channels_last(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                dimension_numbers, feature_group_count, batch_group_count) -> bool:
-    """A 1x1, stride-1, unpadded, undilated, ungrouped channels-last convolution
-    with an (..., C_in, C_out) kernel: a matmul over the channel axis."""
-    nd = lhs.ndim
-    spatial = nd - 2
-
+def _is_plain_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                            batch_group_count) -> bool:
+    """Undilated, ungrouped, NHWC input and output, HWIO kernel."""
     def ones(v):
         return v is None or all(int(d) == 1 for d in v)
 
-    if feature_group_count != 1 or batch_group_count != 1 or not (ones(window_strides) and ones(lhs_dilation)
-                                                                  and ones(rhs_dilation)):
+    if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
         return False
-    if any(int(d) != 1 for d in rhs.shape[:spatial]):
-        return False
-    if not isinstance(padding, str) and any(tuple(p) != (0, 0) for p in padding):
+    if not (ones(lhs_dilation) and ones(rhs_dilation)):
         return False
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    channels_last = (0, nd - 1, *range(1, nd - 1))
-    return (
-        tuple(numbers.lhs_spec) == channels_last
-        and tuple(numbers.out_spec) == channels_last
-        and tuple(numbers.rhs_spec) == (nd - 1, nd - 2, *range(spatial))
-    )
+    return (tuple(numbers.lhs_spec) == (0, 3, 1, 2) and tuple(numbers.out_spec) == (0, 3, 1, 2)
+            and tuple(numbers.rhs_spec) == (3, 2, 0, 1))
+
+
+def _is_pointwise(rhs, window_strides, padding) -> bool:
+    """1x1, stride 1, no padding: a matmul over the channel axis."""
+    return (rhs.shape[:2] == (1, 1) and all(int(s) == 1 for s in window_strides)
+            and (isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding)))
 
 
 # A k x k convolution whose patch (k*k*C_in values) is this small, e.g. a stem
@@ -324,22 +318,6 @@ def _is_pointwise_channels_last(lhs, rhs, window_strides, padding, lhs_dilation,
 # kernel gradient for it transposes the whole input (N last) and runs at a few
 # GFLOP/s; patches^T @ g is one matmul.
 SMALL_PATCH = 32
-
-
-def _is_small_patch_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                                  feature_group_count, batch_group_count) -> bool:
-    def ones(v):
-        return v is None or all(int(d) == 1 for d in v)
-
-    if lhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1 or not (ones(lhs_dilation)
-                                                                                   and ones(rhs_dilation)):
-        return False
-    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    if not (tuple(numbers.lhs_spec) == (0, 3, 1, 2) and tuple(numbers.out_spec) == (0, 3, 1, 2)
-            and tuple(numbers.rhs_spec) == (3, 2, 0, 1)):
-        return False
-    kh, kw, c_in, _ = rhs.shape
-    return kh * kw * c_in <= SMALL_PATCH
 
 
 def patch_matmul_conv(x: Array, kernel: Array, strides, padding, precision=None,
@@ -379,18 +357,19 @@ def conv_general_dilated(
     preferred_element_type=None,
     impl: str = "auto",
 ) -> Array:
-    """``lax.conv_general_dilated`` with 1x1 stride-1 channels-last
-    convolutions run as a 2-D matmul where ``impl`` resolves to "matmul"
-    (see :func:`resolve_conv_impl`). Same signature, same result."""
-    if resolve_conv_impl(impl) == "matmul":
-        if _is_pointwise_channels_last(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                       dimension_numbers, feature_group_count, batch_group_count):
+    """``lax.conv_general_dilated`` where ``impl`` resolves to "matmul" (see
+    :func:`resolve_conv_impl`) runs NHWC 1x1 stride-1 convolutions as a 2-D
+    matmul and small-patch ones as :func:`patch_matmul_conv`. Same
+    signature, same result."""
+    if resolve_conv_impl(impl) == "matmul" and _is_plain_channels_last(
+        lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count
+    ):
+        if _is_pointwise(rhs, window_strides, padding):
             c_in, c_out = rhs.shape[-2:]
             y = lax.dot(lhs.reshape(-1, c_in), rhs.reshape(c_in, c_out), precision=precision,
                         preferred_element_type=preferred_element_type)
             return y.reshape(*lhs.shape[:-1], c_out)
-        if _is_small_patch_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                                         feature_group_count, batch_group_count):
+        if rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= SMALL_PATCH:
             return patch_matmul_conv(lhs, rhs, window_strides, padding, precision, preferred_element_type)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -567,7 +546,7 @@ class BatchNorm(nn.BatchNorm):
         if (running or mask is not None or self.axis not in (-1, x.ndim - 1) or not self.use_scale
                 or not self.use_bias or self.axis_index_groups is not None or not self.use_fast_variance
                 or not self.force_float32_reductions):
-            return self._flax_call(x, use_running_average, mask)
+            return super().__call__(x, use_running_average, mask=mask)
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
         scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
@@ -581,9 +560,6 @@ class BatchNorm(nn.BatchNorm):
             ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
             ra_var.value = m * ra_var.value + (1.0 - m) * var
         return y
-
-    def _flax_call(self, x, use_running_average, mask):
-        return nn.BatchNorm.__call__.__wrapped__(self, x, use_running_average, mask=mask)
 
 
 def to_rgb(x: Array) -> Array:
