@@ -105,11 +105,12 @@ def resolve_padding(
 # generic loop: about 20x slower forward and 50x slower backward than the same
 # arithmetic written as k*k shifted, broadcast multiply-adds, which XLA fuses
 # into one vectorised loop. The "shift" implementation below does that, with a
-# custom VJP: the input gradient is the autodiff of the same shifted adds (XLA
-# fuses the transposed slices, i.e. pads, into one loop), and the kernel
-# gradient is k*k channel-wise reductions run one after the other in a scan
-# (run unrolled, XLA's concurrent CPU scheduler starts all k*k window copies at
-# once and is 3-4x slower). GPU and TPU keep lax's convolution.
+# custom VJP whose residual is the padded input (written once, fused into its
+# producer): at stride 1 the input gradient is the same windowed sum over the
+# padded output gradient with the flipped kernel, at other strides the
+# autodiff of the windowed sum; the kernel gradient is k*k channel-wise
+# reductions over windows of the padded input, one after the other in a scan.
+# GPU and TPU keep lax's convolution.
 # --------------------------------------------------------------------------
 
 DEPTHWISE_IMPLS = ("auto", "shift", "lax")
@@ -152,52 +153,95 @@ def _output_size(padded: int, k: int, s: int) -> int:
     return (padded - k) // s + 1
 
 
-def _shift_forward(x: Array, kernel: Array, strides: Tuple[int, int], padding: PadPairs) -> Array:
-    """Depthwise correlation as k*k strided windows times per-channel weights."""
-    kh, kw = kernel.shape[:2]
+def _window_pad(size: Tuple[int, int], kernel_hw: Tuple[int, int], strides: Tuple[int, int],
+                padding: PadPairs) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """(output size, padding) where the end padding is set so that the padded
+    input has exactly the s * (out - 1) + k rows and columns the windows read
+    (negative: trailing rows no window reads are cropped)."""
+    out, pads = [], []
+    for n, k, s, (before, after) in zip(size, kernel_hw, strides, padding):
+        o = _output_size(n + before + after, k, s)
+        out.append(o)
+        pads.append((before, s * (o - 1) + k - n - before))
+    return tuple(out), tuple(pads)  # type: ignore[return-value]
+
+
+def _pad_for_taps(x: Array, kernel_hw, strides, padding) -> Array:
+    """The input padded by :func:`_window_pad`. Both the forward and the kernel
+    gradient read their windows from it, so XLA writes it once, fused into
+    the producer of ``x``."""
+    _, pads = _window_pad(x.shape[1:3], kernel_hw, strides, padding)
+    zero = jnp.zeros((), x.dtype)
+    return lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+
+
+def _tap_window(xp: Array, i, j, strides: Tuple[int, int], out_hw: Tuple[int, int]) -> Array:
+    """Tap (i, j)'s (n, ho, wo, c) strided window of :func:`_pad_for_taps`'s
+    array; ``i, j`` static or traced."""
     sh, sw = strides
+    ho, wo = out_hw
+    n, c = xp.shape[0], xp.shape[-1]
+    span = (n, sh * (ho - 1) + 1, sw * (wo - 1) + 1, c)
+    if isinstance(i, int) and isinstance(j, int):
+        return lax.slice(xp, (0, i, j, 0), (n, i + span[1], j + span[2], c), (1, sh, sw, 1))
+    window = lax.dynamic_slice(xp, (0, i, j, 0), span)
+    return window if (sh, sw) == (1, 1) else window[:, ::sh, ::sw]
+
+
+def _taps_forward(xp: Array, kernel: Array, strides: Tuple[int, int], out_hw: Tuple[int, int]) -> Array:
+    """Depthwise correlation of :func:`_pad_for_taps`'s array: k*k windows
+    times per-channel weights, summed (XLA fuses them into one loop)."""
+    kh, kw = kernel.shape[:2]
     w = kernel.reshape(kh, kw, -1)
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    n, hp, wp, c = xp.shape
-    ho, wo = _output_size(hp, kh, sh), _output_size(wp, kw, sw)
     acc = None
     for i in range(kh):
         for j in range(kw):
-            window = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                (1, sh, sw, 1),
-            )
-            term = window * w[i, j]
+            term = _tap_window(xp, i, j, strides, out_hw) * w[i, j]
             acc = term if acc is None else acc + term
     return acc
 
 
-def _shift_kernel_grad(
-    x: Array, g: Array, kernel_hw: Tuple[int, int], strides: Tuple[int, int], padding: PadPairs
-) -> Array:
-    """dL/dkernel[i, j, c] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, c] * g[n, h, w, c]."""
+def _shift_forward(x: Array, kernel: Array, strides: Tuple[int, int], padding: PadPairs) -> Array:
+    """Depthwise correlation as k*k strided windows times per-channel weights."""
+    out_hw, _ = _window_pad(x.shape[1:3], kernel.shape[:2], strides, padding)
+    return _taps_forward(_pad_for_taps(x, kernel.shape[:2], strides, padding), kernel, strides, out_hw)
+
+
+def _shift_kernel_grad(xp: Array, g: Array, kernel_hw: Tuple[int, int], strides: Tuple[int, int]) -> Array:
+    """dL/dkernel[i, j, c] = sum_{n,h,w} xpad[n, s*h + i, s*w + j, c] * g[n, h, w, c],
+    ``xp`` from :func:`_pad_for_taps`. The k*k reductions run one after the
+    other in a scan: unrolled, XLA's concurrent CPU scheduler starts all window
+    copies at once and is 3-4x slower."""
     kh, kw = kernel_hw
-    sh, sw = strides
-    n, ho, wo, c = g.shape
-    # Split the padded input into sh*sw phases so that every tap reads a
-    # unit-stride window of one phase (a plain view at stride 1).
-    hq, wq = ho + (kh - 1) // sh, wo + (kw - 1) // sw
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    xp = xp[:, : sh * hq, : sw * wq]
-    xp = jnp.pad(xp, ((0, 0), (0, sh * hq - xp.shape[1]), (0, sw * wq - xp.shape[2]), (0, 0)))
-    phases = xp.reshape(n, hq, sh, wq, sw, c).transpose(2, 4, 0, 1, 3, 5).reshape(sh * sw, n, hq, wq, c)
     acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
 
     def tap(_, t):
-        i, j = t // kw, t % kw
-        phase = (i % sh) * sw + (j % sw)
-        window = lax.dynamic_slice(phases, (phase, 0, i // sh, j // sw, 0), (1, n, ho, wo, c))
-        return None, jnp.sum(window[0] * g, axis=(0, 1, 2), dtype=acc_dtype)
+        window = _tap_window(xp, t // kw, t % kw, strides, g.shape[1:3])
+        return None, jnp.sum(window * g, axis=(0, 1, 2), dtype=acc_dtype)
 
     _, per_tap = lax.scan(tap, None, jnp.arange(kh * kw))
-    return per_tap.reshape(kh, kw, 1, c)
+    return per_tap.reshape(kh, kw, 1, g.shape[-1])
+
+
+def _shift_input_grad(xp: Array, kernel: Array, g: Array, strides: Tuple[int, int], padding: PadPairs,
+                      in_hw: Tuple[int, int]) -> Array:
+    """dL/dx for an (h, w) = ``in_hw`` input, from the padded input's shape."""
+    kh, kw = kernel.shape[:2]
+    flipped_pads = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
+                    (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
+    if strides == (1, 1) and all(0 <= p <= k - 1 for pair, k in zip(padding, (kh, kw)) for p in pair):
+        # At stride 1 the input gradient is the correlation of g with the
+        # flipped kernel: the same padded-window form as the forward (the pad
+        # fuses into g's producer), where autodiff's transposed slices become
+        # k*k bounds-checked pads in one loop, ~2x slower for 5x5 kernels.
+        return _shift_forward(g, kernel[::-1, ::-1], (1, 1), flipped_pads)
+    _, vjp = jax.vjp(lambda inp: _taps_forward(inp, kernel, strides, g.shape[1:3]), xp)
+    (dxp,) = vjp(g)
+    top, left = padding[0][0], padding[1][0]
+    h, w = in_hw
+    # Rows and columns the padding cropped get no gradient: pad them back.
+    dx = dxp[:, top:top + h, left:left + w]
+    return jnp.pad(dx, ((0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -208,15 +252,19 @@ def depthwise_conv_shift(x: Array, kernel: Array, strides: Tuple[int, int], padd
 
 
 def _depthwise_shift_fwd(x, kernel, strides, padding):
-    return _shift_forward(x, kernel, strides, padding), (x, kernel)
+    out_hw, _ = _window_pad(x.shape[1:3], kernel.shape[:2], strides, padding)
+    xp = _pad_for_taps(x, kernel.shape[:2], strides, padding)
+    # The padded input is the residual: the forward's producer already wrote
+    # it padded, and the kernel gradient reads its windows without re-padding.
+    # (A zero-size array carries the input's static height and width.)
+    return _taps_forward(xp, kernel, strides, out_hw), (xp, kernel, jnp.zeros((*x.shape[1:3], 0), x.dtype))
 
 
 def _depthwise_shift_bwd(strides, padding, residuals, g):
-    x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda inp: _shift_forward(inp, kernel, strides, padding), x)
-    (dx,) = input_vjp(g)
-    dk = _shift_kernel_grad(x, g, kernel.shape[:2], strides, padding)
-    return dx, dk.astype(kernel.dtype)
+    xp, kernel, in_hw_marker = residuals
+    dx = _shift_input_grad(xp, kernel, g, strides, padding, in_hw_marker.shape[:2])
+    dk = _shift_kernel_grad(xp, g, kernel.shape[:2], strides)
+    return dx.astype(xp.dtype), dk.astype(kernel.dtype)
 
 
 depthwise_conv_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)

@@ -20,6 +20,9 @@ from fracjax.models import layers
         (14, 5, 2, "KERAS"),
         (15, 5, 2, "KERAS"),
         (9, 3, 2, "SAME"),
+        (12, 3, 2, "VALID"),  # the last row and column are read by no window
+        (14, 5, 2, "VALID"),
+        (10, 3, 1, ((3, 2), (0, 3))),  # padding wider than the kernel: the generic input gradient
     ],
 )
 def test_shift_depthwise_matches_lax_value_and_gradients(size, kernel, stride, padding):
