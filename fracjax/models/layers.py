@@ -362,10 +362,33 @@ def _is_pointwise(rhs, window_strides, padding) -> bool:
 
 
 # A k x k convolution whose patch (k*k*C_in values) is this small, e.g. a stem
-# on grey or RGB pixels, runs as explicit patches times a matrix: lax's
-# kernel gradient for it transposes the whole input (N last) and runs at a few
-# GFLOP/s; patches^T @ g is one matmul.
+# on grey or RGB pixels, is computed in two ways. Without a gradient (inference)
+# as k*k*C_in broadcast multiply-adds of strided windows, which XLA fuses with
+# the following BatchNorm and activation into one loop (the stem of the hybrid
+# model: ~19 -> ~3 ms at batch 32, 224). Under differentiation as explicit
+# patches times a matrix: lax's kernel gradient transposes the whole input (N
+# last) and runs at a few GFLOP/s, while patches^T @ g is one matmul (the
+# fused form's kernel gradient, k*k*C_in reductions over the output gradient,
+# measured slower).
 SMALL_PATCH = 32
+
+
+def _patch_windows(x: Array, kernel_hw, strides, padding):
+    """(windows, output size): the kh*kw strided (n, ho, wo, C_in) windows of
+    the padded input, tap-major (the order of ``kernel.reshape(kh*kw, ...)``)."""
+    kh, kw = kernel_hw
+    strides = tuple(int(s) for s in strides)
+    pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    n, hp, wp, c = xp.shape
+    sh, sw = strides
+    ho, wo = _output_size(hp, kh, sh), _output_size(wp, kw, sw)
+    windows = [
+        lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return windows, (ho, wo)
 
 
 def patch_matmul_conv(x: Array, kernel: Array, strides, padding, precision=None,
@@ -373,22 +396,61 @@ def patch_matmul_conv(x: Array, kernel: Array, strides, padding, precision=None,
     """NHWC correlation with an HWIO kernel as (N*Ho*Wo, kh*kw*C_in) patches
     times (kh*kw*C_in, C_out); the same result as ``lax.conv_general_dilated``."""
     kh, kw, c_in, c_out = kernel.shape
-    strides = tuple(int(s) for s in strides)
-    pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides)
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    n, hp, wp, c = xp.shape
-    sh, sw = strides
-    ho, wo = _output_size(hp, kh, sh), _output_size(wp, kw, sw)
-    # Tap-major, channel-minor: the order of kernel.reshape(kh * kw * c_in, c_out).
-    taps = [
-        lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = jnp.concatenate(taps, axis=-1).reshape(n * ho * wo, kh * kw * c_in)
+    windows, (ho, wo) = _patch_windows(x, (kh, kw), strides, padding)
+    patches = jnp.concatenate(windows, axis=-1).reshape(-1, kh * kw * c_in)
     y = lax.dot(patches, kernel.reshape(kh * kw * c_in, c_out), precision=precision,
                 preferred_element_type=preferred_element_type)
-    return y.reshape(n, ho, wo, c_out)
+    return y.reshape(x.shape[0], ho, wo, c_out)
+
+
+def pointwise_matmul_conv(x: Array, kernel: Array, precision=None, preferred_element_type=None) -> Array:
+    """A 1x1 stride-1 NHWC convolution as a (N*H*W, C_in) by (C_in, C_out) matmul."""
+    c_in, c_out = kernel.shape[-2:]
+    y = lax.dot(x.reshape(-1, c_in), kernel.reshape(c_in, c_out), precision=precision,
+                preferred_element_type=preferred_element_type)
+    return y.reshape(*x.shape[:-1], c_out)
+
+
+def _matmul_conv(x, kernel, strides, padding, precision=None, preferred_element_type=None):
+    if _is_pointwise(kernel, strides, padding):
+        return pointwise_matmul_conv(x, kernel, precision, preferred_element_type)
+    return patch_matmul_conv(x, kernel, strides, padding, precision, preferred_element_type)
+
+
+def patch_sum_conv(x: Array, kernel: Array, strides, padding, preferred_element_type=None) -> Array:
+    """The same correlation as k*k*C_in broadcast multiply-adds, one per
+    window channel and output row of the kernel (for small patches only)."""
+    kh, kw, c_in, c_out = kernel.shape
+    windows, _ = _patch_windows(x, (kh, kw), strides, padding)
+    dtype = preferred_element_type or jnp.result_type(x, kernel)
+    taps = kernel.reshape(kh * kw, c_in, c_out).astype(dtype)
+    acc = None
+    for t, window in enumerate(windows):
+        for ci in range(c_in):
+            term = window[..., ci:ci + 1].astype(dtype) * taps[t, ci]
+            acc = term if acc is None else acc + term
+    return acc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def small_patch_conv(x: Array, kernel: Array, strides, padding, precision=None,
+                     preferred_element_type=None) -> Array:
+    """:func:`patch_sum_conv` forward; under differentiation a matmul
+    (:func:`pointwise_matmul_conv` or :func:`patch_matmul_conv`; see SMALL_PATCH)."""
+    return patch_sum_conv(x, kernel, strides, padding, preferred_element_type)
+
+
+def _small_patch_fwd(x, kernel, strides, padding, precision, preferred_element_type):
+    y, vjp = jax.vjp(lambda x, k: _matmul_conv(x, k, strides, padding, precision, preferred_element_type),
+                     x, kernel)
+    return y, vjp
+
+
+def _small_patch_bwd(strides, padding, precision, preferred_element_type, vjp, g):
+    return vjp(g)
+
+
+small_patch_conv.defvjp(_small_patch_fwd, _small_patch_bwd)
 
 
 def conv_general_dilated(
@@ -407,18 +469,17 @@ def conv_general_dilated(
 ) -> Array:
     """``lax.conv_general_dilated`` where ``impl`` resolves to "matmul" (see
     :func:`resolve_conv_impl`) runs NHWC 1x1 stride-1 convolutions as a 2-D
-    matmul and small-patch ones as :func:`patch_matmul_conv`. Same
+    matmul and small-patch ones as :func:`small_patch_conv`. Same
     signature, same result."""
     if resolve_conv_impl(impl) == "matmul" and _is_plain_channels_last(
         lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, batch_group_count
     ):
-        if _is_pointwise(rhs, window_strides, padding):
-            c_in, c_out = rhs.shape[-2:]
-            y = lax.dot(lhs.reshape(-1, c_in), rhs.reshape(c_in, c_out), precision=precision,
-                        preferred_element_type=preferred_element_type)
-            return y.reshape(*lhs.shape[:-1], c_out)
         if rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= SMALL_PATCH:
-            return patch_matmul_conv(lhs, rhs, window_strides, padding, precision, preferred_element_type)
+            return small_patch_conv(lhs, rhs, tuple(int(v) for v in window_strides),
+                                    padding if isinstance(padding, str) else tuple(map(tuple, padding)),
+                                    precision, preferred_element_type)
+        if _is_pointwise(rhs, window_strides, padding):
+            return pointwise_matmul_conv(lhs, rhs, precision, preferred_element_type)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
