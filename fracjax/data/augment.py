@@ -24,7 +24,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy import ndimage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +51,31 @@ class AugmentConfig:
         return cls(flip=False, rotation=0.0, zoom=0.0, contrast=0.0, brightness=0.0)
 
 
-def _affine_resample(image: jax.Array, flip, angle, zoom) -> jax.Array:
+def _reflect_index(i: jax.Array, n: int, within_one_period: bool) -> jax.Array:
+    """Keras/scipy "reflect" fill (d c b a | a b c d | d c b a) for integer
+    indices. ``within_one_period``: the caller knows every ``i`` is in
+    [-n, 2n), which needs two selects instead of an integer remainder (XLA:CPU
+    runs s32 remainders at ~1 element/ns: 9 ms of the augmentation at batch 32)."""
+    if not within_one_period:
+        i = jnp.remainder(i, 2 * n)
+    i = jnp.where(i < 0, -1 - i, i)
+    return jnp.where(i >= n, 2 * n - 1 - i, i)
+
+
+def _reflect_fits(n: int, centre: float, radius: float) -> bool:
+    """Do source coordinates within ``radius`` of ``centre``, and the next
+    pixel bilinear reads, stay in [-n, 2n)?"""
+    return math.floor(centre - radius) - 1 >= -n and math.floor(centre + radius) + 2 <= 2 * n - 1
+
+
+def _affine_resample(image: jax.Array, flip, angle, zoom, max_zoom=None, rotates: bool = True) -> jax.Array:
     """Resample (H, W, C) so that output pixel p reads input
-    ``R(angle) @ (zoom * F p) + centre`` (F: optional left-right flip)."""
+    ``R(angle) @ (zoom * F p) + centre`` (F: optional left-right flip),
+    bilinear, reflect fill; the same values as
+    ``jax.scipy.ndimage.map_coordinates(order=1, mode="reflect")``.
+    ``max_zoom`` (static, optional) bounds ``zoom``, and ``rotates=False``
+    promises ``angle == 0``; with them the reflection skips its remainder
+    when the geometry allows it."""
     h, w = image.shape[:2]
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
@@ -62,11 +83,24 @@ def _affine_resample(image: jax.Array, flip, angle, zoom) -> jax.Array:
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     src_y = zoom * (cos * yy - sin * xx) + cy
     src_x = zoom * (sin * yy + cos * xx) + cx
-    channels = [
-        ndimage.map_coordinates(image[..., c], [src_y, src_x], order=1, mode="reflect")
-        for c in range(image.shape[-1])
-    ]
-    return jnp.stack(channels, axis=-1)
+    fits = False
+    if max_zoom is not None:
+        reach_y, reach_x = (math.hypot(cy, cx),) * 2 if rotates else (cy, cx)
+        fits = _reflect_fits(h, cy, max_zoom * reach_y) and _reflect_fits(w, cx, max_zoom * reach_x)
+    y0, x0 = jnp.floor(src_y), jnp.floor(src_x)
+    wy, wx = src_y - y0, src_x - x0
+    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+    rows = [_reflect_index(y0 + d, h, fits) * w for d in (0, 1)]
+    cols = [_reflect_index(x0 + d, w, fits) for d in (0, 1)]
+    flat = image.reshape(h * w, -1)
+
+    def tap(r, c):
+        return flat.at[(r + c).reshape(-1)].get(mode="promise_in_bounds").reshape(h, w, -1)
+
+    wy, wx = wy[..., None], wx[..., None]
+    top = tap(rows[0], cols[0]) * (1 - wx) + tap(rows[0], cols[1]) * wx
+    bottom = tap(rows[1], cols[0]) * (1 - wx) + tap(rows[1], cols[1]) * wx
+    return top * (1 - wy) + bottom * wy
 
 
 def augment_one(key: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.Array:
@@ -81,7 +115,7 @@ def augment_one(key: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.
         if config.rotation == 0.0 and config.zoom == 0.0:
             x = jnp.where(flip, x[:, ::-1], x)  # a flip alone needs no resampling
         else:
-            x = _affine_resample(x, flip, angle, zoom)
+            x = _affine_resample(x, flip, angle, zoom, max_zoom=1.0 + config.zoom, rotates=config.rotation > 0)
     if config.contrast > 0:
         c = jax.random.uniform(k_con, (), minval=1.0 - config.contrast, maxval=1.0 + config.contrast)
         mean = jnp.mean(x, axis=(0, 1), keepdims=True)

@@ -95,3 +95,38 @@ def test_affine_matches_keras_reflect_fill(flip, angle_deg, zoom):
     )[0]
     got = _affine_resample(x, flip, angle, zoom)
     chex.assert_trees_all_close(got, np.asarray(expected), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "shape,angle_deg,zoom,max_zoom,rotates",
+    [
+        ((40, 40), 36.0, 1.1, 1.1, True),  # the default recipe's extreme: indices stay within one period
+        ((40, 40), -36.0, 0.9, 1.1, True),
+        ((12, 60), 50.0, 1.9, 1.9, True),  # wide image, large zoom: the remainder is needed
+        ((30, 20), 0.0, 1.5, 1.5, False),
+        ((30, 20), 170.0, 1.0, None, True),  # no bound given: always the remainder
+    ],
+)
+def test_affine_resample_matches_scipy_map_coordinates(shape, angle_deg, zoom, max_zoom, rotates):
+    from jax.scipy import ndimage
+
+    h, w = shape
+    x = jnp.asarray(images(1, h, w, seed=3)[0])
+    angle = math.radians(angle_deg)
+    got = jax.jit(lambda x: _affine_resample(x, True, angle, zoom, max_zoom, rotates))(x)
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = np.meshgrid(np.arange(h) - cy, -(np.arange(w) - cx), indexing="ij")
+    src = [zoom * (math.cos(angle) * yy - math.sin(angle) * xx) + cy,
+           zoom * (math.sin(angle) * yy + math.cos(angle) * xx) + cx]
+    expected = ndimage.map_coordinates(x[..., 0], [jnp.asarray(s, jnp.float32) for s in src], order=1,
+                                       mode="reflect")
+    # Coordinates rounded in float32 either way: agree to ~2e-5 of the pixel range.
+    chex.assert_trees_all_close(got[..., 0], expected, atol=5e-3)
+
+
+def test_reflect_needs_no_remainder_only_where_the_geometry_allows():
+    from fracjax.data.augment import _reflect_fits
+
+    assert _reflect_fits(224, 111.5, 1.1 * math.hypot(111.5, 111.5))
+    assert not _reflect_fits(12, 5.5, 1.9 * math.hypot(5.5, 29.5))
+    assert not _reflect_fits(10, 4.5, 15.0)
