@@ -28,7 +28,11 @@ Peers: PyTorch/torchvision eager in the default (NCHW) and channels_last
 memory formats, ``torch.compile`` (where it works here), and Keras 3 on the
 JAX backend (``keras.applications`` + the same head, ``train_on_batch``).
 Each peer runs in its own subprocess, so one framework's threads or flags
-never slow another. A peer that is not installed or fails is reported as
+never slow another. Every row runs under the same host-memory setting: the
+script re-executes itself with glibc's transparent-huge-page tunable where
+the machine has it (fracjax/hostmem.py; ``FRACJAX_NO_HUGEPAGES=1`` keeps the
+process as started), and the peers' subprocesses inherit it; the header says
+which. A peer that is not installed or fails is reported as
 such, never estimated. The "fracjax speedup" columns are fracjax / peer for
 throughputs and peer / fracjax for latency: above 1, fracjax is faster.
 """
@@ -375,8 +379,12 @@ def main(argv=None):
 
     import jax
 
+    from fracjax.hostmem import malloc_hugepages_enabled
+
     print(f"{os.cpu_count()} CPU(s); jax {jax.__version__} on {jax.default_backend()}; fp32; "
           f"batch {args.batch}, {args.size}x{args.size}; {args.reps} timed repetitions (median ± half range)")
+    print("host memory: malloc on transparent huge pages for every row (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
+          if malloc_hugepages_enabled() else "host memory: malloc as the process started (4 KiB pages)")
     peak = matmul_peak_gflops()
     print(f"measured fp32 matmul peak (2048^2, jax): {peak:.0f} GFLOP/s")
     everything = {"peak_gflops": peak, "models": {}}
@@ -394,4 +402,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from fracjax.hostmem import reexec_with_malloc_hugepages
+
+    if "--worker" not in sys.argv:
+        reexec_with_malloc_hugepages()  # every row, peers included, under the same setting
     main()

@@ -29,7 +29,12 @@ import sys
 import tempfile
 import time
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+if __name__ == "__main__":
+    from fracjax.hostmem import reexec_with_malloc_hugepages
+
+    reexec_with_malloc_hugepages()  # as examples/train.py runs (fracjax/hostmem.py)
+if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

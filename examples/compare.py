@@ -82,4 +82,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from fracjax.hostmem import reexec_with_malloc_hugepages
+
+    reexec_with_malloc_hugepages()  # XLA:CPU's per-step scratch memory on huge pages (fracjax/hostmem.py)
     sys.exit(main())

@@ -11,7 +11,10 @@ The same code is importable: ``fracjax.train.fit(fracjax.train.TrainConfig(...))
 
 import sys
 
-from fracjax.train.cli import main
+from fracjax.hostmem import reexec_with_malloc_hugepages
 
 if __name__ == "__main__":
+    reexec_with_malloc_hugepages()  # XLA:CPU's per-step scratch memory on huge pages (fracjax/hostmem.py)
+    from fracjax.train.cli import main
+
     sys.exit(main())
