@@ -367,11 +367,10 @@ def _is_pointwise(rhs, window_strides, padding) -> bool:
 # the following BatchNorm and activation into one loop (the hybrid model's stem
 # at batch 32, 224: patches, concatenate and a K=9 matmul, ~19 ms, became one
 # ~6 ms loop that also applies BatchNorm, hard-swish and the next pad). Under
-# differentiation as explicit
-# patches times a matrix: lax's kernel gradient transposes the whole input (N
-# last) and runs at a few GFLOP/s, while patches^T @ g is one matmul (the
-# fused form's kernel gradient, k*k*C_in reductions over the output gradient,
-# measured slower).
+# differentiation as explicit patches times a matrix: lax's kernel gradient
+# transposes the whole input (N last) and runs at a few GFLOP/s, while
+# patches^T @ g is one matmul (the fused form's kernel gradient, k*k*C_in
+# reductions over the output gradient, measured slower).
 SMALL_PATCH = 32
 
 
