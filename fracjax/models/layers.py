@@ -376,20 +376,14 @@ SMALL_PATCH = 32
 
 def _patch_windows(x: Array, kernel_hw, strides, padding):
     """(windows, output size): the kh*kw strided (n, ho, wo, C_in) windows of
-    the padded input, tap-major (the order of ``kernel.reshape(kh*kw, ...)``)."""
-    kh, kw = kernel_hw
+    the padded input, tap-major (the order of ``kernel.reshape(kh*kw, ...)``);
+    the depthwise convolution's windowing."""
     strides = tuple(int(s) for s in strides)
-    pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides)
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    n, hp, wp, c = xp.shape
-    sh, sw = strides
-    ho, wo = _output_size(hp, kh, sh), _output_size(wp, kw, sw)
-    windows = [
-        lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return windows, (ho, wo)
+    pads = resolve_padding(padding, x.shape[1:3], tuple(kernel_hw), strides)
+    out_hw, _ = _window_pad(x.shape[1:3], kernel_hw, strides, pads)
+    xp = _pad_for_taps(x, kernel_hw, strides, pads)
+    windows = [_tap_window(xp, i, j, strides, out_hw) for i in range(kernel_hw[0]) for j in range(kernel_hw[1])]
+    return windows, out_hw
 
 
 def patch_matmul_conv(x: Array, kernel: Array, strides, padding, precision=None,
