@@ -638,18 +638,105 @@ def _batch_norm_train_bwd(epsilon, axis_name, residuals, cotangents):
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
+# --------------------------------------------------------------------------
+# A widening 1x1 convolution and the train-mode BatchNorm after it, in one.
+#
+# With z = x W (x: (P, C_in), W: (C_in, C_out)), the batch statistics of z
+# follow from those of x: mean_z = mean_x W and var_z = diag(W^T Cov_x W),
+# where Cov_x comes from x^T x, a (C_in, C_in) matmul that is cheap when
+# C_in << C_out (MobileNetV3's expand convolutions widen 3-6x). So z is never
+# written or read: the forward is one matmul with the normalisation folded
+# into the kernel and bias. In the backward, with g the gradient of the
+# output, BatchNorm's input gradient is g_z = a*g + c*z + b with per-channel
+# a, b, c; so the kernel gradient is x^T g plus (C_in, C_out) corrections
+# from x^T x, and the input gradient is g (a W)^T + x (W c W^T) + b W^T --
+# two matmuls over g, where conv + BatchNorm make ~6 passes over z and g.
+# Measured fwd+bwd at batch 32 (ms, conv + BatchNorm -> folded): 16->72 at
+# 56x56 24.7 -> 12.4, 24->88 at 28x28 6.7 -> 3.3, 40->240 at 14x14 5.4 -> 3.2,
+# 96->576 at 7x7 3.8 -> 3.4; narrowing convolutions (72->24, 576->96) get 2-4x
+# slower (x^T x costs P*C_in^2), so only C_out >= FOLD_WIDENING * C_in folds.
+# --------------------------------------------------------------------------
+
+FOLD_WIDENING = 2
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def pointwise_conv_batch_norm_train(x: Array, kernel: Array, scale: Array, bias: Array, epsilon: float,
+                                    axis_name=None):
+    """``batch_norm_train(pointwise_matmul_conv(x, kernel), scale, bias,
+    epsilon, axis_name)`` without materialising the convolution's output
+    (float32). Returns ``(y, mean, var)``: the statistics are those of the
+    convolution's output, for the running averages, and carry no gradient."""
+    out, _ = _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name)
+    return out
+
+
+def _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name):
+    c_in, c_out = kernel.shape[-2:]
+    w = kernel.reshape(c_in, c_out)
+    x2 = x.reshape(-1, c_in)
+    count = x2.shape[0]
+    sum_x = jnp.sum(x2, axis=0)
+    gram = lax.dot(x2.T, x2)  # x^T x, (C_in, C_in)
+    moments = jnp.concatenate([sum_x, gram.reshape(-1)]) / count
+    if axis_name is not None:
+        moments = lax.pmean(moments, axis_name)
+    mean_x, second = moments[:c_in], moments[c_in:].reshape(c_in, c_in)
+    cov = second - jnp.outer(mean_x, mean_x)
+    mean = mean_x @ w
+    var = jnp.maximum(0.0, jnp.sum(w * (cov @ w), axis=0))
+    inv = lax.rsqrt(var + epsilon)
+    a = scale * inv
+    y = lax.dot(x2, w * a) + (bias - mean * a)
+    residuals = (x2, w, a, mean, inv, sum_x, gram, x.shape)
+    return (y.reshape(*x.shape[:-1], c_out), mean, var), residuals
+
+
+def _pointwise_bn_fwd(x, kernel, scale, bias, epsilon, axis_name):
+    return _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name)
+
+
+def _pointwise_bn_bwd(epsilon, axis_name, residuals, cotangents):
+    x2, w, a, mean, inv, sum_x, gram, x_shape = residuals
+    g = cotangents[0].reshape(-1, w.shape[1])  # the statistics' cotangents only feed running averages
+    count = g.shape[0]
+    xtg = lax.dot(x2.T, g)  # x^T g, (C_in, C_out)
+    sum_g = jnp.sum(g, axis=0)
+    sum_g_z = jnp.sum(w * xtg, axis=0)  # sum over rows of g * z, as z = x w
+    sum_g_zhat = (sum_g_z - mean * sum_g) * inv
+    means = jnp.stack([sum_g, sum_g_zhat]) / count
+    if axis_name is not None:
+        means = lax.pmean(means, axis_name)  # as in batch_norm_train: global batch terms
+    # BatchNorm's input gradient a*(g - mean(g) - zhat*mean(g*zhat)) as a*g + c*z + b.
+    c = -a * inv * means[1]
+    b = -a * means[0] - c * mean
+    dw = xtg * a + jnp.outer(sum_x, b) + gram @ (w * c)
+    dx = lax.dot(g, (w * a).T) + lax.dot(x2, (w * c) @ w.T) + b @ w.T
+    return dx.reshape(x_shape), dw.reshape(1, 1, *w.shape), sum_g_zhat, sum_g
+
+
+pointwise_conv_batch_norm_train.defvjp(_pointwise_bn_fwd, _pointwise_bn_bwd)
+
+
 class BatchNorm(nn.BatchNorm):
     """``flax.linen.BatchNorm`` (same fields, variables and results) whose
     train mode runs :func:`batch_norm_train`. Channels-last (``axis=-1``),
     scale and bias on, no mask; other settings fall back to flax's code."""
 
     @nn.compact
-    def __call__(self, x, use_running_average: Union[bool, None] = None, *, mask=None):
+    def __call__(self, x, use_running_average: Union[bool, None] = None, *, mask=None, pointwise_kernel=None):
+        """``pointwise_kernel`` (a (1, 1, C_in, C_out) kernel): ``x`` is the
+        input of that 1x1 stride-1 convolution, and the result is this
+        BatchNorm of its output (see :func:`conv_batch_norm`)."""
         running = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
-        features = x.shape[-1]
-        if (running or mask is not None or self.axis not in (-1, x.ndim - 1) or not self.use_scale
-                or not self.use_bias or self.axis_index_groups is not None or not self.use_fast_variance
-                or not self.force_float32_reductions):
+        fast = not (running or mask is not None or self.axis not in (-1, x.ndim - 1) or not self.use_scale
+                    or not self.use_bias or self.axis_index_groups is not None or not self.use_fast_variance
+                    or not self.force_float32_reductions)
+        if pointwise_kernel is not None and not (fast and _folds(x, pointwise_kernel, self.dtype)):
+            x = pointwise_matmul_conv(x, pointwise_kernel)
+            pointwise_kernel = None
+        features = x.shape[-1] if pointwise_kernel is None else pointwise_kernel.shape[-1]
+        if not fast:
             return super().__call__(x, use_running_average, mask=mask)
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
@@ -657,13 +744,51 @@ class BatchNorm(nn.BatchNorm):
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
         dtype = self.dtype or jnp.result_type(x, scale, bias)
         axis_name = None if self.is_initializing() else self.axis_name
-        y, mean, var = batch_norm_train(x.astype(dtype), scale.astype(dtype), bias.astype(dtype), self.epsilon,
-                                        axis_name)
+        if pointwise_kernel is not None:
+            y, mean, var = pointwise_conv_batch_norm_train(x, pointwise_kernel, scale, bias, self.epsilon, axis_name)
+        else:
+            y, mean, var = batch_norm_train(x.astype(dtype), scale.astype(dtype), bias.astype(dtype), self.epsilon,
+                                            axis_name)
         if not self.is_initializing():
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
             ra_var.value = m * ra_var.value + (1.0 - m) * var
         return y
+
+
+def _folds(x: Array, kernel: Array, norm_dtype) -> bool:
+    """Whether :func:`pointwise_conv_batch_norm_train` applies: float32
+    NHWC input, a widening (1, 1, C_in, C_out) kernel, float32 BatchNorm."""
+    return (x.ndim == 4 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
+            and kernel.shape[:3] == (1, 1, x.shape[-1]) and kernel.shape[-1] >= FOLD_WIDENING * x.shape[-1]
+            and (norm_dtype is None or jnp.dtype(norm_dtype) == jnp.float32))
+
+
+def _ones(v) -> bool:
+    return v is None or v == 1 or all(int(d) == 1 for d in v)
+
+
+def conv_batch_norm(conv: nn.Module, norm: nn.Module, x: Array) -> Array:
+    """``norm(conv(x))`` for a convolution and a BatchNorm the caller made
+    (both get their usual names, parameters and running statistics). On CPU,
+    a widening 1x1 stride-1 :class:`Conv` without bias followed by a
+    train-mode :class:`BatchNorm` runs as
+    :func:`pointwise_conv_batch_norm_train` (same results, one matmul instead
+    of a matmul and the normalisation's passes over its output)."""
+    kernel_size = conv.kernel_size if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
+    padding_zero = conv.padding in ("SAME", "VALID") or (
+        not isinstance(conv.padding, str) and all(tuple(p) in ((0, 0), 0) for p in conv.padding))
+    if (type(conv) is Conv and isinstance(norm, BatchNorm) and norm.use_running_average is False
+            and tuple(kernel_size) == (1, 1) and _ones(conv.strides) and padding_zero and not conv.use_bias
+            and conv.feature_group_count == 1 and _ones(conv.input_dilation) and _ones(conv.kernel_dilation)
+            and conv.precision is None and (conv.dtype is None or jnp.dtype(conv.dtype) == jnp.float32)
+            and jnp.dtype(conv.param_dtype) == jnp.float32 and x.ndim == 4 and x.dtype == jnp.float32
+            and conv.features >= FOLD_WIDENING * x.shape[-1] and resolve_conv_impl() == "matmul"):
+        # The kernel is the convolution's own parameter: calling it on one
+        # pixel creates (init) or binds (apply) it; XLA drops the unused result.
+        conv(jnp.zeros((1, 1, 1, x.shape[-1]), x.dtype))
+        return norm(x, pointwise_kernel=conv.variables["params"]["kernel"])
+    return norm(conv(x))
 
 
 def to_rgb(x: Array) -> Array:

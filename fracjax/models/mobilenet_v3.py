@@ -19,6 +19,7 @@ from fracjax.models.layers import (
     preprocess_grey,
     DepthwiseConv2D,
     batch_norm_def,
+    conv_batch_norm,
     ModuleDef,
     SqueezeExcite,
     hard_swish,
@@ -107,8 +108,7 @@ class InvertedResidual(nn.Module):
         expanded = make_divisible(in_channels * spec.expansion)
         shortcut = x
         if self.expand:
-            x = self.conv(expanded, (1, 1), name="expand")(x)
-            x = act(self.norm(name="expand_bn")(x))
+            x = act(conv_batch_norm(self.conv(expanded, (1, 1), name="expand"), self.norm(name="expand_bn"), x))
         # "KERAS" padding: "same" at stride 1, correct_pad + "valid" at stride 2.
         x = self.depthwise(
             kernel_size=(spec.kernel, spec.kernel),
@@ -180,8 +180,7 @@ class MobileNetV3(nn.Module):
                 zero_init_residual=self.zero_init_residual, name=f"block{i}",
             )(x)
         last = self.last_channels or make_divisible(x.shape[-1] * 6)
-        x = conv(last, (1, 1), name="last_conv")(x)
-        x = self.act(norm(name="last_bn")(x))
+        x = self.act(conv_batch_norm(conv(last, (1, 1), name="last_conv"), norm(name="last_bn"), x))
         return x
 
 

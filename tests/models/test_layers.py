@@ -209,6 +209,103 @@ def test_batch_norm_axis_name_averages_statistics_and_gradients_like_flax():
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+
+class _ConvThenNorm(nn.Module):
+    """A 1x1 conv and a BatchNorm through layers.conv_batch_norm (as MobileNetV3's expand)."""
+
+    features: int
+    train: bool = True
+    axis_name: str = None
+
+    @nn.compact
+    def __call__(self, x):
+        conv = layers.Conv(self.features, (1, 1), use_bias=False, name="expand")
+        norm = layers.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-3,
+                                axis_name=self.axis_name, name="expand_bn")
+        return layers.conv_batch_norm(conv, norm, x)
+
+
+def _conv_then_norm_loss(module, r):
+    def loss(v, x):
+        y, updates = module.apply(v, x, mutable=["batch_stats"])
+        return (y * r).sum() + (y ** 2).sum(), (y, updates)
+
+    return loss
+
+
+def _folded(module, v, x) -> bool:
+    jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(v, x)
+    return "pointwise_conv_batch_norm_train" in str(jaxpr)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(3, 8), (4, 24)])
+def test_conv_batch_norm_folds_a_widening_pointwise_conv_with_the_same_results(monkeypatch, c_in, c_out):
+    # Non-zero-mean, correlated input channels: the statistics come from x^T x.
+    base = jax.random.normal(jax.random.key(0), (4, 5, 6, c_in))
+    x = jax.nn.relu(base + 0.5 * base[..., :1]) + 0.3
+    r = jax.random.normal(jax.random.key(1), (*x.shape[:-1], c_out))
+    module = _ConvThenNorm(c_out)
+    v = module.init(jax.random.key(2), x)
+    chex.assert_trees_all_equal_shapes(v, {"params": {"expand": {"kernel": jnp.zeros((1, 1, c_in, c_out))},
+                                                      "expand_bn": {"scale": jnp.zeros(c_out), "bias": jnp.zeros(c_out)}},
+                                           "batch_stats": {"expand_bn": {"mean": jnp.zeros(c_out),
+                                                                         "var": jnp.zeros(c_out)}}})
+    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
+    grad = jax.value_and_grad(_conv_then_norm_loss(module, r), argnums=(0, 1), has_aux=True)
+    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
+    assert _folded(module, v, x)
+    got = jax.jit(lambda v, x: grad(v, x))(v, x)  # a new function each time: jit's cache would keep the first trace
+    monkeypatch.setattr(layers, "_default_conv_impl", "lax")  # conv, then BatchNorm's own pass
+    assert not _folded(module, v, x)
+    want = jax.jit(lambda v, x: grad(v, x))(v, x)
+    # Values, running-average updates, gradients of kernel, scale, bias and input. The folded
+    # kernel gradient sums terms that cancel (x^T g against the x^T x correction) before
+    # BatchNorm's projection, so its float32 error scales with the largest entry, not each
+    # entry (against float64: ~3e-5 of the largest kernel gradient here, conv+BN ~7e-6).
+    chex.assert_trees_all_equal_structs(got, want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
+                 got, want)
+    chex.assert_tree_all_finite(got)
+
+
+def test_conv_batch_norm_folds_only_widening_train_mode_pointwise_convs(monkeypatch):
+    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
+    x = jnp.ones((2, 4, 4, 8))
+    for module, folds in ((_ConvThenNorm(16), True), (_ConvThenNorm(12), False),  # 1.5x: x^T x too dear
+                          (_ConvThenNorm(16, train=False), False)):
+        v = module.init(jax.random.key(0), x)
+        assert _folded(module, v, x) is folds, module
+    # Inference mode still applies the running statistics to conv(x).
+    module = _ConvThenNorm(16, train=False)
+    v = module.init(jax.random.key(0), x)
+    v = jax.tree.map(lambda a: a + 0.5, v)
+    kernel = v["params"]["expand"]["kernel"]
+    bn = v["params"]["expand_bn"]
+    stats = v["batch_stats"]["expand_bn"]
+    z = layers.pointwise_matmul_conv(x, kernel)
+    want = (z - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3) * bn["scale"] + bn["bias"]
+    chex.assert_trees_all_close(module.apply(v, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_conv_batch_norm_axis_name_matches_conv_then_batch_norm():
+    x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4)) + 0.2)  # (devices, batch, h, w, c)
+    r = jax.random.normal(jax.random.key(1), (*x.shape[:-1], 12))
+    kernel = jax.random.normal(jax.random.key(2), (1, 1, 4, 12))
+    scale, bias = 1 + 0.1 * jnp.arange(12.0), 0.05 * jnp.arange(12.0)
+
+    def per_device(fn):
+        def loss(x, kernel, scale, bias, r):
+            y, mean, var = fn(x, kernel, scale, bias)
+            return (y * r).sum() + (y ** 2).sum(), (mean, var)
+
+        grad = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
+        return jax.vmap(grad, in_axes=(0, None, None, None, 0), axis_name="devices")(x, kernel, scale, bias, r)
+
+    got = per_device(lambda x, k, s, b: layers.pointwise_conv_batch_norm_train(x, k, s, b, 1e-3, "devices"))
+    want = per_device(lambda x, k, s, b: layers.batch_norm_train(layers.pointwise_matmul_conv(x, k), s, b, 1e-3,
+                                                                 "devices"))
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
+
 def test_depthwise_rejects_wrong_kernel_shape():
     with pytest.raises(ValueError, match="kernel must be"):
         layers.depthwise_conv(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 1)))
