@@ -660,6 +660,21 @@ batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 FOLD_WIDENING = 2
 
 
+# Above this many rows, x^T x and x^T g are summed per image: XLA:CPU may
+# emit a transposed-operand dot as one running float32 sum over all rows (in
+# a trial on the stem's 401,408 patch rows, built in the same jit: variance
+# off by 8e-5 and gradients by 1e-3; per image, 5e-7).
+CHUNKED_ROWS = 65536
+
+
+def _row_products(a: Array, b: Array, batch: int) -> Array:
+    """a^T b for (P, ·) row matrices; per-image partial products when P is large."""
+    if a.shape[0] <= CHUNKED_ROWS or batch < 2:
+        return lax.dot(a.T, b)
+    a3, b3 = a.reshape(batch, -1, a.shape[-1]), b.reshape(batch, -1, b.shape[-1])
+    return jnp.sum(lax.dot_general(a3, b3, (((1,), (1,)), ((0,), (0,)))), axis=0)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def pointwise_conv_batch_norm_train(x: Array, kernel: Array, scale: Array, bias: Array, epsilon: float,
                                     axis_name=None):
@@ -677,7 +692,7 @@ def _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name):
     x2 = x.reshape(-1, c_in)
     count = x2.shape[0]
     sum_x = jnp.sum(x2, axis=0)
-    gram = lax.dot(x2.T, x2)  # x^T x, (C_in, C_in)
+    gram = _row_products(x2, x2, x.shape[0])  # x^T x, (C_in, C_in)
     moments = jnp.concatenate([sum_x, gram.reshape(-1)]) / count
     if axis_name is not None:
         moments = lax.pmean(moments, axis_name)
@@ -700,7 +715,7 @@ def _pointwise_bn_bwd(epsilon, axis_name, residuals, cotangents):
     x2, w, a, mean, inv, sum_x, gram, x_shape = residuals
     g = cotangents[0].reshape(-1, w.shape[1])  # the statistics' cotangents only feed running averages
     count = g.shape[0]
-    xtg = lax.dot(x2.T, g)  # x^T g, (C_in, C_out)
+    xtg = _row_products(x2, g, x_shape[0])  # x^T g, (C_in, C_out)
     sum_g = jnp.sum(g, axis=0)
     sum_g_z = jnp.sum(w * xtg, axis=0)  # sum over rows of g * z, as z = x w
     sum_g_zhat = (sum_g_z - mean * sum_g) * inv
@@ -758,9 +773,9 @@ class BatchNorm(nn.BatchNorm):
 
 def _folds(x: Array, kernel: Array, norm_dtype) -> bool:
     """Whether :func:`pointwise_conv_batch_norm_train` applies: float32
-    NHWC input, a widening (1, 1, C_in, C_out) kernel, float32 BatchNorm."""
+    NHWC input, a (1, 1, C_in, C_out) float32 kernel, float32 BatchNorm."""
     return (x.ndim == 4 and x.dtype == jnp.float32 and kernel.dtype == jnp.float32
-            and kernel.shape[:3] == (1, 1, x.shape[-1]) and kernel.shape[-1] >= FOLD_WIDENING * x.shape[-1]
+            and kernel.shape[:3] == (1, 1, x.shape[-1])
             and (norm_dtype is None or jnp.dtype(norm_dtype) == jnp.float32))
 
 
@@ -771,15 +786,15 @@ def _ones(v) -> bool:
 def conv_batch_norm(conv: nn.Module, norm: nn.Module, x: Array) -> Array:
     """``norm(conv(x))`` for a convolution and a BatchNorm the caller made
     (both get their usual names, parameters and running statistics). On CPU,
-    a widening 1x1 stride-1 :class:`Conv` without bias followed by a
-    train-mode :class:`BatchNorm` runs as
+    a widening 1x1 stride-1 :class:`Conv` without bias (C_out >=
+    FOLD_WIDENING * C_in) followed by a train-mode :class:`BatchNorm` runs as
     :func:`pointwise_conv_batch_norm_train` (same results, one matmul instead
     of a matmul and the normalisation's passes over its output)."""
-    kernel_size = conv.kernel_size if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
-    padding_zero = conv.padding in ("SAME", "VALID") or (
+    kernel_size = tuple(conv.kernel_size) if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
+    zero_padding = conv.padding in ("SAME", "VALID") or (
         not isinstance(conv.padding, str) and all(tuple(p) in ((0, 0), 0) for p in conv.padding))
     if (type(conv) is Conv and isinstance(norm, BatchNorm) and norm.use_running_average is False
-            and tuple(kernel_size) == (1, 1) and _ones(conv.strides) and padding_zero and not conv.use_bias
+            and kernel_size == (1, 1) and _ones(conv.strides) and zero_padding and not conv.use_bias
             and conv.feature_group_count == 1 and _ones(conv.input_dilation) and _ones(conv.kernel_dilation)
             and conv.precision is None and (conv.dtype is None or jnp.dtype(conv.dtype) == jnp.float32)
             and jnp.dtype(conv.param_dtype) == jnp.float32 and x.ndim == 4 and x.dtype == jnp.float32
@@ -789,7 +804,6 @@ def conv_batch_norm(conv: nn.Module, norm: nn.Module, x: Array) -> Array:
         conv(jnp.zeros((1, 1, 1, x.shape[-1]), x.dtype))
         return norm(x, pointwise_kernel=conv.variables["params"]["kernel"])
     return norm(conv(x))
-
 
 def to_rgb(x: Array) -> Array:
     """Accept (..., H, W, 1) grey or (..., H, W, 3) RGB; return RGB."""

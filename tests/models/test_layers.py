@@ -238,8 +238,10 @@ def _folded(module, v, x) -> bool:
     return "pointwise_conv_batch_norm_train" in str(jaxpr)
 
 
-@pytest.mark.parametrize("c_in,c_out", [(3, 8), (4, 24)])
-def test_conv_batch_norm_folds_a_widening_pointwise_conv_with_the_same_results(monkeypatch, c_in, c_out):
+@pytest.mark.parametrize("c_in,c_out,chunked_rows", [(3, 8, 65536), (4, 24, 65536), (4, 24, 0)])
+def test_conv_batch_norm_folds_a_widening_pointwise_conv_with_the_same_results(monkeypatch, c_in, c_out,
+                                                                              chunked_rows):
+    monkeypatch.setattr(layers, "CHUNKED_ROWS", chunked_rows)  # 0: x^T x and x^T g summed per image
     # Non-zero-mean, correlated input channels: the statistics come from x^T x.
     base = jax.random.normal(jax.random.key(0), (4, 5, 6, c_in))
     x = jax.nn.relu(base + 0.5 * base[..., :1]) + 0.3
