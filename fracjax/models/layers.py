@@ -783,27 +783,63 @@ def _ones(v) -> bool:
     return v is None or v == 1 or all(int(d) == 1 for d in v)
 
 
+def _fold_kind(conv: nn.Module, norm: nn.Module, x: Array) -> Union[str, None]:
+    """"pointwise", "patch" or None: whether and how :func:`conv_batch_norm`
+    folds ``norm(conv(x))``."""
+    if not (type(conv) in (Conv, RepeatedChannelConv) and isinstance(norm, BatchNorm)
+            and norm.use_running_average is False and not conv.use_bias and conv.feature_group_count == 1
+            and _ones(conv.input_dilation) and _ones(conv.kernel_dilation) and conv.precision is None
+            and (conv.dtype is None or jnp.dtype(conv.dtype) == jnp.float32)
+            and jnp.dtype(conv.param_dtype) == jnp.float32 and x.ndim == 4 and x.dtype == jnp.float32
+            and resolve_conv_impl() == "matmul"):
+        return None
+    kernel_size = tuple(conv.kernel_size) if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
+    if isinstance(conv.padding, str):
+        known_padding = conv.padding.upper() in ("SAME", "VALID", "KERAS")
+    else:
+        known_padding = len(conv.padding) == 2 and all(isinstance(p, Sequence) and len(p) == 2 for p in conv.padding)
+    if not (known_padding and len(kernel_size) == 2):
+        return None
+    zero_padding = conv.padding in ("SAME", "VALID") or (
+        not isinstance(conv.padding, str) and all(tuple(p) == (0, 0) for p in conv.padding))
+    if (type(conv) is Conv and kernel_size == (1, 1) and _ones(conv.strides) and zero_padding
+            and conv.features >= FOLD_WIDENING * x.shape[-1]):
+        return "pointwise"
+    patch = kernel_size[0] * kernel_size[1] * x.shape[-1]
+    if kernel_size != (1, 1) and patch <= SMALL_PATCH and conv.features >= patch:
+        return "patch"
+    return None
+
+
 def conv_batch_norm(conv: nn.Module, norm: nn.Module, x: Array) -> Array:
     """``norm(conv(x))`` for a convolution and a BatchNorm the caller made
     (both get their usual names, parameters and running statistics). On CPU,
-    a widening 1x1 stride-1 :class:`Conv` without bias (C_out >=
-    FOLD_WIDENING * C_in) followed by a train-mode :class:`BatchNorm` runs as
-    :func:`pointwise_conv_batch_norm_train` (same results, one matmul instead
-    of a matmul and the normalisation's passes over its output)."""
-    kernel_size = tuple(conv.kernel_size) if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
-    zero_padding = conv.padding in ("SAME", "VALID") or (
-        not isinstance(conv.padding, str) and all(tuple(p) in ((0, 0), 0) for p in conv.padding))
-    if (type(conv) is Conv and isinstance(norm, BatchNorm) and norm.use_running_average is False
-            and kernel_size == (1, 1) and _ones(conv.strides) and zero_padding and not conv.use_bias
-            and conv.feature_group_count == 1 and _ones(conv.input_dilation) and _ones(conv.kernel_dilation)
-            and conv.precision is None and (conv.dtype is None or jnp.dtype(conv.dtype) == jnp.float32)
-            and jnp.dtype(conv.param_dtype) == jnp.float32 and x.ndim == 4 and x.dtype == jnp.float32
-            and conv.features >= FOLD_WIDENING * x.shape[-1] and resolve_conv_impl() == "matmul"):
-        # The kernel is the convolution's own parameter: calling it on one
-        # pixel creates (init) or binds (apply) it; XLA drops the unused result.
-        conv(jnp.zeros((1, 1, 1, x.shape[-1]), x.dtype))
-        return norm(x, pointwise_kernel=conv.variables["params"]["kernel"])
-    return norm(conv(x))
+    with a train-mode :class:`BatchNorm` after a :class:`Conv` (or
+    :class:`RepeatedChannelConv`) without bias, two cases run as
+    :func:`pointwise_conv_batch_norm_train` (one matmul instead of a matmul
+    and the normalisation's passes over its output): a widening 1x1 stride-1
+    convolution (C_out >= FOLD_WIDENING * C_in), and a small-patch one (a
+    stem: kh*kw*C_in <= SMALL_PATCH values and C_out >= that) on its patches.
+    Measured fwd+bwd at batch 32, 224: the grey stem with BatchNorm and
+    hard-swish 25.0 -> 12.8 ms."""
+    kind = _fold_kind(conv, norm, x)
+    if kind is None:
+        return norm(conv(x))
+    kh, kw = tuple(conv.kernel_size) if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
+    c_in = x.shape[-1]
+    # The kernel is the convolution's own parameter: calling it on a tiny
+    # input creates (init) or binds (apply) it; XLA drops the unused result.
+    conv(jnp.zeros((1, kh, kw, c_in), x.dtype))
+    kernel = conv.variables["params"]["kernel"]
+    if kind == "pointwise":
+        return norm(x, pointwise_kernel=kernel)
+    if kernel.shape[2] != c_in:  # RepeatedChannelConv on grey input: its RGB kernel summed, as it does
+        kernel = jnp.sum(kernel, axis=2, keepdims=True)
+    strides = (1, 1) if conv.strides is None else conv.strides
+    strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
+    windows, _ = _patch_windows(x, (kh, kw), strides, conv.padding)
+    patches = jnp.concatenate(windows, axis=-1)
+    return norm(patches, pointwise_kernel=kernel.reshape(1, 1, kh * kw * c_in, kernel.shape[-1]))
 
 def to_rgb(x: Array) -> Array:
     """Accept (..., H, W, 1) grey or (..., H, W, 3) RGB; return RGB."""

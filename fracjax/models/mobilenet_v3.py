@@ -171,9 +171,9 @@ class MobileNetV3(nn.Module):
         else:
             x = preprocess_input(x, "tf")
             stem = conv
-        x = stem(self.stem_channels, (3, 3), strides=(2, 2), use_bias=False, padding="SAME", dtype=self.dtype,
-                 name="stem_conv")(x)
-        x = self.act(norm(name="stem_bn")(x))
+        stem_conv = stem(self.stem_channels, (3, 3), strides=(2, 2), use_bias=False, padding="SAME", dtype=self.dtype,
+                         name="stem_conv")
+        x = self.act(conv_batch_norm(stem_conv, norm(name="stem_bn"), x))
         for i, spec in enumerate(self.blocks):
             x = InvertedResidual(
                 spec, expand=i > 0, conv=conv, norm=norm, depthwise=depthwise,

@@ -289,6 +289,45 @@ def test_conv_batch_norm_folds_only_widening_train_mode_pointwise_convs(monkeypa
     chex.assert_trees_all_close(module.apply(v, x), want, rtol=1e-5, atol=1e-5)
 
 
+
+class _StemThenNorm(nn.Module):
+    """A grey stem (RepeatedChannelConv, 3x3/2) and its BatchNorm through layers.conv_batch_norm."""
+
+    features: int = 16
+    strides: tuple = (2, 2)
+
+    @nn.compact
+    def __call__(self, x):
+        conv = layers.RepeatedChannelConv(self.features, (3, 3), strides=self.strides, use_bias=False,
+                                          padding="SAME", name="stem_conv")
+        norm = layers.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3, name="stem_bn")
+        return layers.conv_batch_norm(conv, norm, x)
+
+
+@pytest.mark.parametrize("strides,features", [((2, 2), 16), ((1, 1), 12)])
+def test_conv_batch_norm_folds_a_small_patch_stem_on_its_patches(monkeypatch, strides, features):
+    x = jax.random.uniform(jax.random.key(0), (3, 9, 10, 1), minval=-1.0, maxval=1.0) + 0.2
+    module = _StemThenNorm(features, strides)
+    v = module.init(jax.random.key(2), x)
+    assert v["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, features)  # the RGB kernel, as before
+    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
+    y = module.apply(v, x, mutable=["batch_stats"])[0]
+    r = jax.random.normal(jax.random.key(1), y.shape)
+    grad = jax.value_and_grad(_conv_then_norm_loss(module, r), argnums=(0, 1), has_aux=True)
+    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
+    assert _folded(module, v, x)
+    got = jax.jit(lambda v, x: grad(v, x))(v, x)
+    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
+    assert not _folded(module, v, x)
+    want = jax.jit(lambda v, x: grad(v, x))(v, x)
+    chex.assert_trees_all_equal_structs(got, want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
+                 got, want)
+    # An RGB stem's 27-value patches outgrow 16 features: not folded.
+    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
+    rgb = jnp.concatenate([x] * 3, axis=-1)
+    assert not _folded(_StemThenNorm(16), _StemThenNorm(16).init(jax.random.key(2), rgb), rgb)
+
 def test_folded_conv_batch_norm_axis_name_matches_conv_then_batch_norm():
     x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4)) + 0.2)  # (devices, batch, h, w, c)
     r = jax.random.normal(jax.random.key(1), (*x.shape[:-1], 12))
