@@ -655,6 +655,9 @@ batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 # 56x56 24.7 -> 12.4, 24->88 at 28x28 6.7 -> 3.3, 40->240 at 14x14 5.4 -> 3.2,
 # 96->576 at 7x7 3.8 -> 3.4; narrowing convolutions (72->24, 576->96) get 2-4x
 # slower (x^T x costs P*C_in^2), so only C_out >= FOLD_WIDENING * C_in folds.
+# A small-patch convolution (the grey stem) folds the same way on its patches
+# (:func:`conv_batch_norm`). Against a float64 run of the whole model the
+# folded gradients were within 2-4e-6, conv + BatchNorm's within 2-7e-4.
 # --------------------------------------------------------------------------
 
 FOLD_WIDENING = 2
@@ -780,7 +783,8 @@ def _folds(x: Array, kernel: Array, norm_dtype) -> bool:
 
 
 def _ones(v) -> bool:
-    return v is None or v == 1 or all(int(d) == 1 for d in v)
+    """A flax stride or dilation (None, an int or a sequence) that is 1 everywhere."""
+    return v is None or (v == 1 if isinstance(v, int) else all(int(d) == 1 for d in v))
 
 
 def _fold_kind(conv: nn.Module, norm: nn.Module, x: Array) -> Union[str, None]:
@@ -840,6 +844,7 @@ def conv_batch_norm(conv: nn.Module, norm: nn.Module, x: Array) -> Array:
     windows, _ = _patch_windows(x, (kh, kw), strides, conv.padding)
     patches = jnp.concatenate(windows, axis=-1)
     return norm(patches, pointwise_kernel=kernel.reshape(1, 1, kh * kw * c_in, kernel.shape[-1]))
+
 
 def to_rgb(x: Array) -> Array:
     """Accept (..., H, W, 1) grey or (..., H, W, 3) RGB; return RGB."""

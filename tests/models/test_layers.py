@@ -216,10 +216,11 @@ class _ConvThenNorm(nn.Module):
     features: int
     train: bool = True
     axis_name: str = None
+    strides: int = 1  # flax also takes an int
 
     @nn.compact
     def __call__(self, x):
-        conv = layers.Conv(self.features, (1, 1), use_bias=False, name="expand")
+        conv = layers.Conv(self.features, (1, 1), strides=self.strides, use_bias=False, name="expand")
         norm = layers.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-3,
                                 axis_name=self.axis_name, name="expand_bn")
         return layers.conv_batch_norm(conv, norm, x)
@@ -274,7 +275,7 @@ def test_conv_batch_norm_folds_only_widening_train_mode_pointwise_convs(monkeypa
     monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
     x = jnp.ones((2, 4, 4, 8))
     for module, folds in ((_ConvThenNorm(16), True), (_ConvThenNorm(12), False),  # 1.5x: x^T x too dear
-                          (_ConvThenNorm(16, train=False), False)):
+                          (_ConvThenNorm(16, train=False), False), (_ConvThenNorm(16, strides=2), False)):
         v = module.init(jax.random.key(0), x)
         assert _folded(module, v, x) is folds, module
     # Inference mode still applies the running statistics to conv(x).
