@@ -136,3 +136,24 @@ def test_zero_init_residual_starts_residual_blocks_as_identity(name):
         assert zeroed[True] == sorted(residual) and len(residual) == 6
     else:
         assert len(zeroed[True]) == 16 and all(z.endswith("/bn3") for z in zeroed[True])
+
+
+def test_train_mode_folds_the_expand_last_and_grey_stem_batch_norms_on_cpu(monkeypatch):
+    # MobileNetV3-Small on grey input: 10 expand convs, the last conv and the stem run as
+    # layers.pointwise_conv_batch_norm_train in train mode (benchmarks/NOTES.md, session 6);
+    # eval mode and the lax impl keep conv + BatchNorm.
+    from fracjax.models import layers
+
+    model = mobilenet_v3.MobileNetV3Small()
+    x = np.zeros((2, 64, 64, 1), np.float32)
+    v = model.init(jax.random.key(0), x)
+
+    def folds(train):
+        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"]))(v, x)
+        return str(jaxpr).count("name=pointwise_conv_batch_norm_train")
+
+    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
+    assert folds(True) == 12
+    assert folds(False) == 0
+    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
+    assert folds(True) == 0
