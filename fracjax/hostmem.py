@@ -1,7 +1,7 @@
 """Host memory settings for XLA:CPU, applied by fracjax's scripts.
 
 XLA:CPU allocates each call's scratch memory afresh (for the hybrid model's
-train step at batch 32, 224x224: one ~600 MB buffer) and frees it when the
+train step at batch 32, 224x224: one ~500-600 MB buffer) and frees it when the
 call ends. The step runs on an XLA worker thread, whose glibc malloc arena
 cannot hold a buffer that large, so glibc maps it with ``mmap`` and unmaps it
 each time: the kernel then zero-fills ~150,000 fresh 4 KiB pages per step

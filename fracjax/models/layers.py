@@ -782,6 +782,13 @@ def _folds(x: Array, kernel: Array, norm_dtype) -> bool:
             and (norm_dtype is None or jnp.dtype(norm_dtype) == jnp.float32))
 
 
+def _pair(v, default: int = 1) -> tuple:
+    """A flax kernel size or stride (None, an int or a sequence) as a tuple."""
+    if v is None:
+        return (default, default)
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def _ones(v) -> bool:
     """A flax stride or dilation (None, an int or a sequence) that is 1 everywhere."""
     return v is None or (v == 1 if isinstance(v, int) else all(int(d) == 1 for d in v))
@@ -797,7 +804,7 @@ def _fold_kind(conv: nn.Module, norm: nn.Module, x: Array) -> Union[str, None]:
             and jnp.dtype(conv.param_dtype) == jnp.float32 and x.ndim == 4 and x.dtype == jnp.float32
             and resolve_conv_impl() == "matmul"):
         return None
-    kernel_size = tuple(conv.kernel_size) if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
+    kernel_size = _pair(conv.kernel_size)
     if isinstance(conv.padding, str):
         known_padding = conv.padding.upper() in ("SAME", "VALID", "KERAS")
     else:
@@ -829,7 +836,7 @@ def conv_batch_norm(conv: nn.Module, norm: nn.Module, x: Array) -> Array:
     kind = _fold_kind(conv, norm, x)
     if kind is None:
         return norm(conv(x))
-    kh, kw = tuple(conv.kernel_size) if isinstance(conv.kernel_size, Sequence) else (conv.kernel_size,) * 2
+    kh, kw = _pair(conv.kernel_size)
     c_in = x.shape[-1]
     # The kernel is the convolution's own parameter: calling it on a tiny
     # input creates (init) or binds (apply) it; XLA drops the unused result.
@@ -839,9 +846,7 @@ def conv_batch_norm(conv: nn.Module, norm: nn.Module, x: Array) -> Array:
         return norm(x, pointwise_kernel=kernel)
     if kernel.shape[2] != c_in:  # RepeatedChannelConv on grey input: its RGB kernel summed, as it does
         kernel = jnp.sum(kernel, axis=2, keepdims=True)
-    strides = (1, 1) if conv.strides is None else conv.strides
-    strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
-    windows, _ = _patch_windows(x, (kh, kw), strides, conv.padding)
+    windows, _ = _patch_windows(x, (kh, kw), _pair(conv.strides), conv.padding)
     patches = jnp.concatenate(windows, axis=-1)
     return norm(patches, pointwise_kernel=kernel.reshape(1, 1, kh * kw * c_in, kernel.shape[-1]))
 
