@@ -4,6 +4,7 @@
     python benchmarks/compare.py         # hybrid MobileNetV3-Small, batch 32, 224x224, fp32
     python benchmarks/compare.py --models mobilenet_v3_small resnet50 vgg16 densenet121
     python benchmarks/compare.py --peers torch torch-cl --reps 7
+    python benchmarks/compare.py --rounds 3    # every row 3 times, alternating; repetitions pooled
 
 What is measured, for each model, on the same random data (grey X-ray-sized
 uint8 images for fracjax, whose MobileNetV3 stem takes them as one channel and
@@ -312,6 +313,21 @@ def spread_pct(r: Optional[Dict]) -> float:
     return 100.0 * (max(t) - min(t)) / 2 / statistics.median(t)
 
 
+def pool_rounds(rounds: List[Dict]) -> Dict:
+    """One result from several rounds of the same row: the timed repetitions
+    of every measurement pooled, the first round's first-call time, its other
+    fields (FLOPs, pipeline, version) kept. Rounds that failed are dropped;
+    if all failed, the first failure is the result."""
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return rounds[0]
+    pooled = dict(ok[0])
+    for key, value in ok[0].items():
+        if isinstance(value, dict) and "times_s" in value:
+            pooled[key] = {"first_s": value["first_s"], "times_s": [t for r in ok for t in r[key]["times_s"]]}
+    return pooled
+
+
 def table(model_name: str, ours: Dict, peers: List[Dict], batch: int, peak: float) -> str:
     rows = []
     train_ref = batch / median(ours["train_noaug"])
@@ -368,6 +384,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up")
     parser.add_argument("--peer-reps", type=int, default=None, help="repetitions for the peers (default --reps)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run fracjax and every peer this many times, alternating, and pool the repetitions "
+                             "(a slow spell of the machine then falls on every row alike)")
     parser.add_argument("--peer-timeout", type=int, default=900)
     parser.add_argument("--json", default=None, help="also write every measurement here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -382,16 +401,22 @@ def main(argv=None):
     from fracjax.hostmem import malloc_hugepages_enabled
 
     print(f"{os.cpu_count()} CPU(s); jax {jax.__version__} on {jax.default_backend()}; fp32; "
-          f"batch {args.batch}, {args.size}x{args.size}; {args.reps} timed repetitions (median ± half range)")
+          f"batch {args.batch}, {args.size}x{args.size}; {args.reps} timed repetitions"
+          + (f" in each of {args.rounds} alternating rounds" if args.rounds > 1 else "") + " (median ± half range)")
     print("host memory: malloc on transparent huge pages for every row (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
           if malloc_hugepages_enabled() else "host memory: malloc as the process started (4 KiB pages)")
     peak = matmul_peak_gflops()
     print(f"measured fp32 matmul peak (2048^2, jax): {peak:.0f} GFLOP/s")
     everything = {"peak_gflops": peak, "models": {}}
     for model_name in args.models:
-        ours = bench_fracjax(model_name, args.batch, args.size, args.reps)
+        our_rounds, peer_rounds = [], {peer: [] for peer in args.peers}
+        for _ in range(max(args.rounds, 1)):
+            our_rounds.append(bench_fracjax(model_name, args.batch, args.size, args.reps))
+            for peer in args.peers:
+                peer_rounds[peer].append(run_peer(peer, model_name, args))
+        ours = pool_rounds(our_rounds)
         ours["size_label"] = f"{args.size}x{args.size}"
-        peers = [run_peer(peer, model_name, args) for peer in args.peers]
+        peers = [pool_rounds(peer_rounds[peer]) for peer in args.peers]
         everything["models"][model_name] = {"fracjax": ours, "peers": peers}
         print(table(model_name, ours, peers, args.batch, peak), flush=True)
     print("speedup: fracjax's advantage over that row (fracjax / peer images/s; peer / fracjax ms); >1: fracjax faster")
