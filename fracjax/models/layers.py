@@ -685,11 +685,11 @@ def pointwise_conv_batch_norm_train(x: Array, kernel: Array, scale: Array, bias:
     epsilon, axis_name)`` without materialising the convolution's output
     (float32). Returns ``(y, mean, var)``: the statistics are those of the
     convolution's output, for the running averages, and carry no gradient."""
-    out, _ = _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name)
+    out, _ = _pointwise_bn_fwd(x, kernel, scale, bias, epsilon, axis_name)
     return out
 
 
-def _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name):
+def _pointwise_bn_fwd(x, kernel, scale, bias, epsilon, axis_name):
     c_in, c_out = kernel.shape[-2:]
     w = kernel.reshape(c_in, c_out)
     x2 = x.reshape(-1, c_in)
@@ -708,10 +708,6 @@ def _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name):
     y = lax.dot(x2, w * a) + (bias - mean * a)
     residuals = (x2, w, a, mean, inv, sum_x, gram, x.shape)
     return (y.reshape(*x.shape[:-1], c_out), mean, var), residuals
-
-
-def _pointwise_bn_fwd(x, kernel, scale, bias, epsilon, axis_name):
-    return _pointwise_bn_fwd_impl(x, kernel, scale, bias, epsilon, axis_name)
 
 
 def _pointwise_bn_bwd(epsilon, axis_name, residuals, cotangents):

@@ -209,7 +209,6 @@ def test_batch_norm_axis_name_averages_statistics_and_gradients_like_flax():
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-
 class _ConvThenNorm(nn.Module):
     """A 1x1 conv and a BatchNorm through layers.conv_batch_norm (as MobileNetV3's expand)."""
 
@@ -239,6 +238,26 @@ def _folded(module, v, x) -> bool:
     return "pointwise_conv_batch_norm_train" in str(jaxpr)
 
 
+def _assert_fold_matches_conv_then_norm(monkeypatch, module, v, x, r):
+    """Values, running-average updates and gradients (kernel, scale, bias,
+    input) of the folded path ("matmul" impl) against conv, then BatchNorm's
+    own pass ("lax" impl). The folded kernel gradient sums terms that cancel
+    (x^T g against the x^T x correction) before BatchNorm's projection, so its
+    float32 error scales with the largest entry, not each entry (against
+    float64: ~3e-5 of the largest kernel gradient, conv + BN ~7e-6)."""
+    grad = jax.value_and_grad(_conv_then_norm_loss(module, r), argnums=(0, 1), has_aux=True)
+    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
+    assert _folded(module, v, x)
+    got = jax.jit(lambda v, x: grad(v, x))(v, x)  # a new function each time: jit's cache would keep the first trace
+    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
+    assert not _folded(module, v, x)
+    want = jax.jit(lambda v, x: grad(v, x))(v, x)
+    chex.assert_trees_all_equal_structs(got, want)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
+                 got, want)
+    chex.assert_tree_all_finite(got)
+
+
 @pytest.mark.parametrize("c_in,c_out,chunked_rows", [(3, 8, 65536), (4, 24, 65536), (4, 24, 0)])
 def test_conv_batch_norm_folds_a_widening_pointwise_conv_with_the_same_results(monkeypatch, c_in, c_out,
                                                                               chunked_rows):
@@ -254,21 +273,7 @@ def test_conv_batch_norm_folds_a_widening_pointwise_conv_with_the_same_results(m
                                            "batch_stats": {"expand_bn": {"mean": jnp.zeros(c_out),
                                                                          "var": jnp.zeros(c_out)}}})
     v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
-    grad = jax.value_and_grad(_conv_then_norm_loss(module, r), argnums=(0, 1), has_aux=True)
-    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
-    assert _folded(module, v, x)
-    got = jax.jit(lambda v, x: grad(v, x))(v, x)  # a new function each time: jit's cache would keep the first trace
-    monkeypatch.setattr(layers, "_default_conv_impl", "lax")  # conv, then BatchNorm's own pass
-    assert not _folded(module, v, x)
-    want = jax.jit(lambda v, x: grad(v, x))(v, x)
-    # Values, running-average updates, gradients of kernel, scale, bias and input. The folded
-    # kernel gradient sums terms that cancel (x^T g against the x^T x correction) before
-    # BatchNorm's projection, so its float32 error scales with the largest entry, not each
-    # entry (against float64: ~3e-5 of the largest kernel gradient here, conv+BN ~7e-6).
-    chex.assert_trees_all_equal_structs(got, want)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
-                 got, want)
-    chex.assert_tree_all_finite(got)
+    _assert_fold_matches_conv_then_norm(monkeypatch, module, v, x, r)
 
 
 def test_conv_batch_norm_folds_only_widening_train_mode_pointwise_convs(monkeypatch):
@@ -288,7 +293,6 @@ def test_conv_batch_norm_folds_only_widening_train_mode_pointwise_convs(monkeypa
     z = layers.pointwise_matmul_conv(x, kernel)
     want = (z - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3) * bn["scale"] + bn["bias"]
     chex.assert_trees_all_close(module.apply(v, x), want, rtol=1e-5, atol=1e-5)
-
 
 
 class _StemThenNorm(nn.Module):
@@ -314,20 +318,12 @@ def test_conv_batch_norm_folds_a_small_patch_stem_on_its_patches(monkeypatch, st
     v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
     y = module.apply(v, x, mutable=["batch_stats"])[0]
     r = jax.random.normal(jax.random.key(1), y.shape)
-    grad = jax.value_and_grad(_conv_then_norm_loss(module, r), argnums=(0, 1), has_aux=True)
-    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
-    assert _folded(module, v, x)
-    got = jax.jit(lambda v, x: grad(v, x))(v, x)
-    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
-    assert not _folded(module, v, x)
-    want = jax.jit(lambda v, x: grad(v, x))(v, x)
-    chex.assert_trees_all_equal_structs(got, want)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
-                 got, want)
+    _assert_fold_matches_conv_then_norm(monkeypatch, module, v, x, r)
     # An RGB stem's 27-value patches outgrow 16 features: not folded.
     monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
     rgb = jnp.concatenate([x] * 3, axis=-1)
     assert not _folded(_StemThenNorm(16), _StemThenNorm(16).init(jax.random.key(2), rgb), rgb)
+
 
 def test_folded_conv_batch_norm_axis_name_matches_conv_then_batch_norm():
     x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4)) + 0.2)  # (devices, batch, h, w, c)
@@ -347,6 +343,7 @@ def test_folded_conv_batch_norm_axis_name_matches_conv_then_batch_norm():
     want = per_device(lambda x, k, s, b: layers.batch_norm_train(layers.pointwise_matmul_conv(x, k), s, b, 1e-3,
                                                                  "devices"))
     chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
+
 
 def test_depthwise_rejects_wrong_kernel_shape():
     with pytest.raises(ValueError, match="kernel must be"):
