@@ -23,10 +23,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable, Dict, List
 
 import numpy as np
+
+from compare import repeat_timed  # benchmarks/ is this script's directory
 
 # (name, channels, input size, kernel, stride): MobileNetV3-Small at 224x224,
 # then the hybrid head's first 3x3 convolution (576 -> 256 at 7x7).
@@ -48,14 +49,8 @@ HEAD_FEATURES = 256
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """Median ms of ``reps`` calls after compare.py's two warm-up calls."""
+    return 1e3 * statistics.median(repeat_timed(fn, reps)["times_s"])
 
 
 def kernel_shape(channels: int, k: int, name: str):
