@@ -119,7 +119,11 @@ class Classifier(nn.Module):
 
     backbone: nn.Module
     head: nn.Module
+    min_size: int = 32  # the architecture's input contract: 5 stride-2 stages need >= 32 px
 
     def __call__(self, x, train: bool = False, backbone_train: bool = False):
+        if x.ndim != 4 or min(x.shape[1:3]) < self.min_size:
+            raise ValueError(f"expected images (N, H, W, C) of at least {self.min_size}x{self.min_size} px, "
+                             f"got shape {tuple(x.shape)}")
         features = self.backbone(x, train=backbone_train)
         return self.head(features, train=train)

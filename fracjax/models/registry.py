@@ -81,9 +81,12 @@ def create(
     name: str,
     head: Optional[str] = "hybrid",
     num_classes: int = 1,
+    *,
+    weights: Optional[str] = None,
+    pretrained: bool = False,
     **options,
-) -> nn.Module:
-    """Build a Linen module.
+):
+    """Build a Linen module; with ``weights``, also its variables.
 
     Args:
       name: one of :func:`available`, e.g. ``"mobilenet_v3_small"``.
@@ -95,10 +98,42 @@ def create(
         ``bn_axis_name``...) and head options ``head_blocks`` (list of
         ConvBlockSpec / ints / (features, kernel, dropout)) and
         ``head_dropout``.
+      weights: ``"imagenet"`` (Keras's ImageNet file, fetched on first use,
+        hash-checked and cached: :mod:`fracjax.models.pretrained`) or the path
+        of a Keras weights file. Then ``create`` returns ``(model,
+        variables)``: a Linen module holds no weights, so they come beside
+        it, the backbone loaded and the head initialised (seed 0) at the
+        architecture's default size. ``pretrained=True`` means
+        ``weights="imagenet"`` (timm's spelling).
 
     The classifier's call is ``model.apply(variables, x, train=...,
     backbone_train=...)``; see :class:`fracjax.models.hybrid.Classifier`.
     """
+    if pretrained and weights is None:
+        weights = "imagenet"
+    model = _build(name, head, num_classes, dict(options))
+    if weights is None:
+        return model
+    return model, _variables_with_weights(model, name, head, weights, options)
+
+
+def _variables_with_weights(model: nn.Module, name: str, head: Optional[str], weights: str, options) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from fracjax.models.weights import load_keras_weights, with_backbone_variables
+
+    size = input_contract(name).default_size
+    backbone_options = {k: v for k, v in options.items() if k not in _HEAD_OPTIONS}
+    backbone = load_keras_weights(name, weights, image_size=size, **backbone_options)
+    if head is None:
+        return backbone
+    dummy = jnp.zeros((1, size, size, 1), jnp.float32)
+    variables = jax.jit(lambda key: model.init(key, dummy, train=False))(jax.random.key(0))
+    return with_backbone_variables(variables, backbone)
+
+
+def _build(name: str, head: Optional[str], num_classes: int, options) -> nn.Module:
     entry = _entry(name)
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -133,7 +168,7 @@ def create(
             dropout=head_options.get("head_dropout", 0.2),
             **{k: v for k, v in common.items() if k == "dtype"},
         )
-    return hybrid.Classifier(backbone=backbone, head=head_module)
+    return hybrid.Classifier(backbone=backbone, head=head_module, min_size=entry.contract.min_size)
 
 
 register(

@@ -264,11 +264,15 @@ def load_keras_weights(name: str, path: str, image_size: Optional[int] = None, *
     Returns ``{"params": ..., "batch_stats": ...}`` for
     ``fracjax.models.create(name, head=None, **options)``. ``path`` is a Keras 3
     ``.weights.h5`` or a legacy ``.h5`` weights file of the same architecture
-    without its top (``include_top=False``). Use
-    :func:`with_backbone_variables` to put it into a classifier's variables.
+    without its top (``include_top=False``), or ``"imagenet"`` for the file
+    ``keras.applications`` uses (fetched once, hash-checked, cached; see
+    :mod:`fracjax.models.pretrained`). Use :func:`with_backbone_variables`
+    to put it into a classifier's variables.
     """
+    from fracjax.models.pretrained import resolve
     from fracjax.models.registry import create, input_contract
 
+    path = resolve(name, path)
     backbone = create(name, head=None, **options)
     size = image_size or input_contract(name).default_size
     return convert_keras_weights(backbone, path, (1, size, size, 3))

@@ -144,6 +144,11 @@ def test_registry_names_and_errors():
         fracjax.models.create("mobilenet_v3_small", num_classes=0)
     with pytest.raises(TypeError, match="head_blocks"):
         fracjax.models.create("mobilenet_v3_small", head="linear", head_blocks=[32])
+    # Below the stated minimum size the model refuses instead of computing on a 1x1 map.
+    small = fracjax.models.create("mobilenet_v3_small", head="linear")
+    assert small.min_size == contract.min_size == 32
+    with pytest.raises(ValueError, match=r"at least 32x32 px, got shape \(1, 16, 16, 1\)"):
+        jax.eval_shape(lambda x: small.init(jax.random.key(0), x), jnp.zeros((1, 16, 16, 1)))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_logits():
