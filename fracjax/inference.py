@@ -8,14 +8,15 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import fracjax
-from fracjax.data.io import luminance, read_image, resize_bilinear
+from fracjax.data.io import model_input, read_image
+from fracjax.train.metrics import probabilities_from_logits
 
 ArrayLike = Union[np.ndarray, jax.Array]
 
@@ -72,19 +73,7 @@ class Classifier:
     # -- inputs ---------------------------------------------------------------
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        image = np.asarray(image, np.float32)
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"expected an image (H, W) or (H, W, C), got shape {image.shape}")
-        if image.shape[-1] == 4:  # RGBA: luminance over black, as the file reader does
-            rgb, alpha = image[..., :3], image[..., 3:] / 255.0
-            image = luminance(rgb)[..., None].astype(np.float32) * alpha
-        elif image.shape[-1] == 3:
-            image = luminance(image)[..., None].astype(np.float32)
-        if image.shape[:2] != (self.image_size, self.image_size):
-            image = resize_bilinear(image, (self.image_size, self.image_size))
-        return np.clip(image, 0.0, 255.0)
+        return model_input(image, self.image_size)
 
     @staticmethod
     def _images(inputs) -> Iterable[np.ndarray]:
@@ -116,7 +105,7 @@ class Classifier:
     # -- prediction -------------------------------------------------------------
 
     def logits(self, inputs) -> np.ndarray:
-        """The model's fracture logits (before temperature scaling)."""
+        """The model's fracture logits (float32, before temperature scaling)."""
         out = []
         for batch in self._batches(inputs):
             n = len(batch)
@@ -126,23 +115,21 @@ class Classifier:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def predict(self, inputs, calibrated: bool = True) -> np.ndarray:
-        """Fracture probabilities, one per image: file paths (PNG, JPEG, BMP,
-        DICOM...), an array (N, H, W[, C]) / (H, W) of pixels in [0, 255] at
-        any size (resized to the model's), or a list of such arrays.
+        """Fracture probabilities (float64), one per image: file paths (PNG,
+        JPEG, BMP, DICOM...), an array (N, H, W[, C]) / (H, W) of pixels in
+        [0, 255] at any size (made grey, resized to the model's and rounded
+        to uint8, as in training), or a list of such arrays.
         ``calibrated``: divide the logits by the temperature fitted on
         validation, when the checkpoint has one."""
-        z = self.logits(inputs).astype(np.float64)
-        if calibrated:
-            z = z / self.temperature
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return probabilities_from_logits(self.logits(inputs), self.temperature if calibrated else 1.0)
 
     def calibrate(self, probabilities) -> np.ndarray:
         """Raw model probabilities -> calibrated ones (identity without a temperature)."""
+        from fracjax.evaluation.stats import apply_temperature
+
         if self.temperature == 1.0:
-            return np.asarray(probabilities, np.float32)
-        p = np.clip(np.asarray(probabilities, np.float64), 1e-7, 1 - 1e-7)
-        z = (np.log(p) - np.log1p(-p)) / self.temperature
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+            return np.asarray(probabilities, np.float64)
+        return apply_temperature(probabilities, self.temperature)
 
     def threshold_for(self, operating_point: Optional[str] = None) -> float:
         """The decision threshold: the saved one, or an operating point chosen

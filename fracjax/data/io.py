@@ -114,12 +114,22 @@ def _read_pil(path: PathLike) -> np.ndarray:
     return grey
 
 
-def _window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
-    """The DICOM linear window (PS3.3 C.11.2.1.2) onto 0..255."""
-    width = max(width, 1.0)
-    low = centre - 0.5 - (width - 1) / 2
-    scaled = (values - (centre - 0.5)) / (width - 1 if width > 1 else 1) + 0.5
-    out = np.where(values <= low, 0.0, np.where(values > low + width - 1, 1.0, scaled))
+def _window(values: np.ndarray, centre: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """A DICOM window onto 0..255 by its VOI LUT Function (PS3.3 C.11.2.1.2
+    LINEAR, C.11.2.1.3.1 LINEAR_EXACT, C.11.2.1.3.2 SIGMOID)."""
+    function = (function or "LINEAR").strip().upper()
+    if function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (values - centre) / max(width, 1e-12), -700, 700)))
+    elif function == "LINEAR_EXACT":
+        width = max(width, 1e-12)
+        out = np.clip((values - centre) / width + 0.5, 0.0, 1.0)
+    elif function == "LINEAR":
+        width = max(width, 1.0)
+        low = centre - 0.5 - (width - 1) / 2
+        scaled = (values - (centre - 0.5)) / (width - 1 if width > 1 else 1) + 0.5
+        out = np.where(values <= low, 0.0, np.where(values > low + width - 1, 1.0, scaled))
+    else:
+        raise ValueError(f"unknown VOILUTFunction {function!r}")
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -175,7 +185,8 @@ def _read_dicom(path: PathLike) -> np.ndarray:
         if "VOILUTSequence" in ds:
             grey = _voi_lut(values, ds.VOILUTSequence[0])
         elif "WindowCenter" in ds and "WindowWidth" in ds:
-            grey = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
+            grey = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth),
+                           str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR"))
         else:
             grey = rescale_to_uint8(values)
     except ImageDecodeError:
@@ -237,3 +248,33 @@ def resize_bilinear(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def grey_pixels(image) -> np.ndarray:
+    """Decoded pixels in [0, 255] as (H, W, 1) float64: (H, W) and (H, W, 1)
+    as they are, RGB as luminance, RGBA as luminance over black (as
+    :func:`read_image` does for files)."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"expected an image (H, W) or (H, W, C) with C in 1, 3, 4; got shape {array.shape}")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError("the image holds NaN or infinite pixel values")
+    if array.shape[-1] == 4:
+        return (luminance(array[..., :3]) * array[..., 3] / 255.0)[..., None]
+    if array.shape[-1] == 3:
+        return luminance(array)[..., None]
+    return array
+
+
+def model_input(image, size: int) -> np.ndarray:
+    """The one preprocessing between decoded pixels and every model: grey,
+    bilinear resize to ``size`` x ``size`` (aspect ratio not kept), rounded to
+    uint8 as the stored data sets are. Training, evaluation, ``Classifier``
+    and the exports all go through here, so one image gives one number."""
+    grey = grey_pixels(image)
+    if grey.shape[:2] != (size, size):
+        grey = resize_bilinear(grey, (size, size))
+    return to_uint8(grey)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from fracjax.evaluation import stats
+from fracjax.train.metrics import bce_from_logits, probabilities_from_logits
 from fracjax.train.metrics import jsonable as _jsonable
 
 # Rows of the printed table: (key, label).
@@ -39,13 +40,15 @@ class EvaluationResult:
 
     split: str
     labels: np.ndarray
-    probabilities: np.ndarray
+    probabilities: np.ndarray  # float64, temperature-scaled when ``calibrated``
     filenames: List[str]
     threshold: float
     metrics: Dict[str, Any]
     clean: Optional[Dict[str, Any]] = None  # the same metrics on the clean subset
     clean_mask: Optional[np.ndarray] = None  # which examples are clean
     calibrated: bool = False
+    logits: Optional[np.ndarray] = None  # the model's raw logits (what AUROC ranks)
+    calibration: Optional[Dict[str, Any]] = None  # what the temperature was fitted on, if known
 
     def to_json(self, with_predictions: bool = False) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -53,29 +56,43 @@ class EvaluationResult:
             "threshold": self.threshold,
             "calibrated": self.calibrated,
             "metrics": _jsonable(self.metrics),
+            "warnings": self.warnings(),
         }
         if self.clean is not None:
             out["clean"] = _jsonable(self.clean)
         if with_predictions:
+            logits = self.logits if self.logits is not None else [None] * len(self.labels)
             out["predictions"] = [
-                {"filename": f, "label": int(y), "probability": float(p)}
-                for f, y, p in zip(self.filenames, self.labels, self.probabilities)
+                {"filename": f, "label": int(y), "probability": float(p), "logit": None if z is None else float(z)}
+                for f, y, p, z in zip(self.filenames, self.labels, self.probabilities, logits)
             ]
+        return out
+
+    def warnings(self) -> List[str]:
+        """What a reader must know before trusting these numbers."""
+        out = []
+        columns = [(self.split, self.metrics)] + ([(f"clean {self.split}", self.clean)] if self.clean else [])
+        for name, m in columns:
+            out.extend(stats.chance_warnings(m, name))
+        if self.calibration:
+            out.extend(stats.calibration_warnings(self.calibration))
         return out
 
     def table(self, digits: int = 3) -> str:
         """A markdown table: metric | this split [| clean subset], values with
-        their bootstrap intervals."""
+        their bootstrap intervals; warnings above it."""
         columns = [(f"{self.split} (n={self.metrics['n']})", self.metrics)]
         if self.clean is not None:
             columns.append((f"clean {self.split} (n={self.clean['n']})", self.clean))
         head = "| metric | " + " | ".join(name for name, _ in columns) + " |"
-        rows = [head, "|" + "---|" * (len(columns) + 1)]
+        rows = [f"WARNING: {w}" for w in self.warnings()]
+        rows += [head, "|" + "---|" * (len(columns) + 1)]
         for key, label in TABLE_ROWS:
             cells = [stats.format_interval(m.get(key), m.get("intervals", {}).get(key), digits) for _, m in columns]
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
         level = int(round(100 * self.metrics.get("interval_level", 0.95)))
-        rows.append(f"\nthreshold {self.threshold:.3f}; [..] = {level}% bootstrap interval")
+        interval = f"[..] = {level}% bootstrap interval" if self.metrics.get("intervals") else "no intervals (bootstrap=0)"
+        rows.append(f"\nthreshold {stats.format_thresholds([self.threshold])[0]}; {interval}")
         return "\n".join(rows)
 
 
@@ -174,10 +191,18 @@ def evaluate(
     images, labels, filenames = _examples(data, split, data_dir)
     if len(labels) == 0:
         raise ValueError(f"split {split!r} holds no examples")
-    probs = classifier.predict(list(images), calibrated=calibrated).astype(np.float64)
-    metrics = stats.metrics_with_intervals(labels, probs, float(threshold), samples=bootstrap, level=level, seed=seed)
-    result = EvaluationResult(split, labels, probs, filenames, float(threshold), metrics,
-                              calibrated=calibrated and classifier.temperature != 1.0)
+    logits = classifier.logits(list(images)).astype(np.float64)
+    temperature = classifier.temperature if calibrated else 1.0
+
+    def metrics_of(mask):
+        return stats.metrics_with_intervals(
+            labels[mask], probabilities_from_logits(logits[mask], temperature), float(threshold), samples=bootstrap,
+            level=level, seed=seed, scores=logits[mask], loss=bce_from_logits(labels[mask], logits[mask]))
+
+    everything = np.ones(len(labels), bool)
+    result = EvaluationResult(split, labels, probabilities_from_logits(logits, temperature), filenames,
+                              float(threshold), metrics_of(everything), calibrated=temperature != 1.0,
+                              logits=logits, calibration=classifier.calibration or None)
     names = clean_filenames(audit, split)
     if names is not None:
         if isinstance(names, _Copied):
@@ -188,31 +213,35 @@ def evaluate(
                 raise ValueError(f"audit: none of its {len(names)} clean filenames is in split {split!r}")
             mask = np.array([f in names for f in filenames])
         result.clean_mask = mask
-        result.clean = stats.metrics_with_intervals(
-            labels[mask], probs[mask], float(threshold), samples=bootstrap, level=level, seed=seed
-        ) if mask.any() else {"n": 0}
+        result.clean = metrics_of(mask) if mask.any() else {"n": 0}
     return result
 
 
 def calibrate(labels, logits, sensitivities: Sequence[float] = (0.9, 0.95), bins: int = 10) -> Dict[str, Any]:
     """Temperature and operating points fitted on one split (validation):
-    ``{"temperature", "operating_points" (on calibrated probabilities),
-    "ece_before", "ece_after", "fitted_on"}``."""
+    ``{"temperature", "temperature_at_bound", "operating_points" (on
+    calibrated probabilities), "ece_before", "ece_after", "auroc",
+    "auroc_interval", "fitted_on"}``."""
     labels = np.asarray(labels).astype(np.int64)
     logits = np.asarray(logits, np.float64)
     temperature = stats.fit_temperature(labels, logits)
-    raw = 1.0 / (1.0 + np.exp(-logits))
-    # float32, as Classifier.predict returns them: a threshold equal to a
-    # positive's probability must compare equal when applied.
-    calibrated = (1.0 / (1.0 + np.exp(-logits / temperature))).astype(np.float32)
+    raw = probabilities_from_logits(logits)
+    # The same float64 conversion Classifier.predict uses: a threshold equal to
+    # a positive's probability compares equal when applied.
+    calibrated = probabilities_from_logits(logits, temperature)
     points: Dict[str, float] = {}
-    if 0 < labels.sum() < labels.size:
+    both = 0 < labels.sum() < labels.size
+    if both:
         points = stats.operating_points(labels, calibrated, sensitivities)
+    interval = stats.bootstrap_intervals(labels, raw, metrics=("auroc",), samples=500, scores=logits)["auroc"]
     return {
         "temperature": float(temperature),
+        "temperature_at_bound": stats.temperature_at_bound(temperature),
         "operating_points": points,
         "ece_before": stats.expected_calibration_error(labels, raw, bins),
         "ece_after": stats.expected_calibration_error(labels, calibrated, bins),
+        "auroc": float(stats.binary_metrics(labels, raw, scores=logits)["auroc"]) if both else float("nan"),
+        "auroc_interval": list(interval),
         "fitted_on": {"examples": int(labels.size), "positives": int(labels.sum())},
     }
 
@@ -245,31 +274,42 @@ def evaluate_run(
     audit: Any = None,
     history: Optional[List[Dict[str, Any]]] = None,
     report: bool = True,
+    calibrate: bool = True,
     bootstrap: int = 1000,
     seed: int = 0,
     gradcam_per_group: int = 4,
+    log=None,
 ) -> Dict[str, Any]:
-    """The end of a run: fit temperature scaling and operating points on
-    ``validation`` (saved in the best checkpoint), evaluate ``test`` with
-    intervals (and clean test, given an audit), write ``evaluation.json`` and
-    ``report.html``. ``validation``/``test``: sources or (images, labels[,
-    filenames]). Returns {"result", "calibration", "classifier", "report"}."""
+    """The end of a run, through the same ``Classifier`` that users restore
+    (so its numbers are the ones ``fracjax.evaluate`` gives): fit temperature
+    scaling and operating points on ``validation`` (saved in the best
+    checkpoint; ``calibrate=False`` skips it), evaluate ``test`` with intervals
+    (and clean test, given an audit), write ``evaluation.json`` and, with
+    ``report``, ``report.html``. ``validation``/``test``: sources or
+    (images, labels[, filenames]). ``log``: called with a line per stage.
+    Returns {"result", "calibration", "classifier", "report"}."""
     from fracjax.inference import Classifier
 
+    say = log or (lambda message: None)
     # One restore and one compiled forward for calibration, test and Grad-CAM.
     classifier = Classifier.from_checkpoint(run_dir)
-    calibration = calibrate_checkpoint(run_dir, validation, classifier=classifier)
+    calibration = None
+    if calibrate:
+        say("fitting temperature scaling and operating points on validation ...")
+        calibration = calibrate_checkpoint(run_dir, validation, classifier=classifier)
+    say(f"evaluating test with {bootstrap} bootstrap resamples ..." if bootstrap else "evaluating test ...")
     images, labels, filenames = _examples(test, "test", None)
     images = list(images)
-    result = evaluate(classifier, (images, labels, filenames), "test", audit=audit, bootstrap=bootstrap, seed=seed)
-    # The model's own probabilities, for the reliability diagram, without a second forward pass.
-    raw = stats.apply_temperature(result.probabilities, 1.0 / classifier.temperature)
+    result = evaluate(classifier, (images, labels, filenames), "test", audit=audit, bootstrap=bootstrap, seed=seed,
+                      calibrated=calibrate)
     with open(os.path.join(run_dir, "evaluation.json"), "w") as f:
         json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)
     path = None
     if report:
         from fracjax.evaluation.report import run_report
 
+        say("writing report.html (figures, Grad-CAM) ...")
         path = run_report(run_dir, classifier, result, history=history, images=np.stack(images),
-                          raw_probabilities=raw, calibration=calibration, gradcam_per_group=gradcam_per_group)
+                          raw_probabilities=probabilities_from_logits(result.logits), calibration=calibration,
+                          gradcam_per_group=gradcam_per_group)
     return {"result": result, "calibration": calibration, "classifier": classifier, "report": path}

@@ -1,4 +1,4 @@
-"""Figures of an evaluation (matplotlib, Agg backend): ROC and
+"""Figures of an evaluation (matplotlib's object API, so the global backend is never switched): ROC and
 precision-recall curves of one or several models, the confusion matrix, the
 reliability diagram, training curves and a Grad-CAM grid. Each function
 returns PNG bytes (for the self-contained HTML report) and can write a file."""
@@ -14,21 +14,20 @@ from fracjax.evaluation import stats
 from fracjax.train.metrics import auroc
 
 
-def _pyplot():
-    import matplotlib
+def _figure(rows: int = 1, cols: int = 1, **kwargs):
+    """A figure and its axes through matplotlib's object API: pyplot and the
+    global backend are left alone (a notebook keeps its inline backend)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **kwargs)
 
 
 def _finish(fig, path: Optional[str]) -> bytes:
-    plt = _pyplot()
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     data = buffer.getvalue()
     if path:
         with open(path, "wb") as f:
@@ -38,9 +37,8 @@ def _finish(fig, path: Optional[str]) -> bytes:
 
 def roc_pr(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: Optional[str] = None) -> bytes:
     """ROC and precision-recall curves, one line per model:
-    ``{name: (labels, probabilities)}``."""
-    plt = _pyplot()
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(10, 4.2))
+    ``{name: (labels, scores)}`` (logits or probabilities: only their order counts)."""
+    fig, (ax_roc, ax_pr) = _figure(1, 2, figsize=(10, 4.2))
     for name, (labels, probs) in curves.items():
         roc = stats.roc_curve(labels, probs)
         pr = stats.pr_curve(labels, probs)
@@ -57,9 +55,8 @@ def roc_pr(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: Optional[str]
 
 
 def confusion_matrix(confusion: Dict[str, int], threshold: float, path: Optional[str] = None) -> bytes:
-    plt = _pyplot()
     m = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]])
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    fig, ax = _figure(figsize=(3.8, 3.4))
     ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black", fontsize=13)
@@ -74,8 +71,7 @@ def reliability_diagram(labels, probs, bins: int = 10, path: Optional[str] = Non
     """Observed fracture frequency against predicted probability per bin,
     with the bin counts below; ``extra``: other probability sets (e.g. before
     temperature scaling) drawn on the same axes."""
-    plt = _pyplot()
-    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.6, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, ax_n) = _figure(2, 1, figsize=(4.6, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     sets = {"model": probs}
     sets.update(extra or {})
     for name, p in sets.items():
@@ -95,9 +91,8 @@ def reliability_diagram(labels, probs, bins: int = 10, path: Optional[str] = Non
 
 
 def training_curves(history: List[Dict[str, Any]], path: Optional[str] = None) -> bytes:
-    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = _figure(1, 2, figsize=(10, 3.8))
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     axes[0].plot(epochs, [h["validation"]["loss"] for h in history], "o-", label="validation loss")
     axes[0].set(xlabel="epoch", ylabel="binary cross-entropy")
@@ -117,9 +112,8 @@ def training_curves(history: List[Dict[str, Any]], path: Optional[str] = None) -
 
 def image_grid(rows: Sequence[Tuple[str, Sequence[Tuple[np.ndarray, str]]]], path: Optional[str] = None) -> bytes:
     """A grid of RGB/grey pictures: ``[(row title, [(image, caption), ...]), ...]``."""
-    plt = _pyplot()
     cols = max((len(items) for _, items in rows), default=1) or 1
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.9 * cols, 2.1 * len(rows)), squeeze=False)
+    fig, axes = _figure(len(rows), cols, figsize=(1.9 * cols, 2.1 * len(rows)), squeeze=False)
     for r, (title, items) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]

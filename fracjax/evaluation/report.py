@@ -29,6 +29,7 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
+.warning { background: #fff4e5; border: 1px solid #f0a030; padding: 0.4em 1em; margin: 1em 0; }
 """
 
 
@@ -68,7 +69,8 @@ def metrics_section(result) -> str:
     if result.clean is not None:
         header.append(f"clean {result.split} (n={result.clean['n']})")
     level = int(round(100 * result.metrics.get("interval_level", 0.95)))
-    note = (f"<p class='note'>Decision threshold {result.threshold:.3f}; [..] = {level}% percentile bootstrap "
+    note = (f"<p class='note'>Decision threshold {stats.format_thresholds([result.threshold])[0]}; "
+            f"[..] = {level}% percentile bootstrap "
             f"interval; probabilities {'temperature-scaled' if result.calibrated else 'as the model gives them'}."
             + ("" if result.clean is not None else " No leakage audit given: no clean-test column.") + "</p>")
     return html_table(header, metrics_rows(result)) + note
@@ -123,23 +125,20 @@ def run_report(
     spec = classifier.spec
     body = [f"<p>{html.escape(spec.get('model', '?'))} with the {html.escape(str(spec.get('head')))} head, "
             f"{spec.get('image_size')} px; run folder {html.escape(os.path.abspath(run_dir))}.</p>"]
+    body.append(warnings_box(result.warnings()))
     body.append("<h2>Test metrics</h2>")
     body.append(metrics_section(result))
     if calibration:
-        points = calibration.get("operating_points", {})
-        rows = [[name, f"{t:.3f}"] + _at_threshold(result, t) for name, t in points.items()]
-        body.append("<h2>Operating points (chosen on validation, applied to test)</h2>")
-        body.append(f"<p class='note'>Temperature {calibration['temperature']:.3f} (validation ECE "
-                    f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f}).</p>")
-        body.append(html_table(["operating point", "threshold", "test sensitivity", "test specificity",
-                                "test accuracy"], rows))
+        body.append(operating_points_section(result, calibration))
     if history:
         body.append("<h2>Training curves</h2>")
         body.append(png_tag(figures.training_curves(history), "training curves"))
     body.append("<h2>ROC and precision-recall</h2>")
-    curves = {"all test": (result.labels, result.probabilities)}
+    # Curves rank the logits, as the table's AUROC does.
+    scores = result.logits if result.logits is not None else result.probabilities
+    curves = {"all test": (result.labels, scores)}
     if result.clean_mask is not None and result.clean_mask.any():
-        curves["clean test"] = (result.labels[result.clean_mask], result.probabilities[result.clean_mask])
+        curves["clean test"] = (result.labels[result.clean_mask], scores[result.clean_mask])
     body.append(png_tag(figures.roc_pr(curves, os.path.join(run_dir, "roc.png")), "ROC and precision-recall"))
     body.append("<h2>Confusion matrix and reliability</h2>")
     extra = {"before temperature": raw_probabilities} if raw_probabilities is not None and result.calibrated else None
@@ -152,11 +151,43 @@ def run_report(
         grid = gradcam_grid(classifier, images, result.labels, result.probabilities, result.threshold,
                             gradcam_per_group, path=os.path.join(run_dir, "gradcam.png"))
         body.append(png_tag(grid, "Grad-CAM grid"))
-    body.append("<h2>Model</h2><pre>" + html.escape(json.dumps(spec, indent=1, default=str)) + "</pre>")
+    body.append("<h2>Model</h2>" + model_table(spec))
     path = os.path.join(run_dir, "report.html")
     with open(path, "w") as f:
         f.write(page(title or f"fracjax report: {os.path.basename(os.path.abspath(run_dir))}", body))
     return path
+
+
+def warnings_box(warnings: Sequence[str]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return f"<div class='warning'><strong>Read this first</strong><ul>{items}</ul></div>"
+
+
+def operating_points_section(result, calibration: Dict[str, Any]) -> str:
+    points = calibration.get("operating_points", {})
+    texts = stats.format_thresholds(list(points.values()))
+    rows = [[name, text] + _at_threshold(result, t) for (name, t), text in zip(points.items(), texts)]
+    return (
+        "<h2>Operating points (chosen on validation, applied to test)</h2>"
+        f"<p class='note'>Temperature {calibration['temperature']:.3f} fitted on validation "
+        f"(validation ECE {calibration['ece_before']:.3f} before, {calibration['ece_after']:.3f} after; "
+        "temperature scaling changes probabilities, never the ranking, so AUROC is unchanged).</p>"
+        + html_table(["operating point", "threshold", "test sensitivity", "test specificity", "test accuracy"], rows)
+    )
+
+
+def model_table(spec: Dict[str, Any]) -> str:
+    """The model spec as a two-column table (nested values as compact JSON)."""
+    rows = []
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            value = json.dumps(value, default=str)
+        rows.append([key.replace("_", " "), "default" if value is None else value])
+    return html_table(["field", "value"], rows)
 
 
 def _at_threshold(result, threshold: float) -> List[str]:

@@ -10,12 +10,12 @@ decision is ``p >= threshold``, as in :mod:`fracjax.train.metrics`.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import stats as scipy_stats
 
-from fracjax.train.metrics import binary_metrics
+from fracjax.train.metrics import binary_metrics, probabilities_from_logits
 
 INTERVAL_METRICS = ("accuracy", "auroc", "sensitivity", "specificity", "f1", "kappa")
 
@@ -90,12 +90,15 @@ def bootstrap_intervals(
     samples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    scores=None,
 ) -> Dict[str, Tuple[float, float]]:
     """Percentile bootstrap intervals: resample the examples with replacement
     ``samples`` times and take the (1 - level) / 2 quantiles of each metric.
     Resamples where a metric is undefined (no positives for sensitivity) are
-    left out of that metric; with none left the interval is (NaN, NaN)."""
+    left out of that metric; with none left the interval is (NaN, NaN).
+    ``scores``: what AUROC ranks (the logits; default: the probabilities)."""
     labels, probs = _check(labels, probabilities)
+    scores = probs if scores is None else _check(labels, scores)[1]
     unknown = set(metrics) - set(INTERVAL_METRICS) - {"precision"}
     if unknown:
         raise ValueError(f"no bootstrap for {sorted(unknown)}")
@@ -134,7 +137,7 @@ def bootstrap_intervals(
             expected = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / float(n * n)
             computed["kappa"] = np.where(expected < 1.0, (observed - expected) / np.where(expected < 1.0, 1.0 - expected, 1.0), np.nan)
         if "auroc" in metrics:
-            computed["auroc"] = _bootstrap_auroc(y, p)
+            computed["auroc"] = _bootstrap_auroc(y, scores[idx])
         for m in metrics:
             values[m].append(computed[m])
         done += b
@@ -222,14 +225,20 @@ def logits_from_probabilities(probabilities, eps: float = 1e-7) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+# Temperatures outside this range mean the logits carry (almost) no usable
+# scale: T -> infinity is what a chance-level model's fit runs to.
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
 def fit_temperature(labels, logits, max_iter: int = 100) -> float:
-    """The temperature T > 0 minimising the cross-entropy of sigmoid(z / T)
-    on these data (Guo et al. 2017, binary form). The loss is convex in 1/T;
-    Newton's method on 1/T, kept within [1e-2, 1e2]."""
+    """The temperature T minimising the cross-entropy of sigmoid(z / T) on
+    these data (Guo et al. 2017, binary form), within ``TEMPERATURE_RANGE``.
+    The loss is convex in 1/T; Newton's method on 1/T."""
     labels, z = _check(labels, logits)
     if z.size == 0 or not np.any(z):
         return 1.0
     y = labels.astype(np.float64)
+    low, high = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
     s = 1.0
 
     def loss(s):
@@ -241,7 +250,7 @@ def fit_temperature(labels, logits, max_iter: int = 100) -> float:
         hess = float(np.mean(p * (1.0 - p) * z * z))
         if hess <= 1e-12:
             break
-        new = float(np.clip(s - grad / hess, 1e-2, 1e2))
+        new = float(np.clip(s - grad / hess, low, high))
         # Halve the step while the loss does not fall (guards the clipped ends).
         while loss(new) > loss(s) + 1e-12 and abs(new - s) > 1e-9:
             new = (new + s) / 2.0
@@ -251,9 +260,14 @@ def fit_temperature(labels, logits, max_iter: int = 100) -> float:
     return float(1.0 / s)
 
 
+def temperature_at_bound(temperature: float) -> bool:
+    """True when a fitted temperature sits at an end of ``TEMPERATURE_RANGE``
+    (the fit wanted more: usually a model with no signal)."""
+    return any(abs(temperature - bound) <= 1e-6 * bound for bound in TEMPERATURE_RANGE)
+
+
 def apply_temperature(probabilities, temperature: float) -> np.ndarray:
-    z = logits_from_probabilities(probabilities)
-    return 1.0 / (1.0 + np.exp(-z / float(temperature)))
+    return probabilities_from_logits(logits_from_probabilities(probabilities), temperature)
 
 
 def metrics_with_intervals(
@@ -264,16 +278,22 @@ def metrics_with_intervals(
     level: float = 0.95,
     seed: int = 0,
     bins: int = 10,
+    scores=None,
+    loss: Optional[float] = None,
 ) -> Dict[str, object]:
     """Every metric of :func:`fracjax.train.metrics.binary_metrics`, plus
-    ``intervals`` (bootstrap), ``ece``, ``brier`` and ``average_precision``."""
+    ``intervals`` (bootstrap; none with ``samples=0``), ``ece``, ``brier`` and
+    ``average_precision``. ``scores``: what the ranking metrics (AUROC,
+    average precision) rank, the logits; default: the probabilities."""
     labels, probs = _check(labels, probabilities)
-    out = binary_metrics(labels, probs, threshold)
-    out["intervals"] = bootstrap_intervals(labels, probs, threshold, samples=samples, level=level, seed=seed)
+    scores = probs if scores is None else _check(labels, scores)[1]
+    out = binary_metrics(labels, probs, threshold, loss=loss, scores=scores)
+    out["intervals"] = (bootstrap_intervals(labels, probs, threshold, samples=samples, level=level, seed=seed,
+                                            scores=scores) if samples else {})
     out["interval_level"] = level
     out["ece"] = expected_calibration_error(labels, probs, bins)
     out["brier"] = float(np.mean((probs - labels) ** 2)) if labels.size else float("nan")
-    out["average_precision"] = pr_curve(labels, probs)["average_precision"] if labels.size else float("nan")
+    out["average_precision"] = pr_curve(labels, scores)["average_precision"] if labels.size else float("nan")
     return out
 
 
@@ -284,3 +304,48 @@ def format_interval(value: float, interval: Optional[Tuple[float, float]], digit
     if interval and all(math.isfinite(v) for v in interval):
         text += f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
     return text
+
+
+def format_thresholds(values: Sequence[float], digits: int = 3, most: int = 12) -> List[str]:
+    """Thresholds with at least ``digits`` decimals and as many more (up to
+    ``most``) as it takes for different values to print differently."""
+    values = [float(v) for v in values]
+    for d in range(digits, most + 1):
+        texts = [f"{v:.{d}f}" for v in values]
+        if len(set(texts)) == len(set(values)):
+            return texts
+    return [repr(v) for v in values]
+
+
+def chance_warnings(metrics: Dict[str, object], name: str) -> List[str]:
+    """A warning when the AUROC of ``name`` cannot be told from chance: its
+    bootstrap interval holds 0.5, or it is undefined."""
+    value = metrics.get("auroc")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return [f"{name}: AUROC is undefined (one class only, or no examples)."] if metrics.get("n") else []
+    interval = (metrics.get("intervals") or {}).get("auroc")
+    if interval is None or not all(math.isfinite(v) for v in interval):
+        return []
+    low, high = interval
+    if low <= 0.5 <= high:
+        return [f"{name}: the AUROC interval [{low:.3f}, {high:.3f}] holds 0.5: on these data the model is not "
+                "shown to rank fractured above not-fractured images better than chance. Read every other "
+                "metric in that light."]
+    return []
+
+
+def calibration_warnings(calibration: Dict[str, object]) -> List[str]:
+    """Warnings about a fitted temperature: at its bound, or fitted on a
+    validation split where the model shows no signal (a lower ECE is then
+    the probabilities sinking to the base rate, not a better model)."""
+    out = []
+    t = calibration.get("temperature")
+    if t is not None and temperature_at_bound(float(t)):
+        out.append(f"temperature scaling stopped at its bound (T = {float(t):g}, range {TEMPERATURE_RANGE}): "
+                   "the validation logits carry almost no usable scale.")
+    interval = calibration.get("auroc_interval")
+    if interval and all(v is not None and math.isfinite(v) for v in interval) and interval[0] <= 0.5 <= interval[1]:
+        out.append("calibration was fitted on a validation split where the model is not shown to beat chance "
+                   f"(AUROC interval [{interval[0]:.3f}, {interval[1]:.3f}]): a lower ECE after temperature "
+                   "scaling means the probabilities moved towards the base rate, not that the model got better.")
+    return out

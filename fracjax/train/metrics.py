@@ -64,17 +64,46 @@ def cohen_kappa(cm: Dict[str, int]) -> float:
     return float((observed - expected) / (1.0 - expected))
 
 
+def probabilities_from_logits(logits, temperature: float = 1.0) -> np.ndarray:
+    """Fracture probabilities sigmoid(z / T) in float64: the one conversion
+    every path uses (training's evaluation, ``Classifier.predict``,
+    calibration, reports), so a threshold chosen on these compares equal
+    wherever it is applied. Float64 keeps nearby logits apart (in float32 a
+    temperature-flattened model's probabilities collapse onto a few values)."""
+    z = np.asarray(logits, np.float64) / float(temperature)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def bce_from_logits(labels, logits) -> float:
+    """Mean binary cross-entropy of raw logits, computed stably in float64."""
+    y = np.asarray(labels, np.float64)
+    z = np.asarray(logits, np.float64)
+    return float(np.mean(np.logaddexp(0.0, z) - y * z)) if z.size else float("nan")
+
+
+def metrics_from_logits(labels, logits, threshold: float = 0.5, temperature: float = 1.0) -> Dict[str, object]:
+    """:func:`binary_metrics` of raw logits: decisions on the (temperature
+    scaled) probabilities, AUROC on the logits themselves (so calibration
+    never changes it), loss on the raw logits."""
+    logits = np.asarray(logits, np.float64)
+    return binary_metrics(labels, probabilities_from_logits(logits, temperature), threshold,
+                          loss=bce_from_logits(labels, logits), scores=logits)
+
+
 def binary_metrics(
     labels: np.ndarray,
     probabilities: np.ndarray,
     threshold: float = 0.5,
     loss: Optional[float] = None,
+    scores: Optional[np.ndarray] = None,
 ) -> Dict[str, object]:
     """accuracy, auroc, sensitivity (recall), specificity, precision, f1,
-    kappa, the confusion matrix, n, (loss) and the threshold used."""
+    kappa, the confusion matrix, n, (loss) and the threshold used.
+    ``scores``: what AUROC ranks (the logits, default: the probabilities)."""
     labels = np.asarray(labels).astype(np.int64)
     probabilities = np.asarray(probabilities, np.float64)
-    if labels.shape != probabilities.shape:
+    scores = probabilities if scores is None else np.asarray(scores, np.float64)
+    if labels.shape != probabilities.shape or labels.shape != scores.shape:
         raise ValueError(f"labels {labels.shape} and probabilities {probabilities.shape} differ in shape")
     cm = confusion(labels, probabilities >= threshold)
     n = len(labels)
@@ -84,7 +113,7 @@ def binary_metrics(
     out: Dict[str, object] = {
         "n": n,
         "accuracy": _ratio(cm["tp"] + cm["tn"], n),
-        "auroc": auroc(labels, probabilities),
+        "auroc": auroc(labels, scores),
         "sensitivity": sensitivity,
         "specificity": _ratio(cm["tn"], cm["tn"] + cm["fp"]),
         "precision": precision,

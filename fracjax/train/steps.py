@@ -123,6 +123,8 @@ def train_step(
 
 
 def eval_step(variables, batch, *, apply_fn: Callable, compute_dtype=jnp.float32):
-    """Fracture probabilities for a batch (no augmentation, running BN statistics)."""
+    """Fracture logits (float32) for a batch (no augmentation, running BN
+    statistics). Probabilities and metrics are made from them on the host, in
+    float64, by :mod:`fracjax.train.metrics`."""
     logits = apply_fn(variables, batch["image"].astype(compute_dtype), train=False)
-    return jax.nn.sigmoid(logits[:, 0].astype(jnp.float32))
+    return logits[:, 0].astype(jnp.float32)

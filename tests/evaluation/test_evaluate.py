@@ -2,7 +2,6 @@
 audit, calibration saved in a checkpoint, the HTML report."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -87,3 +86,18 @@ def test_calibration_travels_with_the_classifier(classifier, data):
     point = calibrated.threshold_for("sensitivity_0.95")
     assert binary_metrics(labels, calibrated.predict(images), point)["sensitivity"] >= 0.95
     assert calibrated.classify(images[:3], operating_point="youden")[0] in ("fractured", "not_fractured")
+
+
+def test_a_chance_model_is_flagged_and_bootstrap_zero_works(classifier, data):
+    result = fracjax.evaluate(classifier, data, bootstrap=0)
+    assert result.metrics["intervals"] == {}
+    assert "no intervals (bootstrap=0)" in result.table()
+    flagged = fracjax.evaluate(classifier, data, bootstrap=200)  # a random model on 40 images
+    low, high = flagged.metrics["intervals"]["auroc"]
+    assert (low <= 0.5 <= high) == any("holds 0.5" in w for w in flagged.warnings())
+    assert all(f"WARNING: {w}" in flagged.table() for w in flagged.warnings())
+    # Ranking metrics come from the logits: the same with and without a temperature.
+    hot = Classifier(classifier.spec, classifier.variables, 16, {"temperature": 20.0})
+    scaled = fracjax.evaluate(hot, data, bootstrap=200)
+    assert scaled.metrics["auroc"] == flagged.metrics["auroc"]
+    assert scaled.metrics["intervals"]["auroc"] == flagged.metrics["intervals"]["auroc"]

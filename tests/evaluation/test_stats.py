@@ -43,7 +43,7 @@ def test_bootstrap_auroc_matches_the_reference_per_resample():
     labels = rng.integers(0, 2, (20, 40))
     scores = np.round(rng.random((20, 40)), 1)  # many ties
     fast = stats._bootstrap_auroc(labels, scores)
-    slow = [auroc(l, s) for l, s in zip(labels, scores)]
+    slow = [auroc(y, s) for y, s in zip(labels, scores)]
     np.testing.assert_allclose(fast, slow)
 
 
@@ -145,3 +145,44 @@ def test_bad_inputs_are_named():
         stats.roc_curve([0, 2], [0.5, 0.5])
     with pytest.raises(ValueError, match="target sensitivity"):
         stats.threshold_for_sensitivity([0, 1], [0.1, 0.9], 1.5)
+
+
+def test_calibration_never_changes_ranking_metrics_of_a_chance_model():
+    from fracjax.evaluation.evaluator import calibrate
+    from fracjax.train.metrics import probabilities_from_logits
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 500)
+    logits = rng.normal(0.0, 1e-3, 500).astype(np.float32)  # no signal, tiny spread: what a chance model gives
+    calibration = calibrate(labels, logits)
+    assert calibration["temperature"] == stats.TEMPERATURE_RANGE[1] and calibration["temperature_at_bound"]
+    raw = probabilities_from_logits(logits)
+    scaled = probabilities_from_logits(logits, calibration["temperature"])
+    assert np.unique(scaled).size == np.unique(logits).size
+    a = stats.metrics_with_intervals(labels, raw, samples=200, scores=logits)
+    b = stats.metrics_with_intervals(labels, scaled, samples=200, scores=logits)
+    for key in ("auroc", "average_precision"):
+        assert a[key] == b[key]
+    assert a["intervals"]["auroc"] == b["intervals"]["auroc"]
+    warnings = stats.calibration_warnings(calibration)
+    assert len(warnings) == 2 and "bound" in warnings[0] and "base rate" in warnings[1]
+    assert stats.chance_warnings(b, "test") and "holds 0.5" in stats.chance_warnings(b, "test")[0]
+
+
+def test_chance_warning_only_when_the_interval_holds_one_half():
+    m = {"n": 10, "auroc": 0.7, "intervals": {"auroc": (0.62, 0.78)}}
+    assert stats.chance_warnings(m, "test") == []
+    m["intervals"]["auroc"] = (0.45, 0.78)
+    assert "[0.450, 0.780] holds 0.5" in stats.chance_warnings(m, "test")[0]
+    assert "undefined" in stats.chance_warnings({"n": 4, "auroc": float("nan")}, "test")[0]
+
+
+def test_thresholds_print_with_enough_digits_to_differ():
+    assert stats.format_thresholds([0.500031, 0.500012, 0.5]) == ["0.50003", "0.50001", "0.50000"]
+    assert stats.format_thresholds([0.25, 0.75]) == ["0.250", "0.750"]
+    assert stats.format_thresholds([0.4, 0.4]) == ["0.400", "0.400"]  # equal values stay equal
+
+
+def test_no_bootstrap_means_no_intervals():
+    m = stats.metrics_with_intervals([0, 1, 1, 0], [0.2, 0.7, 0.6, 0.4], samples=0)
+    assert m["intervals"] == {} and m["auroc"] == 1.0
