@@ -1,16 +1,17 @@
 """fracjax data: decoding, TFDS builders, the input pipeline, on-device
 augmentation and the leakage audit.
 
-The TFDS builders ``fracture_xray`` and ``synthetic_fracture`` are registered
-when ``fracjax.data.builders`` is imported: on first use of a builder name
-below, or by the functions that need them (``load_source``, ``fit``).
-tensorflow_datasets is imported only then, so the on-device parts (the
-augmentation, the train step) run where it is not installed.
+``import fracjax.data`` registers the TFDS builders ``fracture_xray`` and
+``synthetic_fracture`` (so ``tfds.builder("fracture_xray", ...)`` works
+after it) wherever tensorflow_datasets is installed; where it is not, the
+rest (decoding, the augmentation, the train step) still imports and runs.
 """
 
 import importlib
 
-from fracjax.data import audit, augment, pipeline  # noqa: F401
+# audit is loaded on first use: imported here, `python -m fracjax.data.audit`
+# would find it in sys.modules before running it (runpy's RuntimeWarning).
+from fracjax.data import augment, pipeline  # noqa: F401
 from fracjax.data.augment import AugmentConfig, augment_batch
 from fracjax.data.io import ImageDecodeError, read_image, resize_bilinear
 from fracjax.data.pipeline import ArraySource, TrainOrder, eval_batches, load_arrays, load_source, train_batches
@@ -42,7 +43,15 @@ _BUILDER_NAMES = ("FractureXray", "FractureXrayConfig", "SyntheticFracture", "Sy
 
 
 def __getattr__(name):
+    if name == "audit":
+        return importlib.import_module("fracjax.data.audit")
     if name == "builders" or name in _BUILDER_NAMES:
         builders = importlib.import_module("fracjax.data.builders")
         return builders if name == "builders" else getattr(builders, name)
     raise AttributeError(f"module 'fracjax.data' has no attribute {name!r}")
+
+
+try:
+    from fracjax.data import builders  # noqa: F401,E402  (registers the TFDS builders)
+except ImportError:  # no (or a broken) tensorflow_datasets: raised again where a builder is asked for
+    pass

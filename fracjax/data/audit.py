@@ -220,7 +220,7 @@ class AuditReport:
         return out
 
     def summary(self) -> str:
-        lines = ["near-duplicate pairs by split pair:"]
+        lines = ["near-duplicate pairs by split pair:" if self.counts else "no near-duplicate pairs found"]
         for key, count in sorted(self.counts.items()):
             lines.append(f"  {key:<24} {count}")
         if self.clean_test is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fracjax.data import synthetic
-from fracjax.data.io import IMAGE_EXTENSIONS, ImageDecodeError, read_image, resize_bilinear, to_uint8
+from fracjax.data.io import IMAGE_EXTENSIONS, ImageDecodeError, model_input, read_image
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image[..., 0], mode="L").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[:2] != (size, size):
-        image = to_uint8(resize_bilinear(image, (size, size)))
-    return image
 
 
 def _workers() -> int:
@@ -157,10 +151,25 @@ def _decode_for_store(job: Tuple[str, str, int]):
     """Worker: (root, relative path, size) -> (relative path, PNG bytes | None, reason)."""
     root, rel, size = job
     try:
-        image = prepare_image(read_image(os.path.join(root, rel)), size)
+        image = model_input(read_image(os.path.join(root, rel)), size)
     except ImageDecodeError as err:
         return rel, None, err.reason
     return rel, encode_png(image), ""
+
+
+class _SaysWhatItPrepares:
+    """TFDS announces "Downloading and preparing dataset Unknown size" for
+    every builder; ours download nothing, so they say what they do instead."""
+
+    def _preparing_what(self) -> str:
+        raise NotImplementedError
+
+    def _log_download_bytes(self) -> None:
+        print(f"preparing {self.name}/{self.builder_config.name}: {self._preparing_what()} -> {self.data_dir}",
+              flush=True)
+
+    def _log_download_done(self) -> None:
+        print(f"{self.name}/{self.builder_config.name} is ready in {self.data_dir}", flush=True)
 
 
 @dataclasses.dataclass
@@ -168,7 +177,7 @@ class FractureXrayConfig(tfds.core.BuilderConfig):
     image_size: int = 224
 
 
-class FractureXray(tfds.core.GeneratorBasedBuilder):
+class FractureXray(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
     """The Kaggle "Fracture Multi-Region X-ray Data" (binary), from a folder the
     user downloaded. Unreadable files are skipped and listed in
     ``info.metadata["skipped"]`` (``strict=True`` makes them an error)."""
@@ -192,6 +201,10 @@ class FractureXray(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, strict: bool = False, file_format=None, **kwargs):
         self.strict = strict
         super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _preparing_what(self) -> str:
+        size = self.builder_config.image_size
+        return f"decoding the manual_dir's images to {size}x{size} grey (no download)"
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
@@ -258,7 +271,7 @@ def _synthetic_png(job: Tuple[int, str, int, int]):
     return index, encode_png(image), label
 
 
-class SyntheticFracture(tfds.core.GeneratorBasedBuilder):
+class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
     """Procedural radiograph-like images of long bones, fractured or not
     (:mod:`fracjax.data.synthetic`). Same features and splits as
     ``fracture_xray``; the default main job's data set."""
@@ -284,6 +297,11 @@ class SyntheticFracture(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, file_format=None, **kwargs):
         super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _preparing_what(self) -> str:
+        c = self.builder_config
+        return (f"generating {c.num_train:,} / {c.num_validation:,} / {c.num_test:,} images at "
+                f"{c.image_size}x{c.image_size} (no download, once)")
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -17,12 +17,26 @@ only whole checkpoints; leftovers are removed when the managers open.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+class _ExpectedReadOnly(logging.Filter):
+    """Drops Orbax's warnings that a manager opened read-only (for a restore)
+    is read-only: fracjax opens them so on purpose."""
+
+    EXPECTED = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.EXPECTED)
+
+
+logging.getLogger("absl").addFilter(_ExpectedReadOnly())
 
 
 def _manager(directory: str, items, keep: int) -> ocp.CheckpointManager:

@@ -60,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default=DEFAULTS.model, choices=fracjax.models.available(), help="backbone architecture")
     g.add_argument("--head", default=DEFAULTS.head, choices=["hybrid", "linear"],
                    help="hybrid: the paper's conv blocks + GAP + dropout + dense; linear: GAP + dropout + dense")
-    g.add_argument("--pretrained", metavar="PATH", help="Keras ImageNet weights of the backbone (include_top=False, "
-                   ".weights.h5 or legacy .h5); checked against --model before training")
+    g.add_argument("--pretrained", metavar="imagenet|PATH",
+                   help="Keras ImageNet weights of the backbone: 'imagenet' (the file keras.applications uses, "
+                   "fetched once, hash-checked, cached in $FRACJAX_CACHE or ~/.cache/fracjax) or a weights file "
+                   "(include_top=False, .weights.h5 or legacy .h5); checked against --model before training")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=DEFAULTS.dataset,
                    help="TFDS name: synthetic_fracture (embedded), fracture_xray (the Kaggle set, needs --manual-dir), "
@@ -96,12 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no flip/rotation/zoom/contrast augmentation")
     g.add_argument("--early-stopping-patience", type=_positive_int, default=DEFAULTS.early_stopping_patience,
                    help="stop a phase after this many epochs without a better validation AUROC")
+    g.add_argument("--train-minutes", type=_positive_float, metavar="MIN",
+                   help="training-time budget: stop at the epoch end after which one more epoch would pass it "
+                   "(compile and evaluation not counted); the epoch counts become upper bounds")
     g.add_argument("--threshold", type=float, default=DEFAULTS.threshold, help="decision threshold on the fracture probability")
     g = p.add_argument_group("evaluation")
     g.add_argument("--audit", metavar="JSON", help="leakage audit of the data set (python -m fracjax.data.audit "
                    "--json A --clean-test): the report adds metrics on the clean test examples")
-    g.add_argument("--bootstrap", type=_positive_int, default=DEFAULTS.bootstrap,
-                   help="bootstrap resamples for the test metrics' 95%% intervals")
+    g.add_argument("--bootstrap", type=_non_negative_int, default=DEFAULTS.bootstrap,
+                   help="bootstrap resamples for the test metrics' 95%% intervals (0: none)")
     g.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the end-of-run calibration and report.html (report.json is always written)")
     g = p.add_argument_group("running")
@@ -135,12 +140,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         config.validate()
     except ValueError as err:
         parser.error(str(err))
+    from fracjax.models.pretrained import WeightsUnavailableError
     from fracjax.models.weights import KerasWeightsError
     from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
 
     try:
         fit(config)
-    except (KerasWeightsError, ResumeError, FileNotFoundError, ValueError) as err:
+    except (KerasWeightsError, WeightsUnavailableError, ResumeError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

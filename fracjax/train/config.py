@@ -20,10 +20,10 @@ class TrainConfig:
     head: str = "hybrid"
     head_blocks: Optional[Tuple] = None  # None: the default hybrid blocks
     head_dropout: Optional[float] = None
-    pretrained: Optional[str] = None  # Keras weights file of the backbone
+    pretrained: Optional[str] = None  # "imagenet" or a Keras weights file of the backbone
     # Data.
     dataset: str = "synthetic_fracture"
-    data_dir: Optional[str] = None  # TFDS data_dir; default <out>/tfds
+    data_dir: Optional[str] = None  # TFDS data_dir; default TFDS's ($TFDS_DATA_DIR or ~/tensorflow_datasets)
     manual_dir: Optional[str] = None  # the Kaggle download, for fracture_xray
     image_size: Optional[int] = None  # default: the data set's stored size
     train_examples: Optional[int] = None  # use the first N training examples
@@ -58,11 +58,16 @@ class TrainConfig:
     contrast: float = 0.1
     brightness: float = 0.0
     early_stopping_patience: int = 3  # epochs without a better validation AUROC
+    # A training-time budget in minutes (steps only: compiling, evaluation and
+    # data preparation are not counted): training stops at the first epoch end
+    # after which one more epoch would pass it; the epoch counts are then upper
+    # bounds. For comparing models at equal cost (examples/compare.py).
+    train_minutes: Optional[float] = None
     threshold: float = 0.5
     # Evaluation at the end of the run.
     report: bool = True  # calibration on validation, test intervals, report.html with Grad-CAM
     audit: Optional[str] = None  # leakage audit JSON (python -m fracjax.data.audit --clean-test): clean-test metrics
-    bootstrap: int = 1000  # resamples for the test metrics' 95% intervals
+    bootstrap: int = 1000  # resamples for the test metrics' 95% intervals (0: none)
     # Running.
     parallel: str = "jit"
     dtype: str = "float32"
@@ -77,6 +82,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the bad field; nothing has been done yet."""
         import fracjax
+        from fracjax.models import pretrained
 
         def bad(field, why):
             raise ValueError(f"--{field.replace('_', '-')}: {why}")
@@ -123,8 +129,11 @@ class TrainConfig:
                 bad(field, f"must be in [0, 1), got {getattr(self, field)}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             bad("grad_clip", f"must be > 0, got {self.grad_clip}")
-        if self.pretrained is not None and not os.path.isfile(self.pretrained):
-            bad("pretrained", f"no such file: {self.pretrained}")
+        if self.pretrained in pretrained.WEIGHT_NAMES:
+            if self.model not in pretrained.KERAS_NO_TOP:
+                bad("pretrained", f"no {self.pretrained} weights are known for {self.model}")
+        elif self.pretrained is not None and not os.path.isfile(self.pretrained):
+            bad("pretrained", f"no such file: {self.pretrained} (or 'imagenet' for Keras's ImageNet weights)")
         if self.dataset.split("/")[0] == "fracture_xray" and self.manual_dir is not None:
             if not os.path.isdir(self.manual_dir):
                 bad("manual_dir", f"no such folder: {self.manual_dir}")
@@ -132,8 +141,10 @@ class TrainConfig:
             bad("backbone_bn_momentum", f"must be in [0, 1), got {self.backbone_bn_momentum}")
         if self.audit is not None and not os.path.isfile(self.audit):
             bad("audit", f"no such file: {self.audit}")
-        if self.bootstrap < 1:
-            bad("bootstrap", f"must be >= 1, got {self.bootstrap}")
+        if self.bootstrap < 0:
+            bad("bootstrap", f"must be >= 0 (0: no intervals), got {self.bootstrap}")
+        if self.train_minutes is not None and not 0 < self.train_minutes < float("inf"):
+            bad("train_minutes", f"must be a positive number of minutes, got {self.train_minutes}")
         if self.early_stopping_patience < 1:
             bad("early_stopping_patience", "must be >= 1")
         return self

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -84,21 +84,18 @@ def prepare_dataset(config: TrainConfig):
     except Exception as err:
         raise ValueError(f"--dataset: cannot load {name!r} ({err})") from None
     if not builder.is_prepared():
+        download_config = None
         if base == "fracture_xray":
             if not config.manual_dir:
                 raise FileNotFoundError(
                     f"{name} is not prepared in {builder.data_dir}; pass --manual-dir with the folder "
                     "you unzipped the Kaggle download into"
                 )
-            _log(f"preparing {name} from {config.manual_dir} ...")
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-            )
-        else:
-            _log(f"preparing {name} in {builder.data_dir} (once) ...")
-            start = time.perf_counter()
-            builder.download_and_prepare()
-            _log(f"prepared in {time.perf_counter() - start:.0f} s")
+            download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+        start = time.perf_counter()
+        tfds.display_progress_bar(config.progress)
+        builder.download_and_prepare(download_config=download_config)  # says what it prepares, from where
+        _log(f"prepared in {time.perf_counter() - start:.0f} s")
     return builder
 
 
@@ -122,9 +119,9 @@ def load_splits(config: TrainConfig, builder) -> Dict[str, Any]:
 
 
 def _resized(source: pipeline.ArraySource, size: int) -> pipeline.ArraySource:
-    from fracjax.data.io import resize_bilinear, to_uint8
+    from fracjax.data.io import model_input
 
-    images = np.stack([to_uint8(resize_bilinear(im, (size, size))) for im in source.images])
+    images = np.stack([model_input(im, size) for im in source.images])
     return pipeline.ArraySource(images, source.labels, source.filenames)
 
 
@@ -226,8 +223,8 @@ class Parallel:
 
 
 def predict_source(eval_fn, variables, source, batch_size: int, par: Parallel) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(probabilities, labels, indices) for every example of ``source``."""
-    probs, labels, indices = [], [], []
+    """(logits, labels, indices) for every example of ``source``."""
+    logits, labels, indices = [], [], []
     multihost = jax.process_count() > 1
     local_batch = batch_size // jax.process_count() if multihost else batch_size
     for batch in pipeline.eval_batches(source, local_batch, jax.process_index(), jax.process_count()):
@@ -237,25 +234,20 @@ def predict_source(eval_fn, variables, source, batch_size: int, par: Parallel) -
             # Every process gets every process's predictions and bookkeeping.
             from jax.experimental import multihost_utils
 
-            p = np.asarray(multihost_utils.process_allgather(out, tiled=True))
+            z = np.asarray(multihost_utils.process_allgather(out, tiled=True))
             batch = {k: np.asarray(multihost_utils.process_allgather(batch[k], tiled=True)) for k in ("mask", "label", "index")}
         else:
-            p = np.asarray(jax.device_get(out))
+            z = np.asarray(jax.device_get(out))
         m = batch["mask"]
-        probs.append(p[m])
+        logits.append(z[m])
         labels.append(batch["label"][m])
         indices.append(batch["index"][m])
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(indices)
-
-
-def bce_from_probs(probs: np.ndarray, labels: np.ndarray) -> float:
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(indices)
 
 
 def evaluate_split(eval_fn, variables, source, config: TrainConfig, par: Parallel) -> Dict[str, Any]:
-    probs, labels, _ = predict_source(eval_fn, variables, source, _eval_batch(config, par), par)
-    return metrics_lib.binary_metrics(labels, probs, config.threshold, loss=bce_from_probs(probs, labels))
+    logits, labels, _ = predict_source(eval_fn, variables, source, _eval_batch(config, par), par)
+    return metrics_lib.metrics_from_logits(labels, logits, config.threshold)
 
 
 def _eval_batch(config: TrainConfig, par: Parallel) -> int:
@@ -340,7 +332,8 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
     backbone = None
     if config.pretrained:
         check_size = config.image_size or fracjax.models.input_contract(config.model).default_size
-        backbone = fracjax.models.load_keras_weights(config.model, config.pretrained, image_size=check_size)
+        weights_file = fracjax.models.pretrained.resolve(config.model, config.pretrained)
+        backbone = fracjax.models.load_keras_weights(config.model, weights_file, image_size=check_size)
     builder = prepare_dataset(config)
     stored_size = int(builder.info.features["image"].shape[0])
     image_size = config.image_size or stored_size
@@ -349,7 +342,7 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
     pretrained_note = None
     if backbone is not None:
         variables = fracjax.models.with_backbone_variables(variables, backbone)
-        pretrained_note = os.path.abspath(config.pretrained)
+        pretrained_note = os.path.abspath(weights_file)
         _log(f"loaded backbone weights from {config.pretrained}")
 
     splits = load_splits(config, builder)
@@ -402,7 +395,7 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
     plateau = optax.contrib.reduce_on_plateau(factor=config.plateau_factor, patience=config.plateau_patience)
     stopped_early = False
     train_seconds = 0.0
-    train_images = 0
+    steady_seconds, steady_images = 0.0, 0  # without the steps that compiled
     for phase in phases:
         phase_end = phase.first_step + phase.epochs * spe
         if resume_meta is not None and resume_meta["phase"] > phase.number:
@@ -432,8 +425,13 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
             )
             book = meta["book"]
             global_step = int(meta["global_step"])
+            # The checkpoint's history is the truth: a run killed between
+            # writing an epoch's line and saving its checkpoint redoes that epoch.
+            _write_metrics(metrics_path, book["history"])
             _log(f"resumed from step {global_step}")
             resume_meta = None
+            if book.get("budget_spent"):  # the run had used its training-time budget
+                break
             # A run that had already stopped early in this phase stays stopped.
             if meta.get("phase_done"):
                 continue
@@ -465,16 +463,24 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
         _log(f"phase {phase.number}: {trainable:,} trainable parameters{bn_note}, lr {phase.lr:g}, "
              f"{phase.epochs} epoch(s) of {spe} steps, batch {config.batch_size}, {par.mode} on {par.count} device(s)")
 
+        compiled = False
         while global_step < min(phase_end, total_steps):
             epoch = global_step // spe
             epoch_end = min((epoch + 1) * spe, phase_end, total_steps)
             losses, correct, count = [], 0, 0
             epoch_start = time.perf_counter()
+            clock = _Throughput(epoch_start)
             batches = pipeline.train_batches(train_source, order, start_step=global_step, num_steps=epoch_end - global_step)
             bar = _progress(config, epoch_end - global_step, f"phase {phase.number} epoch {epoch + 1}")
             for batch in batches:
+                if not compiled:
+                    _log(f"compiling the phase {phase.number} train step (XLA; once per phase) ...")
                 state, m = step_fn(state, par.put_batch(batch))
                 m = jax.device_get(par.step_metrics(m))
+                if not compiled:
+                    compiled = True
+                    _log(f"compiled and ran the first step in {time.perf_counter() - epoch_start:.1f} s")
+                    clock = _Throughput(time.perf_counter(), skipped=int(m["count"]))
                 loss = float(m["loss"])
                 if not math.isfinite(loss):
                     last = checkpoints.latest_step()
@@ -487,17 +493,18 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
                 losses.append(loss)
                 correct += int(m["correct"])
                 count += int(m["count"])
-                elapsed = time.perf_counter() - epoch_start
                 if bar is not None:
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", img_s=f"{count / max(elapsed, 1e-9):.1f}")
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", img_s=f"{clock.rate(count):.1f}")
                     bar.update(1)
                 if config.checkpoint_every and global_step % config.checkpoint_every == 0 and global_step < epoch_end:
                     _save_latest(checkpoints, global_step, par.get_state(state), book, phase, config, spec, plateau_state, False)
             if bar is not None:
                 bar.close()
             seconds = time.perf_counter() - epoch_start
+            images_per_s = clock.rate(count)
             train_seconds += seconds
-            train_images += count
+            steady_seconds += clock.seconds()
+            steady_images += count - clock.skipped
             host_state = par.get_state(state)
             variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
             val = evaluate_split(eval_fn, variables, splits["validation"], config, par)
@@ -514,7 +521,7 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
                 "validation": val,
                 "lr_scale": float(host_state.lr_scale),
                 "seconds": round(seconds, 2),
-                "images_per_s": round(count / max(seconds, 1e-9), 2),
+                "images_per_s": round(images_per_s, 2),  # without the compile
             }
             book["history"].append(_jsonable(record))
             with open(metrics_path, "a") as f:
@@ -530,26 +537,34 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
                 f"{record['train_accuracy']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} "
                 f"auroc {val['auroc']:.4f}{' *' if improved else ''} | {record['images_per_s']:.1f} img/s"
             )
+            book["train_seconds"] = book.get("train_seconds", 0.0) + clock.seconds()
+            book["budget_spent"] = _budget_spent(config, book["train_seconds"], clock.seconds())
             phase_done = book["bad_epochs"] >= config.early_stopping_patience and global_step < phase_end
-            _save_latest(checkpoints, global_step, host_state, book, phase, config, spec, plateau_state, phase_done)
+            _save_latest(checkpoints, global_step, host_state, book, phase, config, spec, plateau_state,
+                         phase_done or book["budget_spent"])
+            if book["budget_spent"]:
+                _log(f"training budget: {book['train_seconds'] / 60:.1f} of {config.train_minutes:g} min spent; "
+                     "one more epoch would pass it, so training ends here")
+                break
             if phase_done:
                 _log(f"early stopping: no better validation AUROC for {book['bad_epochs']} epoch(s)")
                 stopped_early = True
                 break
         variables = {"params": par.get_state(state).params, "batch_stats": par.get_state(state).batch_stats}
-        if global_step >= total_steps:
+        if global_step >= total_steps or book.get("budget_spent"):
             break
 
-    # Test with the best model by validation AUROC.
-    best_folder, best_step = ckpt.find_model_checkpoint(run_dir, "best")
-    best_vars, best_meta = ckpt.restore_model(best_folder, best_step, jax.eval_shape(lambda: variables))
-    test = evaluate_split(eval_fn, best_vars, splits["test"], config, par)
+    checkpoints.close()
+    if book["history"]:
+        _plot_curves(book["history"], os.path.join(run_dir, "curves.png"))
+    best = next((h for h in book["history"] if h["step"] == book["best_step"]), {})
     report = _jsonable(
         {
-            "test": test,
-            "validation": best_meta.get("validation"),
-            "best_step": best_step,
+            "validation": best.get("validation"),
+            "best_step": book["best_step"],
             "stopped_early": stopped_early,
+            "budget": {"train_minutes": config.train_minutes, "spent": bool(book.get("budget_spent"))}
+            if config.train_minutes else None,
             "model": spec,
             "data": {
                 "dataset": config.dataset,
@@ -558,41 +573,79 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
             },
             "pretrained": pretrained_note,
             "timing": {
-                "wall_seconds": round(time.perf_counter() - start_time, 1),
                 "train_seconds": round(train_seconds, 1),
-                "train_images_per_s": round(train_images / max(train_seconds, 1e-9), 2),
+                "train_steps": global_step,
+                "train_images_per_s": round(steady_images / max(steady_seconds, 1e-9), 2),
             },
             "devices": f"{par.count} x {jax.devices()[0].platform}",
         }
     )
-    if book["history"]:
-        _plot_curves(book["history"], os.path.join(run_dir, "curves.png"))
-    checkpoints.close()
-    if config.report and jax.process_index() == 0:
-        # Temperature and operating points from validation (saved in the best
-        # checkpoint), test intervals, clean test with an audit, report.html.
-        from fracjax.evaluation import evaluate_run
-
+    if jax.process_index() == 0:
         evaluation_start = time.perf_counter()
-        done = evaluate_run(run_dir, splits["validation"], splits["test"], audit=config.audit,
-                            history=book["history"], bootstrap=config.bootstrap, seed=config.seed)
-        result = done["result"]
-        report["test"]["intervals"] = _jsonable(result.metrics["intervals"])
-        for key in ("ece", "brier", "average_precision"):
-            report["test"][key] = _jsonable(result.metrics[key])
-        if result.clean is not None:
-            report["clean_test"] = _jsonable({k: v for k, v in result.clean.items()})
-        report["calibration"] = _jsonable(done["calibration"])
+        report.update(_final_evaluation(run_dir, splits, config, book["history"]))
         report["timing"]["evaluation_seconds"] = round(time.perf_counter() - evaluation_start, 1)
         report["timing"]["wall_seconds"] = round(time.perf_counter() - start_time, 1)
-        _log(f"report: {done['report']}")
-    with open(os.path.join(run_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    _log(
-        f"test (best checkpoint, step {best_step}): accuracy {test['accuracy']:.3f}, AUROC {test['auroc']:.4f}, "
-        f"sensitivity {test['sensitivity']:.3f}, specificity {test['specificity']:.3f} -> {run_dir}"
-    )
+        with open(os.path.join(run_dir, "report.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        test = report["test"]
+        _log(
+            f"test (best checkpoint, step {report['best_step']}): accuracy {test['accuracy']:.3f}, AUROC "
+            f"{_with_interval(test, 'auroc')}, sensitivity {test['sensitivity']:.3f}, specificity "
+            f"{test['specificity']:.3f} -> {run_dir}"
+        )
+        for warning in report["warnings"]:
+            _log(f"WARNING: {warning}")
     return report
+
+
+def _with_interval(metrics: Dict[str, Any], key: str) -> str:
+    from fracjax.evaluation.stats import format_interval
+
+    return format_interval(metrics.get(key), (metrics.get("intervals") or {}).get(key), 4)
+
+
+def _final_evaluation(run_dir: str, splits, config: TrainConfig, history) -> Dict[str, Any]:
+    """Test metrics of the best checkpoint through the restored ``Classifier``
+    (the path users take, so the numbers here are theirs), with calibration
+    and report.html unless ``--no-report``."""
+    from fracjax.evaluation import evaluate_run
+
+    done = evaluate_run(run_dir, splits["validation"], splits["test"], audit=config.audit, history=history,
+                        report=config.report, calibrate=config.report, bootstrap=config.bootstrap,
+                        seed=config.seed, log=_log)
+    result = done["result"]
+    out: Dict[str, Any] = {"test": result.metrics, "warnings": result.warnings()}
+    if result.clean is not None:
+        out["clean_test"] = result.clean
+    if done["calibration"] is not None:
+        out["calibration"] = done["calibration"]
+    if done["report"]:
+        _log(f"report: {done['report']}")
+    return _jsonable(out)
+
+
+def _budget_spent(config: TrainConfig, spent_seconds: float, epoch_seconds: float) -> bool:
+    """True when one more epoch like the last would pass ``--train-minutes``."""
+    return bool(config.train_minutes) and spent_seconds + epoch_seconds > 60.0 * config.train_minutes
+
+
+def _write_metrics(path: str, history: List[Dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(record) + "\n" for record in history)
+
+
+class _Throughput:
+    """Images per second since ``start``, leaving out the ``skipped`` images
+    of the step that compiled (compile time is not throughput)."""
+
+    def __init__(self, start: float, skipped: int = 0):
+        self.start, self.skipped = start, skipped
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def rate(self, images: int) -> float:
+        return (images - self.skipped) / max(self.seconds(), 1e-9)
 
 
 def _save_latest(checkpoints, step, host_state, book, phase, config, spec, plateau_state, phase_done):
@@ -614,6 +667,12 @@ def _save_latest(checkpoints, step, host_state, book, phase, config, spec, plate
 def _progress(config: TrainConfig, total: int, desc: str):
     if not config.progress:
         return None
-    from tqdm.auto import tqdm
+    import importlib.util
+
+    # tqdm.auto picks widgets in a notebook and warns without ipywidgets: text bars then.
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)

@@ -1,4 +1,3 @@
-import os
 
 import numpy as np
 import pydicom
@@ -121,6 +120,23 @@ def test_dicom_window_centre_width():
     expected = np.clip(((x - (c - 0.5)) / (w - 1) + 0.5), 0, 1) * 255
     out = read_image(path)[..., 0]
     np.testing.assert_allclose(out, np.round(expected), atol=1)
+
+
+@pytest.mark.parametrize("function", ["SIGMOID", "LINEAR_EXACT"])
+def test_dicom_voi_lut_function(tmp_path, function):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.VOILUTFunction = function
+    ds.save_as(tmp_path / "f.dcm")
+    c, w = float(ds.WindowCenter), float(ds.WindowWidth)
+    x = ds.pixel_array.astype(float)
+    if function == "SIGMOID":  # PS3.3 C.11.2.1.3.2
+        expected = 1 / (1 + np.exp(-4 * (x - c) / w))
+    else:  # PS3.3 C.11.2.1.3.1
+        expected = np.clip((x - c) / w + 0.5, 0, 1)
+    out = read_image(tmp_path / "f.dcm")[..., 0]
+    np.testing.assert_allclose(out, np.round(expected * 255), atol=1)
+    linear = read_image(get_testdata_file("MR_small.dcm"))[..., 0]
+    assert function == "LINEAR_EXACT" or np.abs(out.astype(int) - linear).max() > 10  # not windowed as LINEAR
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path):

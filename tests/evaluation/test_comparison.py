@@ -44,6 +44,8 @@ def test_tiny_comparison_is_complete_and_resumable(data_dir, tmp_path):
         assert len(cells) == len(COLUMNS)
         assert "[" in cells[1] and "[" in cells[2]  # accuracy and AUROC carry intervals
         assert cells[7] == "-"  # no audit: no clean-test column values
+        assert cells[COLUMNS.index("steps")] == "4"  # 2 epochs of 32 // 16 steps (the budget was not reached)
+    assert "the same budget of 5 min of training per model" in table[-1]
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["rows"][1]["parameters"] > saved["rows"][0]["parameters"]  # VGG16 is the bigger one
     assert all(r["test"]["n"] == 64 and r["forward_gflops"] > 0 and r["latency_ms"] > 0 for r in saved["rows"])
