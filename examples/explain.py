@@ -19,15 +19,27 @@ from fracjax.data.io import ImageDecodeError, read_image
 from fracjax.evaluation import gradcam
 
 
-def save_pair(path: str, image: np.ndarray, cam: np.ndarray, title: str) -> None:
-    from PIL import Image
+def save_pair(path: str, image: np.ndarray, cam: np.ndarray, caption: str) -> None:
+    """The X-ray beside its overlay, with ``caption`` written below them."""
+    from PIL import Image, ImageDraw
 
     grey = np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., :1], 3, axis=-1)
     side = np.concatenate([grey, np.full((grey.shape[0], 4, 3), 255, np.uint8), gradcam.overlay(image, cam)], axis=1)
     picture = Image.fromarray(side)
     picture = picture.resize((picture.width * 2, picture.height * 2), Image.NEAREST) if picture.height < 200 else picture
-    picture.info["title"] = title
-    picture.save(path)
+    framed = Image.new("RGB", (picture.width, picture.height + 18), "white")
+    framed.paste(picture, (0, 0))
+    ImageDraw.Draw(framed).text((4, picture.height + 3), caption, fill="black")
+    framed.save(path)
+
+
+def output_names(paths, method: str):
+    """One overlay name per input; inputs that share a stem (a.png, a.jpg)
+    keep their extension in the name instead of overwriting each other."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    suffix = method.replace("++", "pp")
+    return [f"{stem}_{suffix}.png" if stems.count(stem) == 1 else f"{os.path.basename(p).replace('.', '_')}_{suffix}.png"
+            for stem, p in zip(stems, paths)]
 
 
 def main(argv=None) -> int:
@@ -64,11 +76,11 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     width = max(len(p) for p, _ in readable)
     print(f"{'file':<{width}}  p(fractured)  overlay")
+    names = output_names([path for path, _ in readable], args.method)
     for k, (path, _) in enumerate(readable):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        target = os.path.join(args.out, f"{stem}_{args.method.replace('++', 'pp')}.png")
+        target = os.path.join(args.out, names[k])
         p = float(out["probabilities"][k])
-        save_pair(target, out["images"][k], out["maps"][k], f"p(fractured)={p:.3f}")
+        save_pair(target, out["images"][k], out["maps"][k], f"p(fractured) = {p:.3f}  ({args.method}, {args.target})")
         print(f"{path:<{width}}  {p:12.4f}  {target}")
     return 1 if failed else 0
 

@@ -20,7 +20,7 @@ image (all zeros where the map is flat zero).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -80,11 +80,21 @@ def layer_shape(model: nn.Module, variables, images, layer: str = DEFAULT_LAYER)
     try:
         out = jax.eval_shape(lambda v, x: _forward_with_perturbation(model, layer, v, x, None)[1], variables, images)
     except LayerNotFoundError:
-        names = _module_paths(model, variables, images)
-        raise LayerNotFoundError(
-            f"no layer {layer!r} in the model; layers: {', '.join(names[:40])}{' ...' if len(names) > 40 else ''}"
-        ) from None
+        raise LayerNotFoundError(_unknown_layer_message(layer, _module_paths(model, variables, images))) from None
     return out.shape
+
+
+def _unknown_layer_message(layer: str, names: Sequence[str]) -> str:
+    """A short answer to a wrong layer name: close matches and the
+    block-level paths, not every one of a model's hundreds of modules."""
+    import difflib
+
+    close = difflib.get_close_matches(layer, names, n=3, cutoff=0.6)
+    blocks = [n for n in names if n.count("/") <= 1]
+    shown = ", ".join(blocks[:24]) + (" ..." if len(blocks) > 24 else "")
+    return (f"no layer {layer!r} in the model" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ".")
+            + f" Block-level layers: {shown}. Deeper paths work too "
+            f"(fracjax.evaluation.gradcam.available_layers lists all {len(names)}).")
 
 
 def _cam_from(activation, grads, method: str):
