@@ -26,7 +26,6 @@ import sys
 from typing import Callable, Dict, List
 
 import numpy as np
-
 from compare import repeat_timed  # benchmarks/ is this script's directory
 
 # (name, channels, input size, kernel, stride): MobileNetV3-Small at 224x224,

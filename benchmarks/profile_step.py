@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import fracjax
 from fracjax.data.augment import AugmentConfig, augment_batch
 from fracjax.models import hybrid, mobilenet_v3
 from fracjax.train import optim

@@ -15,15 +15,15 @@ from flax import linen as nn
 from fracjax.models.layers import (
     BatchNorm,
     Conv,
-    RepeatedChannelConv,
-    preprocess_grey,
     DepthwiseConv2D,
+    ModuleDef,
+    RepeatedChannelConv,
+    SqueezeExcite,
     batch_norm_def,
     conv_batch_norm,
-    ModuleDef,
-    SqueezeExcite,
     hard_swish,
     make_divisible,
+    preprocess_grey,
     preprocess_input,
 )
 

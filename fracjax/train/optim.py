@@ -15,7 +15,7 @@ optimizer state.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +123,7 @@ def apply_updates(params, updates, labels):
 
 
 def count_trainable(params, labels) -> int:
-    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda p, l: p.size if l == TRAINABLE else 0, params, labels))
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda p, label: p.size if label == TRAINABLE else 0, params, labels))
     return int(sum(leaves))
 
 
