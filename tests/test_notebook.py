@@ -2,8 +2,6 @@
 
 import os
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -12,9 +10,14 @@ def test_quickstart_notebook_runs(tmp_path):
     from nbclient import NotebookClient
 
     nb = nbformat.read(os.path.join(ROOT, "examples", "quickstart.ipynb"), as_version=4)
-    env = {"FRACJAX_QUICKSTART_SMALL": "1", "FRACJAX_QUICKSTART_DIR": str(tmp_path / "runs"), "MPLBACKEND": "Agg"}
+    # No MPLBACKEND: the kernel's own inline backend must survive fit()'s figures.
+    env = {"FRACJAX_QUICKSTART_SMALL": "1", "FRACJAX_QUICKSTART_DIR": str(tmp_path / "runs"), "MPLBACKEND": None}
     old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
+    for k, v in env.items():  # the kernel inherits this process's environment
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     finally:
@@ -26,5 +29,11 @@ def test_quickstart_notebook_runs(tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert (tmp_path / "runs" / "quickstart" / "report.html").is_file()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(o.get("text", "") for o in outputs)
     assert "| accuracy |" in text  # the metrics table was printed
+    assert "test accuracy" in text and "the model" in text  # the cell that says what was learned
+    # Every figure cell shows its figure: samples, training curves, Grad-CAM.
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+    warnings = [o["text"] for o in outputs if o.get("name") == "stderr" and "arning" in o["text"]]
+    assert not warnings, warnings
