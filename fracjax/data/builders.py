@@ -157,6 +157,17 @@ def _decode_for_store(job: Tuple[str, str, int]):
     return rel, encode_png(image), ""
 
 
+class _NoOpenCvAdvice(logging.Filter):
+    """TFDS advises installing OpenCV on the first PNG it decodes; PIL
+    decodes our 8-bit grey PNGs exactly, so the advice is noise here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("OpenCV is not installed. We recommend")
+
+
+logging.getLogger("absl").addFilter(_NoOpenCvAdvice())
+
+
 class _SaysWhatItPrepares:
     """TFDS announces "Downloading and preparing dataset Unknown size" for
     every builder; ours download nothing, so they say what they do instead."""

@@ -93,7 +93,9 @@ def prepare_dataset(config: TrainConfig):
                 )
             download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
         start = time.perf_counter()
-        tfds.display_progress_bar(config.progress)
+        # TFDS's own bars (one per split, plus shuffling) say less than the
+        # builder's line and flood a notebook; our bars are for training.
+        tfds.display_progress_bar(False)
         builder.download_and_prepare(download_config=download_config)  # says what it prepares, from where
         _log(f"prepared in {time.perf_counter() - start:.0f} s")
     return builder

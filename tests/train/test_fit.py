@@ -185,9 +185,13 @@ def test_non_finite_loss_stops_cleanly(data_dir, tmp_path):
     chex.assert_tree_all_finite(variables)
 
 
-def test_a_training_time_budget_ends_training_and_stays_ended(data_dir, tmp_path):
+def test_a_training_time_budget_ends_training_and_stays_ended(data_dir, tmp_path, capsys):
     cfg = config(data_dir, tmp_path, "budget", train_minutes=1e-5, report=False, bootstrap=0)
     report = fit(cfg)
+    said = capsys.readouterr().out  # the run says what it is doing, stage by stage
+    for line in ("compiling the phase 1 train step", "compiled and ran the first step in", "training budget:",
+                 "evaluating test ...", "test (best checkpoint, step 4)"):
+        assert line in said, line
     lines = (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and report["budget"] == {"train_minutes": 1e-5, "spent": True}
     assert report["timing"]["train_steps"] == 4 and report["test"]["n"] == 64
