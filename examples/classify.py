@@ -1,11 +1,13 @@
-"""Build the paper's hybrid MobileNetV3-Small classifier and classify a batch.
+"""Build the paper's hybrid MobileNetV3-Small classifier and run it on a batch.
 
-    python examples/classify.py                          # random init, random X-ray-sized batch
-    python examples/classify.py --weights mnv3s.weights.h5   # your Keras ImageNet backbone weights
+    python examples/classify.py                           # random init, a random X-ray-sized batch
+    python examples/classify.py --weights imagenet        # Keras's ImageNet backbone (fetched once, cached)
+    python examples/classify.py --weights mnv3s.weights.h5   # or a Keras weights file you have
 
-The model is untrained here (training arrives with examples/train.py), so the
-probabilities mean nothing yet; what this shows is the model, its input
-contract, Keras weight import and the speed of a jitted forward pass.
+The head is untrained here, so the probabilities mean nothing; what this shows
+is the model, its input contract, weight loading and the speed of a jitted
+forward pass. To train, run examples/train.py; to classify X-rays with a
+trained run, examples/predict.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mobilenet_v3_small", choices=fracjax.models.available())
     parser.add_argument("--head", default="hybrid", choices=["hybrid", "linear"])
-    parser.add_argument("--weights", help="Keras weights file of the backbone (include_top=False)")
+    parser.add_argument("--weights", help="backbone weights: 'imagenet' or a Keras weights file (include_top=False)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ ResNet50, VGG-16 and DenseNet121, same data, head and budget.
     python examples/compare.py                        # synthetic set, 96 px, 5 min per model, into runs/comparison/
     python examples/compare.py --models mobilenet_v3_small resnet50 --budget-minutes 0 --phase2-epochs 3
     python examples/compare.py --dataset fracture_xray --manual-dir ~/fracture --image-size 224 \
-        --audit audit.json --pretrained mobilenet_v3_small=mnv3s_notop.h5 --pretrained resnet50=r50_notop.h5
+        --audit audit.json --pretrained mobilenet_v3_small=imagenet --pretrained resnet50=r50_notop.h5
 
 Writes comparison.md, comparison.json, roc.png and report.html into --out, and
 each model's run (checkpoints, report.html) into --out/<model>/. Run it again
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--audit", help="leakage audit JSON (python -m fracjax.data.audit --clean-test): clean-test columns")
     p.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap, help="bootstrap resamples for the intervals")
     p.add_argument("--pretrained", type=_pretrained, action="append", default=[], metavar="MODEL=PATH",
-                   help="Keras ImageNet weights of one model's backbone (repeat per model)")
+                   help="Keras ImageNet weights of one model's backbone: a file or 'imagenet' (repeat per model)")
     p.add_argument("--pretrained-phase2-lr", type=float, default=DEFAULTS.pretrained_phase2_lr,
                    help="phase 2 learning rate of pretrained models")
     p.add_argument("--progress", action="store_true", help="progress bars while training")

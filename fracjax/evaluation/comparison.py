@@ -71,8 +71,8 @@ class ComparisonConfig:
         for name, path in self.pretrained.items():
             if name not in self.models:
                 raise ValueError(f"--pretrained {name}={path}: {name} is not among --models")
-            if not os.path.isfile(path):
-                raise ValueError(f"--pretrained {name}={path}: no such file")
+            if path != "imagenet" and not os.path.isfile(path):
+                raise ValueError(f"--pretrained {name}={path}: no such file (or 'imagenet')")
         return self
 
     def train_config(self, model: str):
