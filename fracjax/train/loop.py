@@ -512,7 +512,9 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
             val = evaluate_split(eval_fn, variables, splits["validation"], config, par)
             if config.schedule == "plateau":
                 _, plateau_state = plateau.update({}, plateau_state, value=jnp.asarray(val["loss"]))
-                host_state = host_state.replace(lr_scale=jnp.asarray(plateau_state.scale, jnp.float32))
+                # A copy: the step donates the state, and a shared buffer would
+                # delete the plateau state's own scale with it.
+                host_state = host_state.replace(lr_scale=jnp.array(plateau_state.scale, jnp.float32, copy=True))
                 state = par.put_state(host_state)
             record = {
                 "epoch": epoch + 1,

@@ -201,6 +201,14 @@ def test_a_training_time_budget_ends_training_and_stays_ended(data_dir, tmp_path
     assert (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines() == lines
 
 
+def test_reduce_on_plateau_runs_several_epochs_of_a_phase(data_dir, tmp_path):
+    # The step donates its state; the plateau scale put into it must not share a buffer.
+    report = fit(config(data_dir, tmp_path, "plateau", schedule="plateau", phase2_epochs=3, report=False, bootstrap=0))
+    lines = [json.loads(line) for line in (tmp_path / "plateau" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in lines] == [1, 2, 2, 2] and report["timing"]["train_steps"] == 16
+    assert all(0 < r["lr_scale"] <= 1 for r in lines)
+
+
 def test_bad_flags_are_clear(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli_main(["--batch-size", "0"])
