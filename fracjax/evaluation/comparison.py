@@ -23,6 +23,7 @@ from fracjax.evaluation import figures, stats
 from fracjax.evaluation import report as report_lib
 
 PAPER_MODELS = ("mobilenet_v3_small", "resnet50", "vgg16", "densenet121")
+BUDGET_ONLY = 10_000  # early-stopping patience (epochs) that leaves stopping to the budget
 
 
 @dataclasses.dataclass
@@ -38,9 +39,10 @@ class ComparisonConfig:
     train_examples: Optional[int] = 2000
     # The same training-time budget for every model (minutes of steps;
     # compiling and evaluation not counted): each trains phase 1, then phase 2
-    # until the budget is spent, with reduce-on-plateau instead of a cosine
-    # schedule (whose length would depend on the model's speed). None: the
-    # epoch counts below, cosine schedule.
+    # until the budget is spent, with reduce-on-plateau (patience 3) instead of
+    # a cosine schedule (whose length would depend on the model's speed) and
+    # no early stopping (from scratch, learning starts after a few hundred
+    # steps of flat validation AUROC). None: the epoch counts below, cosine.
     budget_minutes: Optional[float] = 5.0
     phase1_epochs: int = 1
     phase2_epochs: int = 40  # an upper bound under a budget
@@ -84,8 +86,10 @@ class ComparisonConfig:
             image_size=self.image_size, train_examples=self.train_examples, phase1_epochs=self.phase1_epochs,
             phase2_epochs=self.phase2_epochs, batch_size=self.batch_size, seed=self.seed, audit=self.audit,
             bootstrap=self.bootstrap, pretrained=pretrained, out=self.out, name=model, progress=self.progress,
-            train_minutes=self.budget_minutes, schedule="plateau" if self.budget_minutes else "cosine",
+            train_minutes=self.budget_minutes,
         )
+        if self.budget_minutes:
+            values.update(schedule="plateau", plateau_patience=3, early_stopping_patience=BUDGET_ONLY)
         if pretrained:
             values["phase2_lr"] = self.pretrained_phase2_lr
         return TrainConfig(**values)
@@ -189,7 +193,7 @@ def markdown(rows: List[Dict[str, Any]], config: ComparisonConfig) -> str:
     lines.append("")
     budget = (f"the same budget of {config.budget_minutes:g} min of training per model (compile and evaluation "
               f"not counted: {config.phase1_epochs} frozen epoch(s), then fine-tuning until the budget is spent, "
-              "reduce-on-plateau learning rate)" if config.budget_minutes else
+              "reduce-on-plateau learning rate, no early stopping)" if config.budget_minutes else
               f"{config.phase1_epochs} + {config.phase2_epochs} epochs (frozen + fine-tuning)")
     lines.append(
         f"{config.dataset}, test n={n}, {config.image_size or 'stored'} px, head '{config.head}', "

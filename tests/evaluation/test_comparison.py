@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fracjax.evaluation.comparison import COLUMNS, ComparisonConfig, run_comparison
+from fracjax.evaluation.comparison import BUDGET_ONLY, COLUMNS, ComparisonConfig, run_comparison
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,14 @@ def test_tiny_comparison_is_complete_and_resumable(data_dir, tmp_path):
     again = run_comparison(tiny(data_dir, tmp_path), log=messages.append)
     assert any(m.startswith("vgg16: resuming") for m in messages)
     assert again["rows"][1]["test"]["auroc"] == pytest.approx(rows[1]["test"]["auroc"])
+
+
+def test_a_budget_replaces_the_schedule_and_early_stopping():
+    budgeted = ComparisonConfig().train_config("vgg16")
+    assert budgeted.train_minutes == 5.0 and budgeted.schedule == "plateau"
+    assert budgeted.early_stopping_patience == BUDGET_ONLY
+    plain = ComparisonConfig(budget_minutes=None).train_config("vgg16")
+    assert plain.train_minutes is None and plain.schedule == "cosine" and plain.early_stopping_patience == 3
 
 
 def test_bad_configs_are_named(tmp_path):
