@@ -110,32 +110,24 @@ def bench_fracjax(model_name: str, batch: int, size: int, reps: int) -> Dict:
 
     import fracjax
     from fracjax.data.augment import AugmentConfig
-    from fracjax.train import optim
-    from fracjax.train.steps import StepConfig, TrainState, eval_step, train_step
+    from fracjax.train.steps import StepConfig, eval_step, make_train_step
 
     model = fracjax.models.create(model_name, head="hybrid")
     images, labels = random_batch(batch, size)
     variables = jax.jit(
         lambda k: model.init({"params": k, "dropout": k}, jnp.zeros((1, size, size, 1), jnp.float32))
     )(jax.random.key(0))
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    tx = optim.make_optimizer(params, 2, 1e-3, 1e-4, "all", grad_clip=1.0)
-    trainable = optim.trainable_labels(params, 2, "all")
-    device_batch = {"image": jax.device_put(images), "label": jax.device_put(labels)}
     out: Dict = {"name": "fracjax", "model": model_name}
 
     for label, augment in (("train", AugmentConfig()), ("train_noaug", None)):
-        config = StepConfig(backbone_train=True, augment=augment)
-        step = jax.jit(
-            lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=trainable, config=config),
-            donate_argnums=0,
-        )
-        # Copies: the step donates its state, and both variants start from the same one.
-        fresh = jax.tree_util.tree_map(jnp.copy, (params, batch_stats))
-        holder = {"state": TrainState.create(*fresh, tx, jax.random.key(1))}
+        # The step fit runs: phase 2, AdamW, gradient clipping, jit on this machine's devices.
+        step = make_train_step(model, variables["params"], phase=2, learning_rate=1e-3, weight_decay=1e-4,
+                               grad_clip=1.0, config=StepConfig(backbone_train=True, augment=augment))
+        device_batch = step.parallel.put_batch({"image": images, "label": labels})
+        holder = {"state": step.init_state(variables, jax.random.key(1))}  # a copy: the step donates it
 
         def run():
-            holder["state"], metrics = step(holder["state"], device_batch)
+            holder["state"], metrics = step.compiled(holder["state"], device_batch)
             return metrics["loss"]
 
         out[label] = repeat_timed(run, reps, jax.block_until_ready)

@@ -25,8 +25,7 @@ import numpy as np
 
 import fracjax
 from fracjax.data.augment import AugmentConfig
-from fracjax.train import optim
-from fracjax.train.steps import StepConfig, TrainState, train_step
+from fracjax.train.steps import StepConfig, make_train_step
 
 # Datasheet peaks (dense): (fp32 TFLOP/s, bf16 TFLOP/s, memory TB/s).
 PEAKS = {
@@ -56,17 +55,15 @@ def measure(model_name: str, dtype: str, batch: int, size: int, steps: int, augm
     variables = jax.jit(
         lambda k: model.init({"params": k, "dropout": k}, jnp.zeros((1, size, size, 1), jnp.float32))
     )(jax.random.key(0))
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    tx = optim.make_optimizer(params, 2, 1e-3, 1e-4, "all", grad_clip=1.0)
-    trainable = optim.trainable_labels(params, 2, "all")
     config = StepConfig(backbone_train=True, augment=AugmentConfig() if augment else None, compute_dtype=compute)
+    train = make_train_step(model, variables["params"], phase=2, learning_rate=1e-3, weight_decay=1e-4,
+                            grad_clip=1.0, config=config)
 
-    def step(state, i):
-        batch_i = {"image": pool[i % 4], "label": labels[i % 4]}
-        return train_step(state, batch_i, apply_fn=model.apply, tx=tx, labels=trainable, config=config)
+    def step(state, i):  # the batch indexed on the device, out of the resident pool
+        return train.fn(state, {"image": pool[i % 4], "label": labels[i % 4]})
 
     jitted = jax.jit(step, donate_argnums=0)
-    state = TrainState.create(params, batch_stats, tx, jax.random.key(1))
+    state = train.init_state(variables, jax.random.key(1))
     start = time.perf_counter()
     compiled = jitted.lower(state, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - start

@@ -44,8 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_step import classifier  # noqa: E402
 
 from fracjax.data.augment import AugmentConfig  # noqa: E402
-from fracjax.train import optim  # noqa: E402
-from fracjax.train.steps import StepConfig, TrainState, train_step  # noqa: E402
+from fracjax.train.steps import StepConfig, make_train_step  # noqa: E402
 
 LAYER_NAMES = ("depthwise", "expand", "project", "squeeze", "excite", "last_conv", "stem_conv")
 
@@ -60,13 +59,12 @@ def build(what: str, batch: int, size: int):
         jax.random.key(0))
     if what == "forward":
         return jax.jit(lambda v, x: model.apply(v, x)), (variables, images.astype(jnp.float32))
-    params = variables["params"]
-    tx = optim.make_optimizer(params, 2, 1e-3, 1e-4, "all", grad_clip=1.0)
-    trainable = optim.trainable_labels(params, 2, "all")
     config = StepConfig(backbone_train=True, augment=AugmentConfig() if what == "step" else None)
-    step = jax.jit(lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=trainable, config=config))
-    state = TrainState.create(params, variables["batch_stats"], tx, jax.random.key(1))
-    return step, (state, {"image": images, "label": labels})
+    train = make_train_step(model, variables["params"], phase=2, learning_rate=1e-3, weight_decay=1e-4,
+                            grad_clip=1.0, config=config)
+    # Not donating: the profile runs the step on the same state again and again.
+    state = train.init_state(variables, jax.random.key(1))
+    return jax.jit(train.fn), (state, {"image": images, "label": labels})
 
 
 def hlo_metadata(hlo_text: str):

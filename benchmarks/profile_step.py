@@ -24,8 +24,7 @@ import optax
 
 from fracjax.data.augment import AugmentConfig, augment_batch
 from fracjax.models import hybrid, mobilenet_v3
-from fracjax.train import optim
-from fracjax.train.steps import StepConfig, TrainState, train_step
+from fracjax.train.steps import StepConfig, make_train_step
 
 
 def timed(fn, reps):
@@ -42,24 +41,22 @@ def timed(fn, reps):
 def classifier(blocks=mobilenet_v3.SMALL_BLOCKS):
     backbone = mobilenet_v3.MobileNetV3(blocks=tuple(blocks))
     head = hybrid.HybridHead(num_classes=1, blocks=hybrid.DEFAULT_HYBRID_BLOCKS)
-    return hybrid.Classifier(backbone=backbone, head=head)
+    return hybrid.BackboneHead(backbone=backbone, head=head)
 
 
 def step_time(model, images, labels, reps, augment=True, backbone_train=True, update=True):
     x0 = jnp.zeros((1, *images.shape[1:]), jnp.float32)
     variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x0))(jax.random.key(0))
     params, batch_stats = variables["params"], variables["batch_stats"]
-    tx = optim.make_optimizer(params, 2, 1e-3, 1e-4, "all", grad_clip=1.0)
-    trainable = optim.trainable_labels(params, 2, "all")
     config = StepConfig(backbone_train=backbone_train, augment=AugmentConfig() if augment else None)
-    batch = {"image": images, "label": labels}
     if update:
-        step = jax.jit(lambda s, b: train_step(s, b, apply_fn=model.apply, tx=tx, labels=trainable, config=config),
-                       donate_argnums=0)
-        holder = {"s": TrainState.create(params, batch_stats, tx, jax.random.key(1))}
+        step = make_train_step(model, params, phase=2, learning_rate=1e-3, weight_decay=1e-4, grad_clip=1.0,
+                               config=config)
+        batch = step.parallel.put_batch({"image": images, "label": labels})
+        holder = {"s": step.init_state(variables, jax.random.key(1))}
 
         def run():
-            holder["s"], m = step(holder["s"], batch)
+            holder["s"], m = step.compiled(holder["s"], batch)
             return m["loss"]
 
         return timed(run, reps)

@@ -21,7 +21,7 @@ import argparse
 import sys
 
 import fracjax
-from fracjax.evaluation.comparison import PAPER_MODELS, ComparisonConfig, run_comparison
+from fracjax.comparison import PAPER_MODELS, ComparisonConfig, run_comparison
 
 DEFAULTS = ComparisonConfig()
 

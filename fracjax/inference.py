@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import fracjax
+from fracjax.checkpoint import find_model_checkpoint, restore_model
 from fracjax.data.io import model_input, read_image
-from fracjax.train.metrics import probabilities_from_logits
+from fracjax.metrics import LABEL_NAMES, apply_temperature, probabilities_from_logits
 
 ArrayLike = Union[np.ndarray, jax.Array]
 
@@ -57,8 +58,6 @@ class Classifier:
     def from_checkpoint(cls, path: str, which: str = "best", batch_size: int = 32) -> "Classifier":
         """``path``: a run folder, its ``checkpoints`` folder, a ``best`` or
         ``latest`` folder, or one step folder. ``which``: best (default) or latest."""
-        from fracjax.train.checkpoint import find_model_checkpoint, restore_model
-
         folder, step = find_model_checkpoint(path, which)
         variables, meta = restore_model(folder, step)
         spec = meta.get("model")
@@ -69,9 +68,7 @@ class Classifier:
         return cls(
             spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size, calibration
         )
-
     # -- inputs ---------------------------------------------------------------
-
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         return model_input(image, self.image_size)
 
@@ -91,7 +88,6 @@ class Classifier:
             yield from array  # (N, H, W) or (N, H, W, C)
         else:
             raise ValueError(f"expected (N, H, W[, C]) or (H, W[, C]) pixels, got shape {array.shape}")
-
     def _batches(self, inputs) -> Iterable[np.ndarray]:
         batch: List[np.ndarray] = []
         for image in self._images(inputs):
@@ -101,9 +97,7 @@ class Classifier:
                 batch = []
         if batch:
             yield np.stack(batch)
-
     # -- prediction -------------------------------------------------------------
-
     def logits(self, inputs) -> np.ndarray:
         """The model's fracture logits (float32, before temperature scaling)."""
         out = []
@@ -113,7 +107,6 @@ class Classifier:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
             out.append(np.asarray(self._forward(self.variables, jnp.asarray(batch)))[:n])
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
-
     def predict(self, inputs, calibrated: bool = True) -> np.ndarray:
         """Fracture probabilities (float64), one per image: file paths (PNG,
         JPEG, BMP, DICOM...), an array (N, H, W[, C]) / (H, W) of pixels in
@@ -125,8 +118,6 @@ class Classifier:
 
     def calibrate(self, probabilities) -> np.ndarray:
         """Raw model probabilities -> calibrated ones (identity without a temperature)."""
-        from fracjax.evaluation.stats import apply_temperature
-
         if self.temperature == 1.0:
             return np.asarray(probabilities, np.float64)
         return apply_temperature(probabilities, self.temperature)
@@ -141,33 +132,27 @@ class Classifier:
                 f"no operating point {operating_point!r}; this checkpoint has {sorted(self.operating_points) or 'none'}"
             )
         return float(self.operating_points[operating_point])
-
     def classify(self, inputs, operating_point: Optional[str] = None) -> List[str]:
         """Labels at the saved decision threshold, or at a named operating point."""
-        labels = self.spec.get("labels", ["not_fractured", "fractured"])
+        labels = self.spec.get("labels", list(LABEL_NAMES))
         threshold = self.threshold_for(operating_point)
         return [labels[int(p >= threshold)] for p in self.predict(inputs)]
 
-
 CALIBRATION_FILE = "calibration.json"
-
 
 def read_calibration(step_folder: str) -> Optional[Dict[str, Any]]:
     """The calibration saved inside a checkpoint's step folder, if any."""
     import json
-
     path = os.path.join(step_folder, CALIBRATION_FILE)
     if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
 
-
 def write_calibration(step_folder: str, calibration: Dict[str, Any]) -> str:
     """Write atomically (a temporary file renamed into place), so a killed
     run leaves the old file or the new one, never half of one."""
     import json
-
     path = os.path.join(step_folder, CALIBRATION_FILE)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -15,7 +15,8 @@ from fracjax.data import augment, pipeline  # noqa: F401
 from fracjax.data.augment import AugmentConfig, augment_batch
 from fracjax.data.io import ImageDecodeError, read_image, resize_bilinear
 from fracjax.data.pipeline import ArraySource, TrainOrder, eval_batches, load_arrays, load_source, train_batches
-from fracjax.data.synthetic import LABEL_NAMES, SyntheticConfig, generate_arrays, generate_example
+from fracjax.data.synthetic import SyntheticConfig, generate_arrays, generate_example
+from fracjax.metrics import LABEL_NAMES
 
 __all__ = [
     "ArraySource",

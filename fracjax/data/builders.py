@@ -23,10 +23,10 @@ import tensorflow_datasets as tfds
 
 from fracjax.data import synthetic
 from fracjax.data.io import IMAGE_EXTENSIONS, ImageDecodeError, model_input, read_image
+from fracjax.metrics import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
-LABEL_NAMES = list(synthetic.LABEL_NAMES)  # ["not_fractured", "fractured"]: fractured = 1
 # Folder name of each split in the download -> TFDS split name.
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
@@ -38,7 +38,7 @@ def _features(size: int) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict(
         {
             "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8, encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=LABEL_NAMES),
+            "label": tfds.features.ClassLabel(names=list(LABEL_NAMES)),
             "filename": tfds.features.Text(),
         }
     )

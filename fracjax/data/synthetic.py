@@ -26,7 +26,6 @@ import numpy as np
 
 from fracjax.data.io import gaussian_blur
 
-LABEL_NAMES = ("not_fractured", "fractured")
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 # Attenuation of bone per pixel of path, relative to the image size.
 BONE_ATTENUATION = 6.0

@@ -15,23 +15,12 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from fracjax.checkpoint import find_model_checkpoint
 from fracjax.evaluation import stats
-from fracjax.train.metrics import bce_from_logits, probabilities_from_logits
-from fracjax.train.metrics import jsonable as _jsonable
-
-# Rows of the printed table: (key, label).
-TABLE_ROWS = (
-    ("accuracy", "accuracy"),
-    ("auroc", "AUROC"),
-    ("sensitivity", "sensitivity"),
-    ("specificity", "specificity"),
-    ("precision", "precision"),
-    ("f1", "F1"),
-    ("kappa", "Cohen's kappa"),
-    ("average_precision", "average precision"),
-    ("ece", "ECE (10 bins)"),
-    ("brier", "Brier score"),
-)
+from fracjax.evaluation.report import run_report
+from fracjax.inference import Classifier, write_calibration
+from fracjax.metrics import bce_from_logits, probabilities_from_logits
+from fracjax.metrics import jsonable as _jsonable
 
 
 @dataclasses.dataclass
@@ -87,7 +76,7 @@ class EvaluationResult:
         head = "| metric | " + " | ".join(name for name, _ in columns) + " |"
         rows = [f"WARNING: {w}" for w in self.warnings()]
         rows += [head, "|" + "---|" * (len(columns) + 1)]
-        for key, label in TABLE_ROWS:
+        for key, label in stats.TABLE_ROWS:
             cells = [stats.format_interval(m.get(key), m.get("intervals", {}).get(key), digits) for _, m in columns]
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
         level = int(round(100 * self.metrics.get("interval_level", 0.95)))
@@ -178,7 +167,6 @@ def evaluate(
     the saved decision threshold. ``audit``: the leakage audit (see
     :func:`clean_filenames`); its clean examples get their own metrics.
     ``calibrated``: use the temperature fitted on validation, if any."""
-    from fracjax.inference import Classifier
 
     if isinstance(classifier, (str, os.PathLike)):
         classifier = Classifier.from_checkpoint(classifier)
@@ -252,8 +240,6 @@ def calibrate_checkpoint(path: str, data, split: str = "validation", data_dir: O
     and save them inside the checkpoint's step folder (``calibration.json``),
     where :meth:`fracjax.Classifier.from_checkpoint` finds them. ``classifier``:
     that checkpoint already restored (it gets the calibration too)."""
-    from fracjax.inference import Classifier, write_calibration
-    from fracjax.train.checkpoint import find_model_checkpoint
 
     folder, step = find_model_checkpoint(path, which)
     if classifier is None:
@@ -288,7 +274,6 @@ def evaluate_run(
     ``report``, ``report.html``. ``validation``/``test``: sources or
     (images, labels[, filenames]). ``log``: called with a line per stage.
     Returns {"result", "calibration", "classifier", "report"}."""
-    from fracjax.inference import Classifier
 
     say = log or (lambda message: None)
     # One restore and one compiled forward for calibration, test and Grad-CAM.
@@ -306,7 +291,6 @@ def evaluate_run(
         json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)
     path = None
     if report:
-        from fracjax.evaluation.report import run_report
 
         say("writing report.html (figures, Grad-CAM) ...")
         path = run_report(run_dir, classifier, result, history=history, images=np.stack(images),

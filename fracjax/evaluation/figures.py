@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from fracjax.evaluation import stats
-from fracjax.train.metrics import auroc
+from fracjax.metrics import LABEL_NAMES, auroc
 
 
 def _figure(rows: int = 1, cols: int = 1, **kwargs):
@@ -60,8 +60,9 @@ def confusion_matrix(confusion: Dict[str, int], threshold: float, path: Optional
     ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black", fontsize=13)
-    ax.set_xticks([0, 1], ["not fractured", "fractured"])
-    ax.set_yticks([0, 1], ["not fractured", "fractured"])
+    names = [name.replace("_", " ") for name in LABEL_NAMES]
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names)
     ax.set(xlabel="predicted", ylabel="true", title=f"confusion (threshold {threshold:.2f})")
     return _finish(fig, path)
 

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from fracjax.evaluation import figures, gradcam, stats
+from fracjax.metrics import binary_metrics
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -55,11 +56,9 @@ def page(title: str, body: Sequence[str]) -> str:
 
 
 def metrics_rows(result) -> List[List[str]]:
-    from fracjax.evaluation.evaluator import TABLE_ROWS
-
     columns = [result.metrics] + ([result.clean] if result.clean is not None else [])
     rows = []
-    for key, label in TABLE_ROWS:
+    for key, label in stats.TABLE_ROWS:
         rows.append([label] + [stats.format_interval(m.get(key), m.get("intervals", {}).get(key)) for m in columns])
     return rows
 
@@ -191,7 +190,5 @@ def model_table(spec: Dict[str, Any]) -> str:
 
 
 def _at_threshold(result, threshold: float) -> List[str]:
-    from fracjax.train.metrics import binary_metrics
-
     m = binary_metrics(result.labels, result.probabilities, threshold)
     return [f"{m['sensitivity']:.3f}", f"{m['specificity']:.3f}", f"{m['accuracy']:.3f}"]

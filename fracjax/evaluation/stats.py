@@ -4,7 +4,7 @@ points chosen on one split and applied to another, calibration error and
 temperature scaling.
 
 Labels are {0, 1} (1 = fractured); scores are fracture probabilities, and a
-decision is ``p >= threshold``, as in :mod:`fracjax.train.metrics`.
+decision is ``p >= threshold``, as in :mod:`fracjax.metrics`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,26 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import stats as scipy_stats
 
-from fracjax.train.metrics import binary_metrics, probabilities_from_logits
+from fracjax.metrics import (  # noqa: F401  (apply_temperature, logits_from_probabilities: used through stats too)
+    apply_temperature,
+    binary_metrics,
+    logits_from_probabilities,
+    probabilities_from_logits,
+)
+
+# Rows of a printed metrics table, (key, label): the console, report.html.
+TABLE_ROWS = (
+    ("accuracy", "accuracy"),
+    ("auroc", "AUROC"),
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("precision", "precision"),
+    ("f1", "F1"),
+    ("kappa", "Cohen's kappa"),
+    ("average_precision", "average precision"),
+    ("ece", "ECE (10 bins)"),
+    ("brier", "Brier score"),
+)
 
 INTERVAL_METRICS = ("accuracy", "auroc", "sensitivity", "specificity", "f1", "kappa")
 
@@ -220,11 +239,6 @@ def expected_calibration_error(labels, probabilities, bins: int = 10) -> float:
     return float(np.sum(np.abs(r["frequency"][filled] - r["confidence"][filled]) * r["count"][filled]) / n)
 
 
-def logits_from_probabilities(probabilities, eps: float = 1e-7) -> np.ndarray:
-    p = np.clip(np.asarray(probabilities, np.float64), eps, 1.0 - eps)
-    return np.log(p) - np.log1p(-p)
-
-
 # Temperatures outside this range mean the logits carry (almost) no usable
 # scale: T -> infinity is what a chance-level model's fit runs to.
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -266,10 +280,6 @@ def temperature_at_bound(temperature: float) -> bool:
     return any(abs(temperature - bound) <= 1e-6 * bound for bound in TEMPERATURE_RANGE)
 
 
-def apply_temperature(probabilities, temperature: float) -> np.ndarray:
-    return probabilities_from_logits(logits_from_probabilities(probabilities), temperature)
-
-
 def metrics_with_intervals(
     labels,
     probabilities,
@@ -281,7 +291,7 @@ def metrics_with_intervals(
     scores=None,
     loss: Optional[float] = None,
 ) -> Dict[str, object]:
-    """Every metric of :func:`fracjax.train.metrics.binary_metrics`, plus
+    """Every metric of :func:`fracjax.metrics.binary_metrics`, plus
     ``intervals`` (bootstrap; none with ``samples=0``), ``ece``, ``brier`` and
     ``average_precision``. ``scores``: what the ranking metrics (AUROC,
     average precision) rank, the logits; default: the probabilities."""

@@ -5,7 +5,7 @@
 """
 
 from fracjax.models import pretrained  # noqa: F401
-from fracjax.models.hybrid import Classifier, ConvBlockSpec, HybridHead, LinearHead
+from fracjax.models.hybrid import BackboneHead, ConvBlockSpec, HybridHead, LinearHead
 from fracjax.models.layers import Conv, DepthwiseConv2D, set_default_conv_impl, set_default_depthwise_impl
 from fracjax.models.mobilenet_v3 import MobileNetV3, MobileNetV3Large, MobileNetV3Small
 from fracjax.models.pretrained import WeightsUnavailableError
@@ -13,7 +13,7 @@ from fracjax.models.registry import InputContract, available, create, input_cont
 from fracjax.models.weights import KerasWeightsError, load_keras_weights, with_backbone_variables
 
 __all__ = [
-    "Classifier",
+    "BackboneHead",
     "ConvBlockSpec",
     "Conv",
     "DepthwiseConv2D",

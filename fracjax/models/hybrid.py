@@ -111,7 +111,7 @@ class LinearHead(nn.Module):
         return nn.Dense(self.num_classes, dtype=jnp.float32, name="classifier")(x)
 
 
-class Classifier(nn.Module):
+class BackboneHead(nn.Module):
     """``head(backbone(x))``, with the Keras transfer-learning semantics: the
     backbone's BatchNorm runs on its running statistics unless
     ``backbone_train`` is True; dropout and the head's BatchNorm follow

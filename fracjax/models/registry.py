@@ -107,7 +107,7 @@ def create(
         ``weights="imagenet"`` (timm's spelling).
 
     The classifier's call is ``model.apply(variables, x, train=...,
-    backbone_train=...)``; see :class:`fracjax.models.hybrid.Classifier`.
+    backbone_train=...)``; see :class:`fracjax.models.hybrid.BackboneHead`.
     """
     if pretrained and weights is None:
         weights = "imagenet"
@@ -168,7 +168,7 @@ def _build(name: str, head: Optional[str], num_classes: int, options) -> nn.Modu
             dropout=head_options.get("head_dropout", 0.2),
             **{k: v for k, v in common.items() if k == "dtype"},
         )
-    return hybrid.Classifier(backbone=backbone, head=head_module, min_size=entry.contract.min_size)
+    return hybrid.BackboneHead(backbone=backbone, head=head_module, min_size=entry.contract.min_size)
 
 
 register(

@@ -4,23 +4,27 @@
     report = fit(TrainConfig(phase1_epochs=1, phase2_epochs=3))
 """
 
+from fracjax.metrics import auroc, binary_metrics
 from fracjax.train.config import TrainConfig
 from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
-from fracjax.train.metrics import auroc, binary_metrics
-from fracjax.train.optim import make_optimizer, trainable_labels
-from fracjax.train.steps import StepConfig, TrainState, eval_step, train_step
+from fracjax.train.optim import make_optimizer, trainable_mask
+from fracjax.train.parallel import Parallel
+from fracjax.train.steps import StepConfig, TrainState, TrainStep, eval_step, make_train_step, train_step
 
 __all__ = [
     "NonFiniteLossError",
+    "Parallel",
     "ResumeError",
     "StepConfig",
     "TrainConfig",
     "TrainState",
+    "TrainStep",
     "auroc",
     "binary_metrics",
     "eval_step",
     "fit",
     "make_optimizer",
+    "make_train_step",
     "train_step",
-    "trainable_labels",
+    "trainable_mask",
 ]

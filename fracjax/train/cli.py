@@ -6,7 +6,11 @@ import argparse
 import sys
 from typing import List, Optional
 
+import fracjax
+from fracjax.models.pretrained import WeightsUnavailableError
+from fracjax.models.weights import KerasWeightsError
 from fracjax.train.config import DTYPES, PARALLEL_MODES, SCHEDULES, TrainConfig
+from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
 
 DEFAULTS = TrainConfig()
 
@@ -45,8 +49,6 @@ def _unfreeze(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import fracjax
-
     p = argparse.ArgumentParser(
         prog="examples/train.py",
         description=(
@@ -100,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop a phase after this many epochs without a better validation AUROC")
     g.add_argument("--train-minutes", type=_positive_float, metavar="MIN",
                    help="training-time budget: stop at the epoch end after which one more epoch would pass it "
-                   "(compile and evaluation not counted); the epoch counts become upper bounds")
+                   "(compiling not counted, each epoch's validation counted); the epoch counts become upper bounds")
     g.add_argument("--threshold", type=float, default=DEFAULTS.threshold, help="decision threshold on the fracture probability")
     g = p.add_argument_group("evaluation")
     g.add_argument("--audit", metavar="JSON", help="leakage audit of the data set (python -m fracjax.data.audit "
@@ -140,10 +142,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         config.validate()
     except ValueError as err:
         parser.error(str(err))
-    from fracjax.models.pretrained import WeightsUnavailableError
-    from fracjax.models.weights import KerasWeightsError
-    from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
-
     try:
         fit(config)
     except (KerasWeightsError, WeightsUnavailableError, ResumeError, FileNotFoundError, ValueError) as err:

@@ -8,6 +8,9 @@ import json
 import os
 from typing import Any, Dict, Optional, Tuple, Union
 
+import fracjax
+from fracjax.models import pretrained
+
 PARALLEL_MODES = ("jit", "pmap")
 SCHEDULES = ("cosine", "plateau")
 DTYPES = ("float32", "bfloat16")
@@ -81,9 +84,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the bad field; nothing has been done yet."""
-        import fracjax
-        from fracjax.models import pretrained
-
         def bad(field, why):
             raise ValueError(f"--{field.replace('_', '-')}: {why}")
 
@@ -150,13 +150,15 @@ class TrainConfig:
         return self
 
     @property
-    def backbone_bn_mode(self) -> bool:
+    def backbone_bn_trains(self) -> bool:
+        """Whether the backbone's BatchNorm trains in phase 2 (by default: from scratch yes, pretrained no)."""
         if self.backbone_bn_train is None:
             return self.pretrained is None
         return bool(self.backbone_bn_train)
 
     @property
-    def backbone_momentum(self) -> Optional[float]:
+    def resolved_backbone_bn_momentum(self) -> Optional[float]:
+        """``backbone_bn_momentum``, or by default 0.9 from scratch and the architecture's Keras value (None) when pretrained."""
         if self.backbone_bn_momentum is None:
             return None if self.pretrained else 0.9
         return self.backbone_bn_momentum

@@ -46,8 +46,8 @@ def backbone_groups(backbone_params: Dict[str, Any]) -> List[List[str]]:
     return ([stem] if stem else []) + [[b] for b in blocks] + ([top] if top else [])
 
 
-def trainable_labels(params: Dict[str, Any], phase: int, unfreeze: Union[str, int] = "all") -> Dict[str, Any]:
-    """A tree like ``params`` of "trainable" / "frozen" labels.
+def trainable_mask(params: Dict[str, Any], phase: int, unfreeze: Union[str, int] = "all") -> Dict[str, Any]:
+    """A tree like ``params`` of booleans: True where the leaf trains.
 
     Phase 1: the head trains, the backbone is frozen. Phase 2: the head and
     the backbone (``unfreeze="all"``) or its last ``unfreeze`` groups.
@@ -55,7 +55,7 @@ def trainable_labels(params: Dict[str, Any], phase: int, unfreeze: Union[str, in
     if phase not in (1, 2):
         raise ValueError(f"phase must be 1 or 2, got {phase}")
     if "backbone" not in params:
-        raise ValueError("params have no 'backbone' subtree; freezing needs a fracjax Classifier")
+        raise ValueError("params have no 'backbone' subtree; freezing needs a fracjax BackboneHead")
     trainable_backbone: set = set()
     if phase == 2:
         groups = backbone_groups(params["backbone"])
@@ -67,13 +67,11 @@ def trainable_labels(params: Dict[str, Any], phase: int, unfreeze: Union[str, in
                 raise ValueError(f"unfreeze must be 'all' or 0..{len(groups)} groups, got {unfreeze!r}")
             trainable_backbone = {name for group in groups[len(groups) - n :] for name in group}
 
-    def label(path, _):
-        if path[0] != "backbone":
-            return TRAINABLE
-        return TRAINABLE if path[1] in trainable_backbone else FROZEN
+    def trains(path):
+        return path[0] != "backbone" or path[1] in trainable_backbone
 
     flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({k: label(k, v) for k, v in flat.items()})
+    return traverse_util.unflatten_dict({k: trains(k) for k in flat})
 
 
 def learning_rate_schedule(
@@ -93,20 +91,57 @@ def learning_rate_schedule(
 
 
 def make_optimizer(
-    params: Dict[str, Any],
-    phase: int,
+    mask: Dict[str, Any],
     learning_rate: optax.ScalarOrSchedule,
+    *,
     weight_decay: float = 1e-4,
-    unfreeze: Union[str, int] = "all",
     grad_clip: Optional[float] = None,
+    plateau: Optional[optax.GradientTransformationExtraArgs] = None,
 ) -> optax.GradientTransformation:
-    """AdamW on the trainable partition, nothing on the frozen one."""
-    labels = trainable_labels(params, phase, unfreeze)
+    """AdamW on the leaves where ``mask`` (see :func:`trainable_mask`) is
+    True, nothing on the others. ``plateau``: an
+    ``optax.contrib.reduce_on_plateau`` whose scale multiplies the updates;
+    its state lives in the optimizer state, and :func:`observe_plateau`
+    feeds it the validation loss at epoch ends."""
+    partition = jax.tree_util.tree_map(lambda trains: TRAINABLE if trains else FROZEN, mask)
     parts = []
     if grad_clip:
         parts.append(optax.clip_by_global_norm(grad_clip))
     parts.append(optax.adamw(learning_rate, weight_decay=weight_decay, mask=_decay_mask))
-    return optax.multi_transform({TRAINABLE: optax.chain(*parts), FROZEN: optax.set_to_zero()}, labels)
+    if plateau is not None:
+        parts.append(_scale_by_plateau(plateau))
+    return optax.multi_transform({TRAINABLE: optax.chain(*parts), FROZEN: optax.set_to_zero()}, partition)
+
+
+def _scale_by_plateau(plateau) -> optax.GradientTransformation:
+    """Updates times the plateau state's scale; the step leaves the state as
+    it is (optax's own update would count every step as an observation)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(plateau.init, update)
+
+
+def _is_plateau(node) -> bool:
+    return isinstance(node, optax.contrib.ReduceLROnPlateauState)
+
+
+def observe_plateau(opt_state, plateau, value):
+    """``opt_state`` with its reduce-on-plateau state having seen ``value``
+    (one observation: an epoch's validation loss). No plateau: unchanged."""
+
+    def observe(node):
+        return plateau.update({}, node, value=jnp.asarray(value))[1] if _is_plateau(node) else node
+
+    return jax.tree_util.tree_map(observe, opt_state, is_leaf=_is_plateau)
+
+
+def plateau_scale(opt_state) -> float:
+    """The learning-rate factor reduce-on-plateau has reached (1.0 without one)."""
+    nodes = [n for n in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(n)]
+    return float(nodes[0].scale) if nodes else 1.0
 
 
 def _decay_mask(params):
@@ -114,18 +149,14 @@ def _decay_mask(params):
     return jax.tree_util.tree_map(lambda p: getattr(p, "ndim", 0) > 1, params)
 
 
-def apply_updates(params, updates, labels):
+def apply_updates(params, updates, mask):
     """``params + updates`` on trainable leaves; frozen leaves are returned as
     they are (bitwise: adding a zero update would turn -0.0 into +0.0)."""
     return jax.tree_util.tree_map(
-        lambda p, u, label: p if label == FROZEN else (p + u).astype(p.dtype), params, updates, labels
+        lambda p, u, trains: (p + u).astype(p.dtype) if trains else p, params, updates, mask
     )
 
 
-def count_trainable(params, labels) -> int:
-    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda p, label: p.size if label == TRAINABLE else 0, params, labels))
-    return int(sum(leaves))
-
-
-def scale_tree(tree, scale):
-    return jax.tree_util.tree_map(lambda u: u * jnp.asarray(scale, u.dtype), tree)
+def count_trainable(params, mask) -> int:
+    sizes = jax.tree_util.tree_map(lambda p, trains: p.size if trains else 0, params, mask)
+    return int(sum(jax.tree_util.tree_leaves(sizes)))

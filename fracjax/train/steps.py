@@ -1,4 +1,4 @@
-"""The train state and the pure train / eval steps.
+"""The pure train and eval steps, and the factory that compiles the train step.
 
 One step function serves every parallel mode: under ``jax.jit`` with a
 sharded batch (the default) XLA computes BatchNorm statistics and gradients
@@ -10,35 +10,17 @@ built with ``bn_axis_name`` equal to it, for global BatchNorm statistics).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Tuple
+import functools
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from fracjax.data.augment import AugmentConfig, augment_batch
 from fracjax.train import optim
-
-
-class TrainState(struct.PyTreeNode):
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    key: jax.Array  # base key; each step folds in its step number
-    lr_scale: jax.Array  # reduce-on-plateau's factor (1.0 with a cosine schedule)
-
-    @classmethod
-    def create(cls, params, batch_stats, tx: optax.GradientTransformation, key, step: int = 0):
-        return cls(
-            step=jnp.asarray(step, jnp.int32),
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=tx.init(params),
-            key=key,
-            lr_scale=jnp.ones((), jnp.float32),
-        )
+from fracjax.train.parallel import Parallel
+from fracjax.train.state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +55,15 @@ def train_step(
     *,
     apply_fn: Callable,
     tx: optax.GradientTransformation,
-    labels: Any,
+    trainable: Any,
     config: StepConfig,
     axis_name: Optional[str] = None,
 ) -> Tuple[TrainState, Dict[str, jax.Array]]:
     """One optimisation step on a batch of uint8 images (augmented here, on
-    device). Returns the new state and {"loss", "accuracy", "count"}."""
+    device). ``trainable``: the boolean tree of :func:`optim.trainable_mask`
+    that ``tx`` was made with; other leaves stay bitwise as they are.
+    Returns the new state and {"loss": the batch's mean loss, "correct",
+    "count": sums over the global batch's unmasked examples}."""
     step_key = jax.random.fold_in(state.key, state.step)
     aug_key, dropout_key = jax.random.split(step_key)
     images = batch["image"]
@@ -113,8 +98,7 @@ def train_step(
         grads = jax.lax.psum(grads, axis_name)
         loss = jax.lax.psum(loss, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = optim.scale_tree(updates, state.lr_scale)
-    params = optim.apply_updates(state.params, updates, labels)
+    params = optim.apply_updates(state.params, updates, trainable)
     correct = jnp.sum(((logits > 0) == (batch["label"] > 0)) * mask)
     count = jnp.sum(mask)
     metrics = {"loss": loss, "correct": _global_sum(correct, axis_name), "count": _global_sum(count, axis_name)}
@@ -125,6 +109,67 @@ def train_step(
 def eval_step(variables, batch, *, apply_fn: Callable, compute_dtype=jnp.float32):
     """Fracture logits (float32) for a batch (no augmentation, running BN
     statistics). Probabilities and metrics are made from them on the host, in
-    float64, by :mod:`fracjax.train.metrics`."""
+    float64, by :mod:`fracjax.metrics`."""
     logits = apply_fn(variables, batch["image"].astype(compute_dtype), train=False)
     return logits[:, 0].astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A train step made by :func:`make_train_step`.
+
+    ``fn(state, batch, axis_name=None)`` is the pure step (wrap it yourself to
+    feed it differently); ``compiled(state, batch)`` is it jitted (or pmapped)
+    for ``parallel``, donating the state. ``init_state`` builds the state the
+    step expects, placed on the devices.
+    """
+
+    fn: Callable
+    compiled: Callable
+    tx: optax.GradientTransformation
+    trainable: Any  # bool tree like params: True where a leaf trains
+    parallel: Parallel
+    plateau: Optional[optax.GradientTransformationExtraArgs] = None  # see optim.observe_plateau
+
+    def init_state(self, variables, key: jax.Array, step: int = 0) -> TrainState:
+        """A fresh state on the devices, from copies of ``variables`` (the
+        compiled step donates its state; ``variables`` stay usable)."""
+        params, batch_stats = jax.tree_util.tree_map(jnp.array, (variables["params"], variables["batch_stats"]))
+        return self.parallel.put_state(TrainState.create(params, batch_stats, self.tx, key, step=step))
+
+
+def make_train_step(
+    model,
+    params,
+    *,
+    phase: int = 2,
+    learning_rate: optax.ScalarOrSchedule = 1e-3,
+    unfreeze: Union[str, int] = "all",
+    weight_decay: float = 1e-4,
+    grad_clip: Optional[float] = None,
+    config: StepConfig = StepConfig(),
+    parallel: Optional[Parallel] = None,
+    plateau: Optional[optax.GradientTransformationExtraArgs] = None,
+    tx: Optional[optax.GradientTransformation] = None,
+) -> TrainStep:
+    """The train step of ``phase`` (1: the head, 2: the head and the backbone,
+    all of it or its top ``unfreeze`` groups) with AdamW on the trainable
+    leaves, compiled for ``parallel`` (default: jit on every device). ``tx``:
+    another optimizer instead (e.g. plain SGD for a numerical check); frozen
+    leaves stay bitwise unchanged whatever it returns for them. Under pmap,
+    build ``model`` with ``bn_axis_name=parallel.axis_name``. ``plateau``: an
+    ``optax.contrib.reduce_on_plateau`` scaling the updates; feed it with
+    :func:`optim.observe_plateau` (``fit`` does, with the validation loss).
+
+        step = make_train_step(model, variables["params"], phase=1, learning_rate=1e-3)
+        state = step.init_state(variables, jax.random.key(0))
+        state, metrics = step.compiled(state, step.parallel.put_batch(batch))
+    """
+    parallel = parallel or Parallel()
+    trainable = optim.trainable_mask(params, phase, unfreeze)
+    if tx is None:
+        tx = optim.make_optimizer(trainable, learning_rate, weight_decay=weight_decay, grad_clip=grad_clip,
+                                  plateau=plateau)
+    fn = functools.partial(train_step, apply_fn=model.apply, tx=tx, trainable=trainable, config=config)
+    return TrainStep(fn=fn, compiled=parallel.compile_step(fn), tx=tx, trainable=trainable, parallel=parallel,
+                     plateau=plateau)

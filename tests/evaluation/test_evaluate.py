@@ -11,7 +11,7 @@ import pytest
 import fracjax
 from fracjax.evaluation import evaluator as evaluate_lib
 from fracjax.inference import Classifier
-from fracjax.train.metrics import binary_metrics
+from fracjax.metrics import binary_metrics
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fracjax.evaluation import stats
-from fracjax.train.metrics import auroc, binary_metrics
+from fracjax.metrics import auroc, binary_metrics
 
 
 def test_roc_curve_by_hand():
@@ -149,7 +149,7 @@ def test_bad_inputs_are_named():
 
 def test_calibration_never_changes_ranking_metrics_of_a_chance_model():
     from fracjax.evaluation.evaluator import calibrate
-    from fracjax.train.metrics import probabilities_from_logits
+    from fracjax.metrics import probabilities_from_logits
 
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 2, 500)

@@ -140,8 +140,8 @@ def test_heads_and_phase_groups(name, head):
     # Every backbone module is in exactly one group, stem first.
     flat = [m for g in groups for m in g]
     assert sorted(flat) == sorted(variables["params"]["backbone"]) and len(flat) == len(set(flat))
-    labels = optim.trainable_labels(variables["params"], 2, unfreeze=1)
-    trainable = {k for k, v in labels["backbone"].items() if set(jax.tree_util.tree_leaves(v)) == {optim.TRAINABLE}}
+    mask = optim.trainable_mask(variables["params"], 2, unfreeze=1)
+    trainable = {k for k, v in mask["backbone"].items() if set(jax.tree_util.tree_leaves(v)) == {True}}
     assert trainable == set(groups[-1])
 
 

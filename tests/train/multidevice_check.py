@@ -2,7 +2,6 @@
 the same training steps on 1 device, jit-sharded over 8 and pmapped over 8.
 Prints a JSON dict of the largest relative differences against 1 device."""
 
-import functools
 import json
 import sys
 
@@ -10,19 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import fracjax
 from fracjax.data.augment import AugmentConfig
-from fracjax.train import optim
-from fracjax.train.loop import replicate_for_pmap
-from fracjax.train.steps import StepConfig, TrainState, train_step
+from fracjax.train.parallel import Parallel
+from fracjax.train.steps import StepConfig, make_train_step
 
 assert jax.device_count() == 8, jax.devices()
 SIZE, BATCH, STEPS = 48, 16, 3
 options = dict(head_blocks=[16], head_dropout=0.0)
 model = fracjax.models.create("mobilenet_v3_small", head="hybrid", **options)
-pmap_model = fracjax.models.create("mobilenet_v3_small", head="hybrid", bn_axis_name="batch", **options)
+pmap_model = fracjax.models.create("mobilenet_v3_small", head="hybrid", bn_axis_name=Parallel.AXIS, **options)
 variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, SIZE, SIZE, 1))))(jax.random.key(0))
 rng = np.random.default_rng(0)
 batches = [
@@ -30,7 +27,6 @@ batches = [
     for _ in range(STEPS)
 ]
 phase = int(sys.argv[1]) if len(sys.argv) > 1 else 2
-labels = optim.trainable_labels(variables["params"], phase)
 # Plain SGD, not the AdamW of training: Adam divides each update by that
 # parameter's own gradient scale, so where a gradient is nearly zero (inside
 # the zero-initialised residual branches after one step) summation-order noise
@@ -42,28 +38,12 @@ tx = optax.sgd(0.5)
 config = StepConfig(backbone_train=False, augment=AugmentConfig())
 
 
-def fresh():
-    return TrainState.create(variables["params"], variables["batch_stats"], tx, jax.random.key(1))
-
-
-def run_jit(devices):
-    mesh = Mesh(np.array(devices), ("data",))
-    rep, shard = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    step = jax.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx, labels=labels, config=config),
-                   in_shardings=(rep, shard), out_shardings=(rep, rep))
-    state = jax.device_put(fresh(), rep)
+def run(parallel, model):
+    step = make_train_step(model, variables["params"], phase=phase, config=config, parallel=parallel, tx=tx)
+    state = step.init_state(variables, jax.random.key(1))
     for b in batches:
-        state, m = step(state, {k: jax.device_put(v, shard) for k, v in b.items()})
-    return jax.device_get(state), float(m["loss"])
-
-
-def run_pmap():
-    step = jax.pmap(functools.partial(train_step, apply_fn=pmap_model.apply, tx=tx, labels=labels, config=config,
-                                      axis_name="batch"), axis_name="batch")
-    state = replicate_for_pmap(fresh(), jax.devices())
-    for b in batches:
-        state, m = step(state, jax.tree_util.tree_map(lambda x: x.reshape(8, -1, *x.shape[1:]), b))
-    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], state)), float(m["loss"][0])
+        state, m = step.compiled(state, parallel.put_batch(b))
+    return jax.device_get(parallel.get_state(state)), float(parallel.step_metrics(m)["loss"])
 
 
 def rel(a, b):
@@ -73,9 +53,9 @@ def rel(a, b):
     return diff / max(float(np.max(np.abs(np.asarray(y)))) for y in b)
 
 
-one, loss1 = run_jit(jax.devices()[:1])
-sharded, loss8 = run_jit(jax.devices())
-pmapped, lossp = run_pmap()
+one, loss1 = run(Parallel("jit", jax.devices()[:1]), model)
+sharded, loss8 = run(Parallel("jit"), model)
+pmapped, lossp = run(Parallel("pmap"), pmap_model)
 moved = rel(one.params, variables["params"])
 print(json.dumps({
     "jit8_params": rel(sharded.params, one.params),

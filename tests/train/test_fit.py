@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import fracjax
-from fracjax.train import NonFiniteLossError, fit
-from fracjax.train import checkpoint as ckpt
+from fracjax import checkpoint as ckpt
+from fracjax.train import NonFiniteLossError, ResumeError, fit
 from fracjax.train.cli import main as cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -238,6 +238,18 @@ def test_weights_for_another_architecture_stop_before_training(data_dir, tmp_pat
     err = capsys.readouterr().err
     assert "large.h5" in err and "layers with weights" in err
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_checkpoint_of_the_previous_layout_is_refused_clearly(data_dir, tmp_path):
+    cfg = config(data_dir, tmp_path, "old", resume=True)
+    saved = ckpt.RunCheckpoints(cfg.run_dir)  # as fracjax <= 0.1 wrote it: a "book", no layout
+    saved.save_latest(4, {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}},
+                      {"step": np.int32(4), "lr_scale": np.float32(1)}, {"global_step": 4, "phase": 1, "book": {}})
+    saved.close()
+    with pytest.raises(ResumeError, match=r"step 4\) was written by an earlier fracjax.*another --name"):
+        fit(cfg)
+    assert (tmp_path / "old" / "checkpoints" / "latest" / "4").is_dir()  # nothing lost
+    assert not (tmp_path / "old" / "config.json").exists()  # refused before any work
 
 
 def test_existing_run_needs_resume(first_run, data_dir):

@@ -1,6 +1,5 @@
-"""Masked freezing: frozen leaves stay bitwise unchanged and hold no Adam moments."""
-
-import functools
+"""Masked freezing: frozen leaves stay bitwise unchanged and hold no Adam
+moments; reduce-on-plateau inside the optimizer state; the public step factory."""
 
 import chex
 import jax
@@ -10,7 +9,7 @@ import pytest
 
 import fracjax
 from fracjax.train import optim
-from fracjax.train.steps import StepConfig, TrainState, train_step
+from fracjax.train.steps import StepConfig, make_train_step
 
 SIZE = 64
 
@@ -29,18 +28,13 @@ def setup():
 
 
 def run_steps(model, variables, batch, phase, unfreeze="all", steps=3, backbone_train=False):
-    labels = optim.trainable_labels(variables["params"], phase, unfreeze)
-    tx = optim.make_optimizer(variables["params"], phase, 1e-2, weight_decay=0.1, unfreeze=unfreeze, grad_clip=1.0)
-    state = TrainState.create(variables["params"], variables["batch_stats"], tx, jax.random.key(1))
-    step = jax.jit(
-        functools.partial(
-            train_step, apply_fn=model.apply, tx=tx, labels=labels, config=StepConfig(backbone_train=backbone_train)
-        )
-    )
+    step = make_train_step(model, variables["params"], phase=phase, learning_rate=1e-2, unfreeze=unfreeze,
+                           weight_decay=0.1, grad_clip=1.0, config=StepConfig(backbone_train=backbone_train))
+    state = step.init_state(variables, jax.random.key(1))
     for _ in range(steps):
-        state, m = step(state, batch)
+        state, m = step.compiled(state, step.parallel.put_batch(batch))
         assert np.isfinite(float(m["loss"]))
-    return state, labels
+    return state, step.trainable
 
 
 def _leaves(tree):
@@ -49,7 +43,7 @@ def _leaves(tree):
 
 def test_phase1_freezes_backbone_bitwise_and_trains_head(setup):
     model, variables, batch = setup
-    state, labels = run_steps(model, variables, batch, phase=1)
+    state, _ = run_steps(model, variables, batch, phase=1)
     before = variables["params"]
     for (path, new), old in zip(_leaves(state.params["backbone"]), jax.tree_util.tree_leaves(before["backbone"])):
         assert np.array_equal(np.asarray(new).view(np.uint32), np.asarray(old).view(np.uint32)), path
@@ -65,20 +59,21 @@ def test_phase1_freezes_backbone_bitwise_and_trains_head(setup):
 def test_frozen_leaves_have_no_adam_moments(setup):
     _, variables, _ = setup
     params = variables["params"]
-    tx = optim.make_optimizer(params, 1, 1e-3)
+    mask = optim.trainable_mask(params, 1)
+    tx = optim.make_optimizer(mask, 1e-3)
     opt_state = tx.init(params)
     moment_elements = sum(x.size for x in jax.tree_util.tree_leaves(opt_state) if hasattr(x, "size") and x.ndim > 0)
     head_elements = sum(x.size for x in jax.tree_util.tree_leaves(params["head"]))
     # mu and nu for every head parameter, nothing for the backbone.
     assert moment_elements == 2 * head_elements
-    labels = optim.trainable_labels(params, 1)
-    assert set(jax.tree_util.tree_leaves(labels["backbone"])) == {optim.FROZEN}
+    assert set(jax.tree_util.tree_leaves(mask["backbone"])) == {False}
+    assert set(jax.tree_util.tree_leaves(mask["head"])) == {True}
 
 
 def test_negative_zero_survives(setup):
     params = {"backbone": {"w": jnp.array([-0.0, 1.0])}, "head": {"w": jnp.array([1.0])}}
-    labels = optim.trainable_labels(params, 1)
-    out = optim.apply_updates(params, {"backbone": {"w": jnp.zeros(2)}, "head": {"w": jnp.ones(1)}}, labels)
+    mask = optim.trainable_mask(params, 1)
+    out = optim.apply_updates(params, {"backbone": {"w": jnp.zeros(2)}, "head": {"w": jnp.ones(1)}}, mask)
     assert np.signbit(np.asarray(out["backbone"]["w"])[0])
 
 
@@ -87,7 +82,7 @@ def test_phase2_top_groups_only(setup):
     groups = optim.backbone_groups(variables["params"]["backbone"])
     assert groups[0] == ["stem_bn", "stem_conv"] and groups[-1] == ["last_bn", "last_conv"]
     assert [g[0] for g in groups[1:-1]] == [f"block{i}" for i in range(11)]
-    state, labels = run_steps(model, variables, batch, phase=2, unfreeze=2)
+    state, _ = run_steps(model, variables, batch, phase=2, unfreeze=2)
     for name, old in variables["params"]["backbone"].items():
         same = all(
             np.array_equal(a, b)
@@ -108,9 +103,9 @@ def test_phase2_all_and_bn_mode(setup):
 def test_bad_unfreeze():
     params = {"backbone": {"block0": {"k": jnp.ones(1)}}, "head": {"k": jnp.ones(1)}}
     with pytest.raises(ValueError, match="unfreeze"):
-        optim.trainable_labels(params, 2, 5)
+        optim.trainable_mask(params, 2, 5)
     with pytest.raises(ValueError, match="phase"):
-        optim.trainable_labels(params, 3)
+        optim.trainable_mask(params, 3)
 
 
 def test_cosine_schedule_warms_up_and_decays():
@@ -119,3 +114,38 @@ def test_cosine_schedule_warms_up_and_decays():
     assert float(sched(100)) == pytest.approx(1e-5)
     with pytest.raises(ValueError, match="schedule"):
         optim.learning_rate_schedule("step", 1e-3, 10)
+
+
+def test_the_factory_leaves_the_callers_variables_alive(setup):
+    model, variables, batch = setup
+    step = make_train_step(model, variables["params"], phase=1)
+    state = step.init_state(variables, jax.random.key(1))
+    state, _ = step.compiled(state, step.parallel.put_batch(batch))  # donates the state, not `variables`
+    chex.assert_tree_all_finite(variables)
+    assert int(state.step) == 1
+
+
+def test_reduce_on_plateau_lives_in_the_optimizer_state():
+    import optax
+
+    params = {"backbone": {"w": jnp.ones((2, 2))}, "head": {"w": jnp.ones((3, 3))}}
+    plateau = optax.contrib.reduce_on_plateau(factor=0.5, patience=1)
+    tx = optim.make_optimizer(optim.trainable_mask(params, 1), 1e-2, plateau=plateau)
+    state = tx.init(params)
+    scales = [optim.plateau_scale(state)]
+    for loss in (1.0, 0.5, 0.5, 0.5):  # better, then two epochs without improvement
+        state = optim.observe_plateau(state, plateau, loss)
+        scales.append(optim.plateau_scale(state))
+    assert scales == [1.0, 1.0, 1.0, 0.5, 0.25]
+    updates, after = tx.update(params, state, params)  # a step applies the scale and leaves the plateau alone
+
+    def plateau_node(opt_state):
+        is_plateau = lambda n: isinstance(n, optax.contrib.ReduceLROnPlateauState)
+        return [n for n in jax.tree_util.tree_leaves(opt_state, is_leaf=is_plateau) if is_plateau(n)]
+
+    assert len(plateau_node(state)) == 1
+    chex.assert_trees_all_equal(plateau_node(after), plateau_node(state))
+    plain = optim.make_optimizer(optim.trainable_mask(params, 1), 1e-2)
+    unscaled, _ = plain.update(params, plain.init(params), params)
+    chex.assert_trees_all_close(updates["head"], jax.tree_util.tree_map(lambda u: 0.25 * u, unscaled["head"]))
+    assert optim.plateau_scale(plain.init(params)) == 1.0

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fracjax.evaluation.comparison import BUDGET_ONLY, COLUMNS, ComparisonConfig, run_comparison
+from fracjax.comparison import BUDGET_ONLY, COLUMNS, ComparisonConfig, run_comparison
 
 
 @pytest.fixture(scope="module")

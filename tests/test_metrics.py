@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fracjax.train import metrics
+from fracjax import metrics
 
 
 def test_hand_computed_case():

@@ -17,10 +17,15 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import fracjax
 from fracjax.evaluation import figures, stats
 from fracjax.evaluation import report as report_lib
+from fracjax.inference import Classifier
+from fracjax.train import TrainConfig, fit
 
 PAPER_MODELS = ("mobilenet_v3_small", "resnet50", "vgg16", "densenet121")
 BUDGET_ONLY = 10_000  # early-stopping patience (epochs) that leaves stopping to the budget
@@ -58,8 +63,6 @@ class ComparisonConfig:
     latency_repeats: int = 20
 
     def validate(self) -> "ComparisonConfig":
-        import fracjax
-
         known = fracjax.models.available()
         if not self.models:
             raise ValueError("--models: name at least one model")
@@ -78,8 +81,6 @@ class ComparisonConfig:
         return self
 
     def train_config(self, model: str):
-        from fracjax.train import TrainConfig
-
         pretrained = self.pretrained.get(model)
         values = dict(
             model=model, head=self.head, dataset=self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
@@ -97,9 +98,6 @@ class ComparisonConfig:
 
 def forward_flops(model, variables, image_size: int) -> float:
     """XLA's count of floating-point operations for one image's forward pass."""
-    import jax
-    import jax.numpy as jnp
-
     one = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
     cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, one).compile().cost_analysis()
     if isinstance(cost, (list, tuple)):  # older jax: one dict per program
@@ -121,15 +119,11 @@ def one_image_latency_ms(classifier, image_size: int, repeats: int = 20) -> floa
 
 
 def _parameter_count(variables) -> int:
-    import jax
-
     return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(variables["params"])))
 
 
 def _row(model: str, run_dir: str, config: ComparisonConfig) -> Dict[str, Any]:
     """One table row from a finished run folder (report.json, evaluation.json, the checkpoint)."""
-    from fracjax.inference import Classifier
-
     with open(os.path.join(run_dir, "report.json")) as f:
         run_report = json.load(f)
     with open(os.path.join(run_dir, "evaluation.json")) as f:
@@ -138,7 +132,8 @@ def _row(model: str, run_dir: str, config: ComparisonConfig) -> Dict[str, Any]:
     size = classifier.image_size
     predictions = evaluation["test"]["predictions"]
     labels = np.array([p["label"] for p in predictions])
-    logits = np.array([p["logit"] for p in predictions])
+    # Folders written before logits were recorded carry only probabilities; both rank the same way.
+    logits = np.array([p.get("logit", p["probability"]) for p in predictions])
     metrics = evaluation["test"]["metrics"]
     clean = evaluation["test"].get("clean")
     return {
@@ -191,8 +186,8 @@ def markdown(rows: List[Dict[str, Any]], config: ComparisonConfig) -> str:
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
     n = rows[0]["test"]["n"] if rows else 0
     lines.append("")
-    budget = (f"the same budget of {config.budget_minutes:g} min of training per model (compile and evaluation "
-              f"not counted: {config.phase1_epochs} frozen epoch(s), then fine-tuning until the budget is spent, "
+    budget = (f"the same budget of {config.budget_minutes:g} min of training per model (compiling not counted, "
+              f"each epoch's validation counted: {config.phase1_epochs} frozen epoch(s), then fine-tuning until the budget is spent, "
               "reduce-on-plateau learning rate, no early stopping)" if config.budget_minutes else
               f"{config.phase1_epochs} + {config.phase2_epochs} epochs (frozen + fine-tuning)")
     lines.append(
@@ -208,12 +203,8 @@ def markdown(rows: List[Dict[str, Any]], config: ComparisonConfig) -> str:
 
 def run_comparison(config: ComparisonConfig, log=print) -> Dict[str, Any]:
     """Train (or resume, or reuse) every model, then write the outputs."""
-    from fracjax.train import fit
-
     config.validate()
     # Every weights file is checked against its architecture before any training.
-    import fracjax
-
     for model, path in config.pretrained.items():
         size = config.image_size or fracjax.models.input_contract(model).default_size
         fracjax.models.load_keras_weights(model, path, image_size=size)

@@ -3,10 +3,10 @@
 Two managers under ``<run>/checkpoints/``:
 
 * ``latest/``: for ``--resume``; items ``model`` (params + batch_stats),
-  ``train`` (opt_state, step, PRNG key, lr scale) and ``meta`` (JSON: where
-  the run is, early-stopping and plateau bookkeeping). The optimizer state
-  is its own item because its tree changes between phases: restoring needs
-  the phase's optimizer to build the target, and ``meta`` says which phase.
+  ``train`` (the rest of the run's state: optimizer state, step, PRNG key,
+  progress) and ``meta`` (JSON: the phase, the history, the config). The
+  optimizer state's tree changes between phases: restoring needs the
+  phase's optimizer to build the target, and ``meta`` says which phase.
 * ``best/``: the best model by validation AUROC: ``model`` and ``meta`` only
   (inference needs no optimizer state).
 
@@ -61,16 +61,10 @@ class RunCheckpoints:
 
     # -- saving -------------------------------------------------------------
 
-    def save_latest(self, step: int, state, meta: Dict[str, Any]) -> None:
-        model = _host({"params": state.params, "batch_stats": state.batch_stats})
-        train = _host(
-            {
-                "opt_state": state.opt_state,
-                "step": state.step,
-                "key": jax.random.key_data(state.key),
-                "lr_scale": state.lr_scale,
-            }
-        )
+    def save_latest(self, step: int, model: Dict[str, Any], train: Dict[str, Any], meta: Dict[str, Any]) -> None:
+        """``model``: params and batch_stats; ``train``: the rest of the run's
+        state (a tree of arrays); ``meta``: JSON."""
+        model, train = _host(model), _host(train)
         self.latest.save(
             step,
             args=ocp.args.Composite(

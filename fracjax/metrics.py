@@ -14,6 +14,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
+# Class 0 and class 1 of every data set, model output and report: a logit > 0
+# (a probability >= the threshold) means "fractured".
+LABEL_NAMES = ("not_fractured", "fractured")
+
 
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else float("nan")
@@ -72,6 +76,16 @@ def probabilities_from_logits(logits, temperature: float = 1.0) -> np.ndarray:
     temperature-flattened model's probabilities collapse onto a few values)."""
     z = np.asarray(logits, np.float64) / float(temperature)
     return np.exp(-np.logaddexp(0.0, -z))
+
+
+def logits_from_probabilities(probabilities, eps: float = 1e-7) -> np.ndarray:
+    p = np.clip(np.asarray(probabilities, np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_temperature(probabilities, temperature: float) -> np.ndarray:
+    """Probabilities of a model -> those of the same logits divided by ``temperature``."""
+    return probabilities_from_logits(logits_from_probabilities(probabilities), temperature)
 
 
 def bce_from_logits(labels, logits) -> float:

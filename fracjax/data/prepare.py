@@ -1,0 +1,95 @@
+"""A TFDS set made ready for training: prepared once (the real sets from the
+folder the user downloaded, ``manual_dir``; the synthetic set generated), then
+its three splits as indexable sources, optionally cut, resized and held in
+memory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from fracjax.data import pipeline
+from fracjax.data.io import model_input
+
+SPLITS = ("train", "validation", "test")
+
+
+class SubsetSource:
+    """The first ``n`` examples of a source."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n = source, min(n, len(source))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.source[i]
+
+
+def prepare_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+                    log: Callable[[str], None] = print):
+    """Prepare the TFDS set ``name`` if it is missing; return its builder.
+    Errors name the flag to change (``--dataset``, ``--manual-dir``)."""
+    import tensorflow_datasets as tfds
+
+    from fracjax.data import builders  # noqa: F401  (registers the builders)
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as err:
+        raise ValueError(f"--dataset: cannot load {name!r} ({err})") from None
+    if builder.is_prepared():
+        return builder
+    download_config = None
+    if name.split("/")[0] == "fracture_xray":
+        if not manual_dir:
+            raise FileNotFoundError(
+                f"{name} is not prepared in {builder.data_dir}; pass --manual-dir with the folder "
+                "you unzipped the Kaggle download into"
+            )
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    start = time.perf_counter()
+    # TFDS's own bars (one per split, plus shuffling) say less than the
+    # builder's line and flood a notebook; training has its own bars.
+    tfds.display_progress_bar(False)
+    builder.download_and_prepare(download_config=download_config)  # says what it prepares, from where
+    log(f"prepared in {time.perf_counter() - start:.0f} s")
+    return builder
+
+
+def stored_image_size(builder) -> int:
+    return int(builder.info.features["image"].shape[0])
+
+
+def load_splits(builder, train_examples: Optional[int] = None, image_size: Optional[int] = None,
+                in_memory: bool = False) -> Dict[str, Any]:
+    """{"train", "validation", "test"} sources: the first ``train_examples``
+    of train, every image at ``image_size`` (default: as stored; resized
+    through :func:`fracjax.data.io.model_input`, the one preprocessing)."""
+    sources = builder.as_data_source()
+    missing = [s for s in SPLITS if s not in sources]
+    if missing:
+        raise ValueError(f"--dataset {builder.info.full_name}: no split(s) {missing}")
+    splits = {s: sources[s] for s in SPLITS}
+    if train_examples:
+        splits["train"] = SubsetSource(splits["train"], train_examples)
+    stored = stored_image_size(builder)
+    size = image_size or stored
+    for split, source in list(splits.items()):
+        if in_memory or size != stored:
+            source = pipeline.load_arrays(source)
+            if size != stored:
+                source = _resized(source, size)
+        splits[split] = source
+    return splits
+
+
+def _resized(source: pipeline.ArraySource, size: int) -> pipeline.ArraySource:
+    images = np.stack([model_input(im, size) for im in source.images])
+    return pipeline.ArraySource(images, source.labels, source.filenames)
