@@ -1,17 +1,19 @@
 """Host memory settings for XLA:CPU, applied by fracjax's scripts.
 
 XLA:CPU allocates each call's scratch memory afresh (for the hybrid model's
-train step at batch 32, 224x224: one ~500-600 MB buffer) and frees it when the
-call ends. The step runs on an XLA worker thread, whose glibc malloc arena
-cannot hold a buffer that large, so glibc maps it with ``mmap`` and unmaps it
-each time: the kernel then zero-fills ~150,000 fresh 4 KiB pages per step
-(~230 ms of system CPU time, a quarter of the step's CPU time on 2 cores).
-With glibc's ``glibc.malloc.hugetlb=1`` tunable, malloc asks for transparent
-huge pages on such mappings (2 MiB pages, 512x fewer faults): the step went
-from ~484 to ~399 ms (benchmarks/NOTES.md). Glibc reads its tunables once,
-when the process starts, so a script that wants them re-executes itself with
-the variable set (:func:`reexec_with_malloc_hugepages`); in a notebook, start
-Jupyter with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``.
+train step, one buffer of hundreds of MB) and frees it when the call ends. The
+step runs on an XLA worker thread, whose glibc malloc arena cannot hold a
+buffer that large, so glibc maps it with ``mmap`` and unmaps it each time: the
+kernel then zero-fills every fresh 4 KiB page on each step. With glibc's
+``glibc.malloc.hugetlb=1`` tunable, malloc asks for transparent huge pages on
+such mappings (2 MiB pages, 512x fewer faults); benchmarks/NOTES.md has the
+measurements. Glibc reads its tunables once, when the process starts, so a
+script that wants them re-executes itself with the variable set
+(:func:`reexec_with_malloc_hugepages`). Only launchers do that
+(``examples/*.py``, the benchmarks): importing fracjax or calling ``fit``
+never re-executes anything. Where a process runs without it (a notebook,
+``python -m fracjax.train``), ``fit`` prints :func:`hugepages_note`; in a
+notebook, start Jupyter with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from typing import Optional
 
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT_ENV = "FRACJAX_NO_HUGEPAGES"  # set to 1 to keep the process as started
@@ -77,3 +80,14 @@ def reexec_with_malloc_hugepages() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, hugepage_environ())
+
+
+def hugepages_note(environ=None, available: Optional[bool] = None) -> Optional[str]:
+    """One line for a process that could put XLA:CPU's scratch memory on huge
+    pages and does not (None where it does, cannot, or opted out)."""
+    environ = os.environ if environ is None else environ
+    available = malloc_hugepages_available() if available is None else available
+    if not available or malloc_hugepages_enabled(environ) or environ.get(OPT_OUT_ENV, "") not in ("", "0"):
+        return None
+    return (f"note: malloc is not on huge pages, so the CPU train step runs slower (benchmarks/NOTES.md); "
+            f"start Python or Jupyter with GLIBC_TUNABLES={HUGEPAGE_TUNABLE} ({OPT_OUT_ENV}=1 silences this)")

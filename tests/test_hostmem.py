@@ -38,3 +38,22 @@ def test_reexec_sets_the_tunable_where_available_and_respects_the_opt_out():
     expected = hostmem.HUGEPAGE_TUNABLE if hostmem.malloc_hugepages_available() else ""
     assert _child_tunables({}) == expected
     assert _child_tunables({hostmem.OPT_OUT_ENV: "1"}) == ""
+
+
+def test_the_note_appears_only_where_huge_pages_would_help_and_are_off():
+    assert hostmem.HUGEPAGE_TUNABLE in hostmem.hugepages_note({}, available=True)
+    assert hostmem.hugepages_note({"GLIBC_TUNABLES": hostmem.HUGEPAGE_TUNABLE}, available=True) is None
+    assert hostmem.hugepages_note({}, available=False) is None
+    assert hostmem.hugepages_note({hostmem.OPT_OUT_ENV: "1"}, available=True) is None
+
+
+def test_python_dash_m_fracjax_train_does_not_reexecute():
+    # os.execve replaced by a marker: the module must parse its flags without ever calling it.
+    code = ("import os, runpy, sys\n"
+            "os.execve = lambda *a: sys.exit('re-executed')\n"
+            "sys.argv = ['fracjax.train', '--batch-size', '0']\n"
+            "runpy.run_module('fracjax.train', run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "FRACJAX_HUGEPAGES_REEXEC")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "re-executed" not in out.stderr
+    assert out.returncode == 2 and "--batch-size" in out.stderr  # the parser ran and refused the flag

@@ -1,9 +1,8 @@
+"""``python -m fracjax.train``: the training command line (no re-execution
+here: fit says when huge pages would help; examples/train.py re-executes)."""
+
 import sys
 
-from fracjax.hostmem import reexec_with_malloc_hugepages
-
-reexec_with_malloc_hugepages()  # XLA:CPU's per-step scratch memory on huge pages (fracjax/hostmem.py)
-
-from fracjax.train.cli import main  # noqa: E402
+from fracjax.train.cli import main
 
 sys.exit(main())

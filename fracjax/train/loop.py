@@ -28,6 +28,7 @@ import optax
 
 import fracjax
 from fracjax import checkpoint as ckpt
+from fracjax import hostmem
 from fracjax import metrics as metrics_lib
 from fracjax.data import pipeline, prepare
 from fracjax.data.augment import AugmentConfig
@@ -249,6 +250,9 @@ def _start(config: TrainConfig) -> _Run:
     clock = _Clock()
     _refuse_overwrite(config)
     parallel = Parallel(config.parallel)
+    note = hostmem.hugepages_note() if jax.default_backend() == "cpu" else None
+    if note:
+        _log(note)
     if config.batch_size % parallel.count:
         raise ValueError(f"--batch-size {config.batch_size} is not divisible by {parallel.count} devices")
     checkpoints = ckpt.RunCheckpoints(config.run_dir) if config.resume else None
