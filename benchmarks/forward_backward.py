@@ -1,13 +1,13 @@
-"""Forward and forward+backward time of a fracjax classifier, per depthwise
-implementation, with compile times on their own line.
+"""Forward and forward+backward time of a fracjax classifier, per kernel kit
+(``fracjax.models.KITS``), with compile times on their own line.
 
     python benchmarks/forward_backward.py                 # hybrid MobileNetV3-Small, batch 32, 224
-    python benchmarks/forward_backward.py --impl shift --batch 8 --size 160
+    python benchmarks/forward_backward.py --kernels cpu --batch 8 --size 160
     python benchmarks/forward_backward.py --model resnet50 --reps 3
 
 Not a test: it prints timings (median and spread over --reps runs after one
 warm-up) for the machine it runs on. The ratio column compares each
-implementation with the first one listed.
+kit with the first one listed.
 """
 
 from __future__ import annotations
@@ -36,10 +36,8 @@ def timed(fn, *args, reps: int):
     return first, times
 
 
-def measure(args, impl: str) -> dict:
-    # Only MobileNets have depthwise convolutions to choose an implementation for.
-    options = {"depthwise_impl": impl} if args.model.startswith("mobilenet") else {}
-    model = fracjax.models.create(args.model, head=args.head, **options)
+def measure(args, kernels: str) -> dict:
+    model = fracjax.models.create(args.model, head=args.head, kernels=kernels)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(0, 255, (args.batch, args.size, args.size, 1)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 2, (args.batch,)).astype(np.float32))
@@ -72,7 +70,7 @@ def measure(args, impl: str) -> dict:
     _, fwd_times = timed(forward, variables, x, reps=args.reps)
     _, grad_times = timed(grad_fn, variables["params"], variables["batch_stats"], x, y, key, reps=args.reps)
     return {
-        "impl": impl,
+        "impl": kernels,
         "compile_fwd": compile_fwd,
         "compile_grad": compile_grad,
         "fwd": fwd_times,
@@ -90,7 +88,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mobilenet_v3_small", choices=fracjax.models.available())
     parser.add_argument("--head", default="hybrid", choices=["hybrid", "linear"])
-    parser.add_argument("--impl", nargs="+", default=["shift", "lax"], choices=["shift", "lax"])
+    parser.add_argument("--kernels", nargs="+", default=["cpu", "portable"], choices=sorted(fracjax.models.KITS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=5)
@@ -98,8 +96,7 @@ def main(argv=None):
 
     print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s)); "
           f"{args.model} + {args.head} head, batch {args.batch}, {args.size}x{args.size}, float32")
-    impls = args.impl if args.model.startswith("mobilenet") else ["-"]
-    results = [measure(args, impl) for impl in impls]
+    results = [measure(args, kernels) for kernels in args.kernels]
     base = results[0]
     print(f"{'depthwise':<10} {'forward':>24} {'fwd+bwd':>24} {'img/s fwd':>10} {'img/s train':>11} {'ratio':>6}")
     for r in results:

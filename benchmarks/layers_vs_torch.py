@@ -8,9 +8,9 @@ Where ``compare.py`` says how the whole train step stands, this says which
 layers make the difference: for each layer, the forward alone and forward +
 backward (input and kernel gradients) in milliseconds, median of ``--reps``
 after two warm-up calls, and PyTorch / fracjax (above 1, fracjax is faster).
-fracjax runs its own layers (``layers.depthwise_conv``, ``layers.Conv``'s
-convolution) under ``jax.jit``; PyTorch runs ``torch.nn.functional.conv2d``
-on channels_last tensors in a subprocess (its thread pool never shares the
+fracjax runs its own ops (``fracjax.ops.depthwise_conv``, ``fracjax.ops.conv2d``)
+under ``jax.jit``; PyTorch runs ``torch.nn.functional.conv2d`` on channels_last
+tensors in a subprocess (its thread pool never shares the
 process with XLA's). Needs the bench extra (``pip install -e .[bench]``); a
 missing torch is reported and its columns left empty.
 """
@@ -60,7 +60,7 @@ def bench_fracjax(batch: int, reps: int) -> List[Dict]:
     import jax
     import jax.numpy as jnp
 
-    from fracjax.models import layers
+    from fracjax import ops
 
     rows = []
     for name, channels, size, k, stride in LAYERS:
@@ -70,10 +70,10 @@ def bench_fracjax(batch: int, reps: int) -> List[Dict]:
         pad = ((k // 2, k // 2), (k // 2, k // 2))
         if name.startswith("head"):
             def layer(x, w):
-                return layers.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                return ops.conv2d(x, w, (1, 1), pad)
         else:
             def layer(x, w, stride=stride):
-                return layers.depthwise_conv(x, w, (stride, stride), pad)
+                return ops.depthwise_conv(x, w, (stride, stride), pad)
         out_shape = jax.eval_shape(layer, x, w).shape
         g = jnp.asarray(rng.standard_normal(out_shape, np.float32))
         forward = jax.jit(layer)

@@ -6,20 +6,25 @@
 
 from fracjax.models import pretrained  # noqa: F401
 from fracjax.models.hybrid import BackboneHead, ConvBlockSpec, HybridHead, LinearHead
-from fracjax.models.layers import Conv, DepthwiseConv2D, set_default_conv_impl, set_default_depthwise_impl
+from fracjax.models.kits import KITS, Kernels
+from fracjax.models.layers import BatchNorm, Conv, ConvBN, DepthwiseConv2D
 from fracjax.models.mobilenet_v3 import MobileNetV3, MobileNetV3Large, MobileNetV3Small
 from fracjax.models.pretrained import WeightsUnavailableError
-from fracjax.models.registry import InputContract, available, create, input_contract, register
-from fracjax.models.weights import KerasWeightsError, load_keras_weights, with_backbone_variables
+from fracjax.models.registry import InputContract, available, create, input_contract, load_keras_weights, register
+from fracjax.models.weights import KerasWeightsError, with_backbone_variables
 
 __all__ = [
     "BackboneHead",
+    "BatchNorm",
     "ConvBlockSpec",
     "Conv",
+    "ConvBN",
     "DepthwiseConv2D",
     "HybridHead",
     "InputContract",
+    "KITS",
     "KerasWeightsError",
+    "Kernels",
     "LinearHead",
     "MobileNetV3",
     "MobileNetV3Large",
@@ -31,7 +36,5 @@ __all__ = [
     "load_keras_weights",
     "pretrained",
     "register",
-    "set_default_conv_impl",
-    "set_default_depthwise_impl",
     "with_backbone_variables",
 ]

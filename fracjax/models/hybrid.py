@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 from flax import linen as nn
 
-from fracjax.models.layers import BatchNorm, Conv
+from fracjax.models.layers import BatchNorm, Conv, ModuleDef
 
 # Keras BatchNormalization defaults, used by the new head layers (as in a
 # Keras transfer-learning model built on top of keras.applications).
@@ -64,12 +64,13 @@ class HybridHead(nn.Module):
     dropout: float = 0.3
     dtype: Any = jnp.float32
     bn_axis_name: Optional[str] = None
+    conv: ModuleDef = Conv
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = x.astype(self.dtype)
         for i, block in enumerate(self.blocks):
-            x = Conv(
+            x = self.conv(
                 block.features,
                 (block.kernel, block.kernel),
                 padding="SAME",

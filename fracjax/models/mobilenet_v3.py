@@ -15,12 +15,12 @@ from flax import linen as nn
 from fracjax.models.layers import (
     BatchNorm,
     Conv,
+    ConvBN,
     DepthwiseConv2D,
     ModuleDef,
-    RepeatedChannelConv,
     SqueezeExcite,
     batch_norm_def,
-    conv_batch_norm,
+    conv_bn_def,
     hard_swish,
     make_divisible,
     preprocess_grey,
@@ -97,6 +97,7 @@ class InvertedResidual(nn.Module):
     expand: bool
     conv: ModuleDef
     norm: ModuleDef
+    conv_bn: ModuleDef
     depthwise: ModuleDef
     zero_init_residual: bool = False
 
@@ -108,7 +109,7 @@ class InvertedResidual(nn.Module):
         expanded = make_divisible(in_channels * spec.expansion)
         shortcut = x
         if self.expand:
-            x = act(conv_batch_norm(self.conv(expanded, (1, 1), name="expand"), self.norm(name="expand_bn"), x))
+            x = act(self.conv_bn(expanded, (1, 1), conv_name="expand", norm_name="expand_bn")(x))
         # "KERAS" padding: "same" at stride 1, correct_pad + "valid" at stride 2.
         x = self.depthwise(
             kernel_size=(spec.kernel, spec.kernel),
@@ -119,10 +120,10 @@ class InvertedResidual(nn.Module):
         x = act(self.norm(name="depthwise_bn")(x))
         if spec.se:
             x = SqueezeExcite(make_divisible(expanded * SE_RATIO), conv=self.conv, name="se")(x)
-        x = self.conv(spec.out, (1, 1), name="project")(x)
         residual = spec.stride == 1 and in_channels == spec.out
         zero = residual and self.zero_init_residual
-        x = self.norm(name="project_bn", **({"scale_init": nn.initializers.zeros} if zero else {}))(x)
+        x = self.conv_bn(spec.out, (1, 1), conv_name="project", norm_name="project_bn",
+                         **({"scale_init": nn.initializers.zeros} if zero else {}))(x)
         if residual:
             x = x + shortcut
         return x
@@ -141,7 +142,6 @@ class MobileNetV3(nn.Module):
     stem_channels: int = 16
     last_channels: Optional[int] = None  # default: 6 x the last block's output
     dtype: Any = jnp.float32
-    depthwise_impl: str = "auto"
     bn_axis_name: Optional[str] = None
     # Keras's 0.999 suits long ImageNet runs; a short run from scratch needs
     # running statistics that catch up within an epoch (e.g. 0.9).
@@ -151,36 +151,33 @@ class MobileNetV3(nn.Module):
     # steps before MobileNetV3-Small starts to learn. Only the random
     # initialisation changes; loaded weights replace it.
     zero_init_residual: bool = True
-    conv: ModuleDef = Conv
-    norm: ModuleDef = BatchNorm
+    conv: ModuleDef = Conv  # the squeeze-and-excitation convolutions
+    norm: ModuleDef = BatchNorm  # after each depthwise convolution
+    conv_bn: ModuleDef = ConvBN  # stem, expand, project and last convolutions with their BatchNorm
+    depthwise: ModuleDef = DepthwiseConv2D
     act: Callable = hard_swish
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(self.conv, use_bias=False, padding="SAME", dtype=self.dtype)
+        conv = functools.partial(self.conv, padding="SAME", dtype=self.dtype)
         norm = batch_norm_def(train, self.bn_momentum, BN_EPSILON, self.dtype, self.bn_axis_name, self.norm)
-        depthwise = functools.partial(DepthwiseConv2D, impl=self.depthwise_impl, dtype=self.dtype)
+        conv_bn = conv_bn_def(train, self.bn_momentum, BN_EPSILON, self.dtype, self.bn_axis_name, self.conv_bn)
+        depthwise = functools.partial(self.depthwise, dtype=self.dtype)
 
         x = jnp.asarray(x).astype(self.dtype)
-        if x.shape[-1] == 1 and self.conv is Conv:
-            # Grey X-rays: "tf" preprocessing treats the three repeated channels
-            # alike, so the stem sums its RGB kernel over them instead of
-            # convolving three copies (3x less stem work, same parameters).
-            x = preprocess_grey(x, "tf")
-            stem = RepeatedChannelConv
-        else:
-            x = preprocess_input(x, "tf")
-            stem = conv
-        stem_conv = stem(self.stem_channels, (3, 3), strides=(2, 2), use_bias=False, padding="SAME", dtype=self.dtype,
-                         name="stem_conv")
-        x = self.act(conv_batch_norm(stem_conv, norm(name="stem_bn"), x))
+        # Grey X-rays stay one channel: "tf" preprocessing treats the three
+        # repeated channels alike, so the stem sums its RGB kernel over them
+        # instead of convolving three copies (3x less stem work, same parameters).
+        x = preprocess_grey(x, "tf") if x.shape[-1] == 1 else preprocess_input(x, "tf")
+        x = self.act(conv_bn(self.stem_channels, (3, 3), strides=(2, 2), in_channels=3, conv_name="stem_conv",
+                             norm_name="stem_bn")(x))
         for i, spec in enumerate(self.blocks):
             x = InvertedResidual(
-                spec, expand=i > 0, conv=conv, norm=norm, depthwise=depthwise,
+                spec, expand=i > 0, conv=conv, norm=norm, conv_bn=conv_bn, depthwise=depthwise,
                 zero_init_residual=self.zero_init_residual, name=f"block{i}",
             )(x)
         last = self.last_channels or make_divisible(x.shape[-1] * 6)
-        x = self.act(conv_batch_norm(conv(last, (1, 1), name="last_conv"), norm(name="last_bn"), x))
+        x = self.act(conv_bn(last, (1, 1), conv_name="last_conv", norm_name="last_bn")(x))
         return x
 
 

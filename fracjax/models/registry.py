@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from fracjax.models import densenet, hybrid, mobilenet_v3, resnet, vgg
+from fracjax.models.kits import Kernels, resolve_kernels
+from fracjax.models.pretrained import resolve
+from fracjax.models.weights import convert_keras_weights, with_backbone_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +89,7 @@ def create(
     *,
     weights: Optional[str] = None,
     pretrained: bool = False,
+    kernels: Union[str, Kernels, None] = None,
     **options,
 ):
     """Build a Linen module; with ``weights``, also its variables.
@@ -94,10 +100,15 @@ def create(
         ``"linear"`` (GAP + dropout + dense) or ``None`` (the bare backbone,
         whose output is the feature map).
       num_classes: logits out of the head (1 for binary, sigmoid).
-      **options: backbone fields (``dtype``, ``depthwise_impl``,
-        ``bn_axis_name``...) and head options ``head_blocks`` (list of
+      **options: backbone fields (``dtype``, ``bn_axis_name``,
+        ``bn_momentum``...) and head options ``head_blocks`` (list of
         ConvBlockSpec / ints / (features, kernel, dropout)) and
         ``head_dropout``.
+      kernels: the kit of layer implementations (:mod:`fracjax.models.kits`):
+        "auto" (each op chosen per platform when lowered), "cpu", "portable",
+        a :class:`~fracjax.models.kits.Kernels`, or None: "auto" unless the
+        environment variables ``FRACJAX_CONV_IMPL`` / ``FRACJAX_DEPTHWISE_IMPL``
+        say otherwise. The parameters do not depend on it.
       weights: ``"imagenet"`` (Keras's ImageNet file, fetched on first use,
         hash-checked and cached: :mod:`fracjax.models.pretrained`) or the path
         of a Keras weights file. Then ``create`` returns ``(model,
@@ -111,21 +122,18 @@ def create(
     """
     if pretrained and weights is None:
         weights = "imagenet"
-    model = _build(name, head, num_classes, dict(options))
+    kit = resolve_kernels(kernels)
+    model = _build(name, head, num_classes, dict(options), kit)
     if weights is None:
         return model
-    return model, _variables_with_weights(model, name, head, weights, options)
+    return model, _variables_with_weights(model, name, head, weights, options, kit)
 
 
-def _variables_with_weights(model: nn.Module, name: str, head: Optional[str], weights: str, options) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from fracjax.models.weights import load_keras_weights, with_backbone_variables
-
+def _variables_with_weights(model: nn.Module, name: str, head: Optional[str], weights: str, options,
+                            kit: Kernels) -> dict:
     size = input_contract(name).default_size
     backbone_options = {k: v for k, v in options.items() if k not in _HEAD_OPTIONS}
-    backbone = load_keras_weights(name, weights, image_size=size, **backbone_options)
+    backbone = load_keras_weights(name, weights, image_size=size, kernels=kit, **backbone_options)
     if head is None:
         return backbone
     dummy = jnp.zeros((1, size, size, 1), jnp.float32)
@@ -133,7 +141,25 @@ def _variables_with_weights(model: nn.Module, name: str, head: Optional[str], we
     return with_backbone_variables(variables, backbone)
 
 
-def _build(name: str, head: Optional[str], num_classes: int, options) -> nn.Module:
+def load_keras_weights(name: str, path: str, image_size: Optional[int] = None, **options) -> dict:
+    """Keras ImageNet (or any Keras-saved) weights for the backbone ``name``.
+
+    Returns ``{"params": ..., "batch_stats": ...}`` for
+    ``create(name, head=None, **options)``. ``path`` is a Keras 3
+    ``.weights.h5`` or a legacy ``.h5`` weights file of the same architecture
+    without its top (``include_top=False``), or ``"imagenet"`` for the file
+    ``keras.applications`` uses (fetched once, hash-checked, cached; see
+    :mod:`fracjax.models.pretrained`). Use
+    :func:`~fracjax.models.weights.with_backbone_variables` to put it into a
+    classifier's variables.
+    """
+    path = resolve(name, path)
+    backbone = create(name, head=None, **options)
+    size = image_size or input_contract(name).default_size
+    return convert_keras_weights(backbone, path, (1, size, size, 3))
+
+
+def _build(name: str, head: Optional[str], num_classes: int, options, kit: Kernels) -> nn.Module:
     entry = _entry(name)
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -147,7 +173,8 @@ def _build(name: str, head: Optional[str], num_classes: int, options) -> nn.Modu
             f"create({name!r}): unknown option(s) {unknown}; backbone options: {sorted(accepted)}, "
             f"head options: {sorted(_HEAD_OPTIONS)}"
         )
-    backbone = entry.build_backbone(**options)
+    blocks = {k: v for k, v in kit.module_defs().items() if k in accepted and k not in options}
+    backbone = entry.build_backbone(**options, **blocks)
     if head is None:
         if head_options:
             raise TypeError(f"head options {sorted(head_options)} given with head=None")
@@ -158,6 +185,7 @@ def _build(name: str, head: Optional[str], num_classes: int, options) -> nn.Modu
             num_classes=num_classes,
             blocks=hybrid.parse_blocks(head_options.get("head_blocks", hybrid.DEFAULT_HYBRID_BLOCKS)),
             dropout=head_options.get("head_dropout", 0.3),
+            conv=kit.module_defs()["conv"],
             **common,
         )
     else:

@@ -27,21 +27,25 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from fracjax.models.layers import DepthwiseConv2D
-
 
 class KerasWeightsError(ValueError):
     """A Keras weights file that cannot be loaded into the requested model."""
 
 
-# Keras class (snake case, as the .weights.h5 keys spell it) for each of our
-# weight-bearing layer types, and the variables Keras stores, in its order.
+# Keras class (snake case, as the .weights.h5 keys spell it) of flax's own
+# weight-bearing layers; fracjax's layers name theirs (``keras_layer``).
 _KIND_OF = {
     nn.Conv: "conv2d",
-    DepthwiseConv2D: "depthwise_conv2d",
     nn.BatchNorm: "batch_normalization",
     nn.Dense: "dense",
 }
+
+
+def _keras_kind(module: nn.Module) -> Optional[str]:
+    declared = getattr(module, "keras_layer", None)
+    if declared is not None:
+        return declared
+    return next((k for t, k in _KIND_OF.items() if isinstance(module, t)), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +77,7 @@ def keras_layer_order(module: nn.Module, input_shape: Sequence[int]) -> List[Lay
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
         if context.method_name == "__call__":
-            kind = next((k for t, k in _KIND_OF.items() if isinstance(mod, t)), None)
+            kind = _keras_kind(mod)
             path = tuple(mod.scope.path) if mod.scope is not None else ()
             if kind is not None and path not in seen:
                 seen.add(path)
@@ -256,26 +260,6 @@ def convert_keras_weights(module: nn.Module, path: str, input_shape: Sequence[in
     if missing:  # a variable our layer order does not cover: a bug on our side
         raise KerasWeightsError(f"{path}: no Keras weight for {', '.join(missing[:8])}")
     return traverse_util.unflatten_dict(flat)
-
-
-def load_keras_weights(name: str, path: str, image_size: Optional[int] = None, **options) -> dict:
-    """Keras ImageNet (or any Keras-saved) weights for the backbone ``name``.
-
-    Returns ``{"params": ..., "batch_stats": ...}`` for
-    ``fracjax.models.create(name, head=None, **options)``. ``path`` is a Keras 3
-    ``.weights.h5`` or a legacy ``.h5`` weights file of the same architecture
-    without its top (``include_top=False``), or ``"imagenet"`` for the file
-    ``keras.applications`` uses (fetched once, hash-checked, cached; see
-    :mod:`fracjax.models.pretrained`). Use :func:`with_backbone_variables`
-    to put it into a classifier's variables.
-    """
-    from fracjax.models.pretrained import resolve
-    from fracjax.models.registry import create, input_contract
-
-    path = resolve(name, path)
-    backbone = create(name, head=None, **options)
-    size = image_size or input_contract(name).default_size
-    return convert_keras_weights(backbone, path, (1, size, size, 3))
 
 
 def with_backbone_variables(variables: dict, backbone_variables: dict) -> dict:

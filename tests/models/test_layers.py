@@ -8,55 +8,6 @@ from flax import linen as nn
 from fracjax.models import layers
 
 
-@pytest.mark.parametrize(
-    "size,kernel,stride,padding",
-    [
-        (12, 3, 1, "SAME"),
-        (13, 3, 1, "SAME"),
-        (12, 3, 2, "KERAS"),
-        (13, 3, 2, "KERAS"),
-        (12, 5, 1, "SAME"),
-        (11, 5, 1, "VALID"),
-        (14, 5, 2, "KERAS"),
-        (15, 5, 2, "KERAS"),
-        (9, 3, 2, "SAME"),
-        (12, 3, 2, "VALID"),  # the last row and column are read by no window
-        (14, 5, 2, "VALID"),
-        (10, 3, 1, ((3, 2), (0, 3))),  # padding wider than the kernel: the generic input gradient
-    ],
-)
-def test_shift_depthwise_matches_lax_value_and_gradients(size, kernel, stride, padding):
-    kx, kk, kg = jax.random.split(jax.random.key(size * 100 + kernel * 10 + stride), 3)
-    channels = 6
-    x = jax.random.normal(kx, (2, size, size + 1, channels))  # non-square on purpose
-    w = jax.random.normal(kk, (kernel, kernel, 1, channels))
-
-    def run(impl):
-        def f(x, w):
-            return layers.depthwise_conv(x, w, (stride, stride), padding, impl=impl)
-
-        y = f(x, w)
-        cot = jax.random.normal(kg, y.shape)
-        _, vjp = jax.vjp(f, x, w)
-        return y, vjp(cot)
-
-    y_shift, (dx_shift, dw_shift) = jax.jit(lambda: run("shift"))()
-    y_lax, (dx_lax, dw_lax) = jax.jit(lambda: run("lax"))()
-    chex.assert_equal_shape([y_shift, y_lax])
-    chex.assert_trees_all_close(y_shift, y_lax, rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(dx_shift, dx_lax, rtol=1e-5, atol=1e-5)
-    chex.assert_trees_all_close(dw_shift, dw_lax, rtol=1e-5, atol=1e-4)
-
-
-def test_shift_depthwise_second_call_does_not_recompile():
-    x = jnp.ones((1, 8, 8, 4))
-    w = jnp.ones((3, 3, 1, 4))
-    f = jax.jit(jax.grad(lambda x, w: layers.depthwise_conv(x, w, impl="shift").sum(), argnums=1))
-    f(x, w)
-    f(x + 1, w)
-    assert f._cache_size() == 1
-
-
 def test_depthwise_module_params_do_not_depend_on_impl():
     x = jax.random.normal(jax.random.key(0), (2, 10, 10, 8))
     mods = [layers.DepthwiseConv2D((3, 3), (2, 2), padding="KERAS", impl=i) for i in ("shift", "lax")]
@@ -65,98 +16,23 @@ def test_depthwise_module_params_do_not_depend_on_impl():
     chex.assert_trees_all_close(mods[0].apply(v, x), mods[1].apply(v, x), rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_impl_selection(monkeypatch):
-    assert layers.resolve_depthwise_impl("auto") == ("shift" if jax.default_backend() == "cpu" else "lax")
-    assert layers.resolve_depthwise_impl("lax") == "lax"
-    monkeypatch.setattr(layers, "_default_impl", "lax")
-    assert layers.resolve_depthwise_impl("auto") == "lax"
-    assert layers.resolve_depthwise_impl("shift") == "shift"
-    with pytest.raises(ValueError, match="depthwise impl"):
-        layers.resolve_depthwise_impl("fast")
-    with pytest.raises(ValueError, match="depthwise impl"):
-        layers.set_default_depthwise_impl("cuda")
-
-
-@pytest.mark.parametrize(
-    "kernel,stride,padding,groups",
-    [((1, 1), 1, "SAME", 1), ((1, 1), 1, "VALID", 1), ((1, 1), 2, "SAME", 1), ((3, 3), 1, "SAME", 1),
-     ((1, 1), 1, "SAME", 2)],
-)
-def test_conv_matmul_matches_lax_value_and_gradients(kernel, stride, padding, groups):
-    kx, kk, kg = jax.random.split(jax.random.key(7), 3)
-    x = jax.random.normal(kx, (2, 9, 10, 8))
-    w = jax.random.normal(kk, (*kernel, 8 // groups, 12))
-
-    def run(impl):
-        def f(x, w):
-            return layers.conv_general_dilated(
-                x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=groups, impl=impl)
-
-        y = f(x, w)
-        _, vjp = jax.vjp(f, x, w)
-        return y, vjp(jax.random.normal(kg, y.shape))
-
-    y_mm, grads_mm = jax.jit(lambda: run("matmul"))()
-    y_lax, grads_lax = jax.jit(lambda: run("lax"))()
-    chex.assert_equal_shape([y_mm, y_lax])
-    chex.assert_trees_all_close((y_mm, grads_mm), (y_lax, grads_lax), rtol=1e-5, atol=1e-4)
-
-
-def test_conv_matmul_takes_pointwise_and_small_patch_convolutions_only():
-    x = jnp.ones((2, 6, 6, 40))  # 3x3x40 and 1x1x40 patches: too big for the patch path
-
-    def primitives(kernel, strides, x=x):
-        w = jnp.ones((*kernel, x.shape[-1], 3))
-        jaxpr = jax.make_jaxpr(lambda x, w: layers.conv_general_dilated(
-            x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), impl="matmul"))(x, w)
-        return {e.primitive.name for e in jaxpr.jaxpr.eqns}
-
-    assert "dot_general" in primitives((1, 1), (1, 1))
-    assert "conv_general_dilated" not in primitives((1, 1), (1, 1))
-    assert "conv_general_dilated" in primitives((3, 3), (1, 1))
-    assert "conv_general_dilated" in primitives((1, 1), (2, 2))
-    assert "conv_general_dilated" not in primitives((3, 3), (2, 2), x[..., :3])
-
-
-def test_conv_module_keeps_flax_parameters_and_impl_selection(monkeypatch):
-    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
-    ours, theirs = layers.Conv(4, (1, 1)), nn.Conv(4, (1, 1))
+@pytest.mark.parametrize("impl", ["matmul", "lax", "auto"])
+@pytest.mark.parametrize("kernel,strides,padding,bias", [((1, 1), 1, "SAME", True), ((3, 3), 2, "VALID", False),
+                                                         ((3, 3), (1, 2), ((1, 0), (2, 1)), True)])
+def test_conv_module_has_flax_s_parameters_and_results(impl, kernel, strides, padding, bias):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+    ours = layers.Conv(4, kernel, strides=strides, padding=padding, use_bias=bias, impl=impl)
+    theirs = nn.Conv(4, kernel, strides=strides, padding=padding, use_bias=bias)
     v = ours.init(jax.random.key(1), x)
-    chex.assert_trees_all_equal_shapes(v, theirs.init(jax.random.key(1), x))
+    chex.assert_trees_all_equal(v, theirs.init(jax.random.key(1), x))  # same names, shapes and initial values
+    v = jax.tree.map(lambda a: a + 0.1, v)
     chex.assert_trees_all_close(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-5)
-    assert layers.resolve_conv_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "lax")
-    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
-    assert layers.resolve_conv_impl("auto") == "lax"
-    with pytest.raises(ValueError, match="conv impl"):
-        layers.set_default_conv_impl("onednn")
 
 
-@pytest.mark.parametrize("kernel,stride,channels", [((3, 3), 2, 1), ((3, 3), 2, 3), ((3, 3), 1, 3), ((2, 3), 2, 2)])
-def test_small_patch_conv_matches_lax_value_and_gradients(kernel, stride, channels):
-    kx, kk, kg = jax.random.split(jax.random.key(3), 3)
-    x = jax.random.normal(kx, (2, 11, 12, channels))
-    w = jax.random.normal(kk, (*kernel, channels, 5))
-
-    def run(impl):
-        def f(x, w):
-            return layers.conv_general_dilated(x, w, (stride, stride), "SAME",
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC"), impl=impl)
-
-        y = f(x, w)
-        _, vjp = jax.vjp(f, x, w)
-        return y, vjp(jax.random.normal(kg, y.shape))
-
-    jaxpr = jax.make_jaxpr(lambda: run("matmul"))()
-    assert "conv_general_dilated" not in {e.primitive.name for e in jaxpr.jaxpr.eqns}
-    chex.assert_trees_all_close(jax.jit(lambda: run("matmul"))(), jax.jit(lambda: run("lax"))(),
-                                rtol=1e-5, atol=1e-4)
-
-
-def test_repeated_channel_conv_on_grey_equals_conv_on_repeated_grey():
+def test_conv_with_in_channels_takes_grey_as_the_channel_repeated():
     grey = jax.random.uniform(jax.random.key(0), (2, 15, 16, 1), minval=-1.0, maxval=1.0)
     rgb = jnp.repeat(grey, 3, axis=-1)
-    ours = layers.RepeatedChannelConv(8, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)
+    ours = layers.Conv(8, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, in_channels=3)
     plain = nn.Conv(8, (3, 3), strides=(2, 2), padding="SAME", use_bias=False)
     v = ours.init(jax.random.key(1), grey)
     chex.assert_trees_all_equal_shapes(v, plain.init(jax.random.key(1), rgb))
@@ -209,158 +85,87 @@ def test_batch_norm_axis_name_averages_statistics_and_gradients_like_flax():
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-class _ConvThenNorm(nn.Module):
-    """A 1x1 conv and a BatchNorm through layers.conv_batch_norm (as MobileNetV3's expand)."""
+class _Separate(nn.Module):
+    """A Conv and a BatchNorm, each its own module (the tree ConvBN keeps)."""
 
     features: int
+    kernel: tuple = (1, 1)
+    strides: int = 1
     train: bool = True
-    axis_name: str = None
-    strides: int = 1  # flax also takes an int
+    in_channels: int = None
 
     @nn.compact
     def __call__(self, x):
-        conv = layers.Conv(self.features, (1, 1), strides=self.strides, use_bias=False, name="expand")
-        norm = layers.BatchNorm(use_running_average=not self.train, momentum=0.9, epsilon=1e-3,
-                                axis_name=self.axis_name, name="expand_bn")
-        return layers.conv_batch_norm(conv, norm, x)
+        x = layers.Conv(self.features, self.kernel, strides=self.strides, use_bias=False, impl="lax",
+                        in_channels=self.in_channels, name="expand")(x)
+        return layers.BatchNorm(not self.train, momentum=0.9, epsilon=1e-3, name="expand_bn")(x)
 
 
-def _conv_then_norm_loss(module, r):
+class _Joint(nn.Module):
+    """The same two layers as one ConvBN, inside a parent as in the models."""
+
+    features: int
+    kernel: tuple = (1, 1)
+    strides: int = 1
+    train: bool = True
+    in_channels: int = None
+    impl: str = "auto"
+    fold: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        return layers.ConvBN(self.features, self.kernel, strides=self.strides, in_channels=self.in_channels,
+                             train=self.train, momentum=0.9, epsilon=1e-3, impl=self.impl, fold=self.fold,
+                             conv_name="expand", norm_name="expand_bn")(x)
+
+
+def _loss_and_grads(module, v, x, r):
     def loss(v, x):
         y, updates = module.apply(v, x, mutable=["batch_stats"])
         return (y * r).sum() + (y ** 2).sum(), (y, updates)
 
-    return loss
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(v, x)
 
 
-def _folded(module, v, x) -> bool:
+@pytest.mark.parametrize("c_in,features,kernel,strides,in_channels", [
+    (4, 16, (1, 1), 1, None),  # a widening pointwise conv: folds
+    (8, 4, (1, 1), 1, None),  # narrowing: conv, then BatchNorm
+    (1, 16, (3, 3), 2, 3),  # the grey stem on its patches
+])
+def test_conv_bn_keeps_the_separate_layers_tree_and_results(c_in, features, kernel, strides, in_channels):
+    base = jax.random.normal(jax.random.key(0), (3, 9, 10, c_in))
+    x = jax.nn.relu(base + 0.5 * base[..., :1]) + 0.3
+    separate = _Separate(features, kernel, strides, in_channels=in_channels)
+    v = separate.init(jax.random.key(1), x)
+    for impl in ("matmul", "lax", "auto"):
+        chex.assert_trees_all_equal(_Joint(features, kernel, strides, in_channels=in_channels, impl=impl)
+                                    .init(jax.random.key(1), x), v)
+    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
+    r = jax.random.normal(jax.random.key(4), separate.apply(v, x, mutable=["batch_stats"])[0].shape)
+    want = _loss_and_grads(separate, v, x, r)
+    for impl in ("matmul", "lax"):
+        got = _loss_and_grads(_Joint(features, kernel, strides, in_channels=in_channels, impl=impl), v, x, r)
+        # The folded kernel gradient's float32 error scales with its largest entry (tests/ops/test_batch_norm.py).
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
+                     got, want)
+    inference = _Joint(features, kernel, strides, train=False, in_channels=in_channels)
+    chex.assert_trees_all_close(inference.apply(v, x), _Separate(features, kernel, strides, train=False,
+                                                                  in_channels=in_channels).apply(v, x),
+                                rtol=1e-5, atol=1e-5)
+
+
+def _folds(module, x) -> bool:
+    v = module.init(jax.random.key(0), x)
     jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(v, x)
     return "pointwise_conv_batch_norm_train" in str(jaxpr)
 
 
-def _assert_fold_matches_conv_then_norm(monkeypatch, module, v, x, r):
-    """Values, running-average updates and gradients (kernel, scale, bias,
-    input) of the folded path ("matmul" impl) against conv, then BatchNorm's
-    own pass ("lax" impl). The folded kernel gradient sums terms that cancel
-    (x^T g against the x^T x correction) before BatchNorm's projection, so its
-    float32 error scales with the largest entry, not each entry (against
-    float64: ~3e-5 of the largest kernel gradient, conv + BN ~7e-6)."""
-    grad = jax.value_and_grad(_conv_then_norm_loss(module, r), argnums=(0, 1), has_aux=True)
-    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
-    assert _folded(module, v, x)
-    got = jax.jit(lambda v, x: grad(v, x))(v, x)  # a new function each time: jit's cache would keep the first trace
-    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
-    assert not _folded(module, v, x)
-    want = jax.jit(lambda v, x: grad(v, x))(v, x)
-    chex.assert_trees_all_equal_structs(got, want)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
-                 got, want)
-    chex.assert_tree_all_finite(got)
-
-
-@pytest.mark.parametrize("c_in,c_out,chunked_rows", [(3, 8, 65536), (4, 24, 65536), (4, 24, 0)])
-def test_conv_batch_norm_folds_a_widening_pointwise_conv_with_the_same_results(monkeypatch, c_in, c_out,
-                                                                              chunked_rows):
-    monkeypatch.setattr(layers, "CHUNKED_ROWS", chunked_rows)  # 0: x^T x and x^T g summed per image
-    # Non-zero-mean, correlated input channels: the statistics come from x^T x.
-    base = jax.random.normal(jax.random.key(0), (4, 5, 6, c_in))
-    x = jax.nn.relu(base + 0.5 * base[..., :1]) + 0.3
-    r = jax.random.normal(jax.random.key(1), (*x.shape[:-1], c_out))
-    module = _ConvThenNorm(c_out)
-    v = module.init(jax.random.key(2), x)
-    chex.assert_trees_all_equal_shapes(v, {"params": {"expand": {"kernel": jnp.zeros((1, 1, c_in, c_out))},
-                                                      "expand_bn": {"scale": jnp.zeros(c_out), "bias": jnp.zeros(c_out)}},
-                                           "batch_stats": {"expand_bn": {"mean": jnp.zeros(c_out),
-                                                                         "var": jnp.zeros(c_out)}}})
-    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
-    _assert_fold_matches_conv_then_norm(monkeypatch, module, v, x, r)
-
-
-def test_conv_batch_norm_folds_only_widening_train_mode_pointwise_convs(monkeypatch):
-    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
+def test_conv_bn_folds_by_its_fields_in_train_mode_only():
     x = jnp.ones((2, 4, 4, 8))
-    for module, folds in ((_ConvThenNorm(16), True), (_ConvThenNorm(12), False),  # 1.5x: x^T x too dear
-                          (_ConvThenNorm(16, train=False), False), (_ConvThenNorm(16, strides=2), False)):
-        v = module.init(jax.random.key(0), x)
-        assert _folded(module, v, x) is folds, module
-    # Inference mode still applies the running statistics to conv(x).
-    module = _ConvThenNorm(16, train=False)
-    v = module.init(jax.random.key(0), x)
-    v = jax.tree.map(lambda a: a + 0.5, v)
-    kernel = v["params"]["expand"]["kernel"]
-    bn = v["params"]["expand_bn"]
-    stats = v["batch_stats"]["expand_bn"]
-    z = layers.pointwise_matmul_conv(x, kernel)
-    want = (z - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3) * bn["scale"] + bn["bias"]
-    chex.assert_trees_all_close(module.apply(v, x), want, rtol=1e-5, atol=1e-5)
-
-
-class _StemThenNorm(nn.Module):
-    """A grey stem (RepeatedChannelConv, 3x3/2) and its BatchNorm through layers.conv_batch_norm."""
-
-    features: int = 16
-    strides: tuple = (2, 2)
-
-    @nn.compact
-    def __call__(self, x):
-        conv = layers.RepeatedChannelConv(self.features, (3, 3), strides=self.strides, use_bias=False,
-                                          padding="SAME", name="stem_conv")
-        norm = layers.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-3, name="stem_bn")
-        return layers.conv_batch_norm(conv, norm, x)
-
-
-@pytest.mark.parametrize("strides,features", [((2, 2), 16), ((1, 1), 12)])
-def test_conv_batch_norm_folds_a_small_patch_stem_on_its_patches(monkeypatch, strides, features):
-    x = jax.random.uniform(jax.random.key(0), (3, 9, 10, 1), minval=-1.0, maxval=1.0) + 0.2
-    module = _StemThenNorm(features, strides)
-    v = module.init(jax.random.key(2), x)
-    assert v["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, features)  # the RGB kernel, as before
-    v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
-    y = module.apply(v, x, mutable=["batch_stats"])[0]
-    r = jax.random.normal(jax.random.key(1), y.shape)
-    _assert_fold_matches_conv_then_norm(monkeypatch, module, v, x, r)
-    # An RGB stem's 27-value patches outgrow 16 features: not folded.
-    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
-    rgb = jnp.concatenate([x] * 3, axis=-1)
-    assert not _folded(_StemThenNorm(16), _StemThenNorm(16).init(jax.random.key(2), rgb), rgb)
-
-
-def test_folded_conv_batch_norm_axis_name_matches_conv_then_batch_norm():
-    x = jax.nn.relu(jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4)) + 0.2)  # (devices, batch, h, w, c)
-    r = jax.random.normal(jax.random.key(1), (*x.shape[:-1], 12))
-    kernel = jax.random.normal(jax.random.key(2), (1, 1, 4, 12))
-    scale, bias = 1 + 0.1 * jnp.arange(12.0), 0.05 * jnp.arange(12.0)
-
-    def per_device(fn):
-        def loss(x, kernel, scale, bias, r):
-            y, mean, var = fn(x, kernel, scale, bias)
-            return (y * r).sum() + (y ** 2).sum(), (mean, var)
-
-        grad = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
-        return jax.vmap(grad, in_axes=(0, None, None, None, 0), axis_name="devices")(x, kernel, scale, bias, r)
-
-    got = per_device(lambda x, k, s, b: layers.pointwise_conv_batch_norm_train(x, k, s, b, 1e-3, "devices"))
-    want = per_device(lambda x, k, s, b: layers.batch_norm_train(layers.pointwise_matmul_conv(x, k), s, b, 1e-3,
-                                                                 "devices"))
-    # Two float32 summation orders: on 2026-12-01's machine one input-gradient element of 384 (values up
-    # to ~10) differed by 2.3e-5, at the session's first commit too; a wrong term in the fold is >= 1e-2.
-    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_depthwise_rejects_wrong_kernel_shape():
-    with pytest.raises(ValueError, match="kernel must be"):
-        layers.depthwise_conv(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 1)))
-
-
-def test_keras_correct_pad_even_and_odd():
-    assert layers.keras_correct_pad((224, 224), (3, 3)) == ((0, 1), (0, 1))
-    assert layers.keras_correct_pad((224, 224), (5, 5)) == ((1, 2), (1, 2))
-    assert layers.keras_correct_pad((225, 28), (3, 5)) == ((1, 1), (1, 2))
-    # At even sizes it equals "SAME".
-    assert layers.resolve_padding("KERAS", (56, 56), (5, 5), (2, 2)) == layers.same_pad((56, 56), (5, 5), (2, 2))
-    assert layers.resolve_padding("KERAS", (57, 57), (3, 3), (1, 1)) == ((1, 1), (1, 1))
-    with pytest.raises(ValueError, match="padding"):
-        layers.resolve_padding("FULL", (8, 8), (3, 3), (1, 1))
+    assert _folds(_Joint(16, impl="matmul"), x)
+    assert not _folds(_Joint(16, impl="matmul", fold=False), x)
+    assert not _folds(_Joint(16, impl="lax"), x)
+    assert not _folds(_Joint(16, impl="matmul", train=False), x)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
 """MobileNetV3 against keras.applications (random weights, randomised BN)."""
 
+import re
+
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -60,9 +63,9 @@ def test_parity_with_keras_mobilenet_v3_small(small_oracles, small_files, fmt, s
     assert relative_error(got, expected) <= 1e-4
 
 
-def test_parity_with_lax_depthwise_too(small_oracles, small_files):
+def test_parity_with_the_portable_kernels_too(small_oracles, small_files):
     variables = fracjax.models.load_keras_weights("mobilenet_v3_small", small_files["keras3"])
-    model = fracjax.models.create("mobilenet_v3_small", head=None, depthwise_impl="lax")
+    model = fracjax.models.create("mobilenet_v3_small", head=None, kernels="portable")
     x = np.random.default_rng(7).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
     expected = np.asarray(small_oracles[224](x, training=False))
     with jax.default_matmul_precision("highest"):
@@ -140,20 +143,46 @@ def test_zero_init_residual_starts_residual_blocks_as_identity(name):
 
 def test_train_mode_folds_the_expand_last_and_grey_stem_batch_norms_on_cpu(monkeypatch):
     # MobileNetV3-Small on grey input: 10 expand convs, the last conv and the stem run as
-    # layers.pointwise_conv_batch_norm_train in train mode (benchmarks/NOTES.md, session 6);
-    # eval mode and the lax impl keep conv + BatchNorm.
-    from fracjax.models import layers
-
-    model = mobilenet_v3.MobileNetV3Small()
+    # ops.pointwise_conv_batch_norm_train in train mode (benchmarks/NOTES.md, session 6);
+    # eval mode and the portable kit keep conv + BatchNorm.
     x = np.zeros((2, 64, 64, 1), np.float32)
-    v = jax.eval_shape(model.init, jax.random.key(0), x)  # tracing needs shapes only
 
-    def folds(train):
+    def folds(model, train):
+        v = jax.eval_shape(model.init, jax.random.key(0), x)  # tracing needs shapes only
         jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"]))(v, x)
         return str(jaxpr).count("name=pointwise_conv_batch_norm_train")
 
-    monkeypatch.setattr(layers, "_default_conv_impl", "matmul")
-    assert folds(True) == 12
-    assert folds(False) == 0
-    monkeypatch.setattr(layers, "_default_conv_impl", "lax")
-    assert folds(True) == 0
+    cpu = fracjax.models.create("mobilenet_v3_small", head=None, kernels="cpu")
+    assert folds(cpu, True) == 12
+    assert folds(cpu, False) == 0
+    assert folds(fracjax.models.create("mobilenet_v3_small", head=None, kernels="portable"), True) == 0
+    monkeypatch.setenv("FRACJAX_CONV_IMPL", "lax")  # the environment sets create's default kit
+    assert folds(fracjax.models.create("mobilenet_v3_small", head=None), True) == 0
+    monkeypatch.setenv("FRACJAX_CONV_IMPL", "matmul")
+    assert folds(fracjax.models.create("mobilenet_v3_small", head=None), True) == 12
+
+
+def test_kits_change_the_code_not_the_parameters():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)).astype(np.float32)
+    models = {name: fracjax.models.create("mobilenet_v3_small", kernels=name) for name in fracjax.models.KITS}
+    v = models["auto"].init(jax.random.key(0), x)
+    for name, model in models.items():
+        chex.assert_trees_all_equal(model.init(jax.random.key(0), x), v)
+        chex.assert_trees_all_close(model.apply(v, x), models["portable"].apply(v, x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        fracjax.models.create("mobilenet_v3_small", kernels="gpu")
+    with pytest.raises(ValueError, match="Kernels.depthwise"):
+        fracjax.models.Kernels(depthwise="matmul")
+
+
+def test_a_model_traced_on_cpu_exports_the_portable_ops_for_gpu():
+    from jax import export
+
+    model = fracjax.models.create("mobilenet_v3_small")
+    x = jax.ShapeDtypeStruct((1, 64, 64, 1), jnp.float32)
+    v = jax.eval_shape(model.init, jax.random.key(0), x)
+    forward = jax.jit(lambda v, x: model.apply(v, x))
+    for_gpu = export.export(forward, platforms=["cuda"])(v, x).mlir_module()
+    for_cpu = export.export(forward, platforms=["cpu"])(v, x).mlir_module()
+    grouped = re.compile(r"feature_group_count = (?!1\b)\d+")  # the depthwise convolutions
+    assert len(grouped.findall(for_gpu)) == 11 and not grouped.findall(for_cpu)
