@@ -191,60 +191,33 @@ class BatchNorm(nn.BatchNorm):
                 and self.use_fast_variance and self.force_float32_reductions)
 
 
-def _norm_variables(module: nn.Module, features: int, scale_init, bias_init, param_dtype):
-    """A BatchNorm's variables, declared in ``module``'s scope as flax does:
-    running mean and variance (float32, ``batch_stats``), scale and bias."""
-    ra_mean = module.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
-    ra_var = module.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
-    scale = module.param("scale", scale_init, (features,), param_dtype)
-    bias = module.param("bias", bias_init, (features,), param_dtype)
+def _norm_variables(owner, features: int, scale_init, bias_init, param_dtype):
+    """A BatchNorm's variables, declared as flax does, where ``owner`` (a
+    module or a scope) keeps them: running mean and variance (float32,
+    ``batch_stats``), scale and bias."""
+    ra_mean = owner.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
+    ra_var = owner.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
+    scale = owner.param("scale", scale_init, (features,), param_dtype)
+    bias = owner.param("bias", bias_init, (features,), param_dtype)
     return ra_mean, ra_var, scale, bias
-
-
-class _KernelVariable(nn.Module):
-    """A convolution kernel in a scope of its own (:class:`ConvBN`'s conv)."""
-
-    keras_layer = "conv2d"
-    use_bias = False
-    shape: Tuple[int, ...]
-    initializer: Callable
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self):
-        return self.param("kernel", self.initializer, self.shape, self.param_dtype)
-
-
-class _NormVariables(nn.Module):
-    """A BatchNorm's variables in a scope of its own (:class:`ConvBN`'s norm)."""
-
-    keras_layer = "batch_normalization"
-    features: int
-    scale_init: Callable
-    param_dtype: Any
-
-    @nn.compact
-    def __call__(self):
-        return _norm_variables(self, self.features, self.scale_init, nn.initializers.zeros, self.param_dtype)
 
 
 class ConvBN(nn.Module):
     """A bias-free convolution and the BatchNorm after it, as one module.
 
-    It owns both layers' variables under the names the caller gives, in the
-    caller's scope (``<conv_name>/kernel``, ``<norm_name>/{scale,bias}`` and
-    ``<norm_name>`` batch statistics): the tree of a separate :class:`Conv`
-    and :class:`BatchNorm`, so Keras imports and checkpoints are the same.
-    In train mode with ``fold`` on, where the CPU form runs (``impl``
-    "matmul", or "auto" lowered for CPU) and the shapes pay (see
-    :func:`fracjax.ops.conv_batch_norm_train`), the convolution is folded
-    into the normalisation; otherwise it is the convolution, then BatchNorm.
-    ``in_channels`` as in :class:`Conv`.
+    Its name is the convolution's and its kernel is ``<name>/kernel``; the
+    BatchNorm's variables live beside it, in the caller's scope under
+    ``norm_name``: the tree of a separate :class:`Conv` and :class:`BatchNorm`,
+    so Keras imports and checkpoints are the same. In train mode with ``fold``
+    on, where the CPU form runs (``impl`` "matmul", or "auto" lowered for
+    CPU) and the shapes pay (see :func:`fracjax.ops.conv_batch_norm_train`),
+    the convolution is folded into the normalisation; otherwise it is the
+    convolution, then BatchNorm. ``in_channels`` as in :class:`Conv`. Its
+    output is the normalised one (no pre-BatchNorm tensor exists when folded).
     """
 
     features: int
     kernel_size: Tuple[int, int]
-    conv_name: str
     norm_name: str
     strides: Union[int, Tuple[int, int], None] = 1
     padding: Padding = "SAME"
@@ -260,19 +233,23 @@ class ConvBN(nn.Module):
     kernel_init: Callable = default_kernel_init
     scale_init: Callable = nn.initializers.ones
 
-    def setup(self):
-        # The variables belong to the caller's scope, beside its other layers.
-        nn.share_scope(self, self.parent)
+    def keras_slots(self):
+        """(name in the caller's scope, Keras class, variables in Keras's order) of
+        the two Keras layers this module stands for (:mod:`fracjax.models.weights`)."""
+        return ((self.name, "conv2d", (("params", "kernel"),)),
+                (self.norm_name, "batch_normalization",
+                 (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))))
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         stored = self.in_channels or x.shape[-1]
-        kernel = _KernelVariable((*_pair(self.kernel_size), stored, self.features), self.kernel_init,
-                                 self.param_dtype, name=self.conv_name)()
-        ra_mean, ra_var, scale, bias = _NormVariables(self.features, self.scale_init, self.param_dtype,
-                                                      name=self.norm_name)()
+        kernel = self.param("kernel", self.kernel_init, (*_pair(self.kernel_size), stored, self.features),
+                            self.param_dtype)
+        norm_scope = self.parent.scope.push(self.norm_name)  # the BatchNorm's own name, beside this one
+        ra_mean, ra_var, scale, bias = _norm_variables(norm_scope, self.features, self.scale_init,
+                                                       nn.initializers.zeros, self.param_dtype)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        kernel = _kernel_for_input(kernel, x.shape[-1], stored, self.conv_name)
+        kernel = _kernel_for_input(kernel, x.shape[-1], stored, self.name)
         strides = _pair(self.strides)
         dtype = self.dtype or jnp.result_type(x, scale, bias)
         if not self.train:

@@ -109,7 +109,7 @@ class InvertedResidual(nn.Module):
         expanded = make_divisible(in_channels * spec.expansion)
         shortcut = x
         if self.expand:
-            x = act(self.conv_bn(expanded, (1, 1), conv_name="expand", norm_name="expand_bn")(x))
+            x = act(self.conv_bn(expanded, (1, 1), name="expand", norm_name="expand_bn")(x))
         # "KERAS" padding: "same" at stride 1, correct_pad + "valid" at stride 2.
         x = self.depthwise(
             kernel_size=(spec.kernel, spec.kernel),
@@ -122,7 +122,7 @@ class InvertedResidual(nn.Module):
             x = SqueezeExcite(make_divisible(expanded * SE_RATIO), conv=self.conv, name="se")(x)
         residual = spec.stride == 1 and in_channels == spec.out
         zero = residual and self.zero_init_residual
-        x = self.conv_bn(spec.out, (1, 1), conv_name="project", norm_name="project_bn",
+        x = self.conv_bn(spec.out, (1, 1), name="project", norm_name="project_bn",
                          **({"scale_init": nn.initializers.zeros} if zero else {}))(x)
         if residual:
             x = x + shortcut
@@ -169,7 +169,7 @@ class MobileNetV3(nn.Module):
         # repeated channels alike, so the stem sums its RGB kernel over them
         # instead of convolving three copies (3x less stem work, same parameters).
         x = preprocess_grey(x, "tf") if x.shape[-1] == 1 else preprocess_input(x, "tf")
-        x = self.act(conv_bn(self.stem_channels, (3, 3), strides=(2, 2), in_channels=3, conv_name="stem_conv",
+        x = self.act(conv_bn(self.stem_channels, (3, 3), strides=(2, 2), in_channels=3, name="stem_conv",
                              norm_name="stem_bn")(x))
         for i, spec in enumerate(self.blocks):
             x = InvertedResidual(
@@ -177,7 +177,7 @@ class MobileNetV3(nn.Module):
                 zero_init_residual=self.zero_init_residual, name=f"block{i}",
             )(x)
         last = self.last_channels or make_divisible(x.shape[-1] * 6)
-        x = self.act(conv_bn(last, (1, 1), conv_name="last_conv", norm_name="last_bn")(x))
+        x = self.act(conv_bn(last, (1, 1), name="last_conv", norm_name="last_bn")(x))
         return x
 
 

@@ -65,6 +65,12 @@ def _slot_variables(kind: str, module: nn.Module) -> Tuple[Tuple[str, str], ...]
     return (("params", "kernel"),)
 
 
+def _add_slot(slots: List[LayerSlot], seen: set, slot: LayerSlot) -> None:
+    if slot.path not in seen:
+        seen.add(slot.path)
+        slots.append(slot)
+
+
 def keras_layer_order(module: nn.Module, input_shape: Sequence[int]) -> List[LayerSlot]:
     """The weight-bearing layers of ``module`` in the order they are called.
 
@@ -77,11 +83,14 @@ def keras_layer_order(module: nn.Module, input_shape: Sequence[int]) -> List[Lay
     def interceptor(next_fun, args, kwargs, context):
         mod = context.module
         if context.method_name == "__call__":
-            kind = _keras_kind(mod)
             path = tuple(mod.scope.path) if mod.scope is not None else ()
-            if kind is not None and path not in seen:
-                seen.add(path)
-                slots.append(LayerSlot(path, kind, _slot_variables(kind, mod)))
+            if hasattr(mod, "keras_slots"):  # one module standing for several Keras layers (ConvBN)
+                for name, kind, variables in mod.keras_slots():
+                    _add_slot(slots, seen, LayerSlot((*path[:-1], name), kind, variables))
+                return next_fun(*args, **kwargs)
+            kind = _keras_kind(mod)
+            if kind is not None:
+                _add_slot(slots, seen, LayerSlot(path, kind, _slot_variables(kind, mod)))
         return next_fun(*args, **kwargs)
 
     def init(x):

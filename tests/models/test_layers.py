@@ -116,7 +116,7 @@ class _Joint(nn.Module):
     def __call__(self, x):
         return layers.ConvBN(self.features, self.kernel, strides=self.strides, in_channels=self.in_channels,
                              train=self.train, momentum=0.9, epsilon=1e-3, impl=self.impl, fold=self.fold,
-                             conv_name="expand", norm_name="expand_bn")(x)
+                             name="expand", norm_name="expand_bn")(x)
 
 
 def _loss_and_grads(module, v, x, r):
