@@ -6,7 +6,7 @@
     python examples/train.py --resume             # continue a killed run
     python examples/train.py --help               # every flag
 
-The same code is importable: ``fracjax.train.fit(fracjax.train.TrainConfig(...))``.
+The same code is importable: ``fracjax.train.fit(fracjax.train.make_config(...))``.
 """
 
 import sys
@@ -17,4 +17,4 @@ if __name__ == "__main__":
     reexec_with_malloc_hugepages()  # XLA:CPU's per-step scratch memory on huge pages (fracjax/hostmem.py)
     from fracjax.train.cli import main
 
-    sys.exit(main())
+    sys.exit(main(prog="examples/train.py"))

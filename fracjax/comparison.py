@@ -25,7 +25,7 @@ import fracjax
 from fracjax.evaluation import figures, stats
 from fracjax.evaluation import report as report_lib
 from fracjax.inference import Classifier
-from fracjax.train import TrainConfig, fit
+from fracjax.train import fit, make_config
 
 PAPER_MODELS = ("mobilenet_v3_small", "resnet50", "vgg16", "densenet121")
 BUDGET_ONLY = 10_000  # early-stopping patience (epochs) that leaves stopping to the budget
@@ -93,7 +93,7 @@ class ComparisonConfig:
             values.update(schedule="plateau", plateau_patience=3, early_stopping_patience=BUDGET_ONLY)
         if pretrained:
             values["phase2_lr"] = self.pretrained_phase2_lr
-        return TrainConfig(**values)
+        return make_config(**values)
 
 
 def forward_flops(model, variables, image_size: int) -> float:
@@ -217,9 +217,8 @@ def run_comparison(config: ComparisonConfig, log=print) -> Dict[str, Any]:
         if done:
             log(f"{model}: finished earlier, reusing {run_dir}")
         else:
-            train_config = config.train_config(model)
             started = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-            train_config.resume = started
+            train_config = config.train_config(model).replace(resume=started)
             log(f"{model}: {'resuming' if started else 'training'} into {run_dir}")
             fit(train_config)
         rows.append(_row(model, run_dir, config))

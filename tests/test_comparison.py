@@ -64,10 +64,10 @@ def test_tiny_comparison_is_complete_and_resumable(data_dir, tmp_path):
 
 
 def test_a_budget_replaces_the_schedule_and_early_stopping():
-    budgeted = ComparisonConfig().train_config("vgg16")
+    budgeted = ComparisonConfig().train_config("vgg16").optim
     assert budgeted.train_minutes == 5.0 and budgeted.schedule == "plateau"
     assert budgeted.early_stopping_patience == BUDGET_ONLY
-    plain = ComparisonConfig(budget_minutes=None).train_config("vgg16")
+    plain = ComparisonConfig(budget_minutes=None).train_config("vgg16").optim
     assert plain.train_minutes is None and plain.schedule == "cosine" and plain.early_stopping_patience == 3
 
 

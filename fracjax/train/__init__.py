@@ -1,11 +1,11 @@
 """fracjax training: two-phase transfer learning, checkpoints, metrics.
 
-    from fracjax.train import TrainConfig, fit
-    report = fit(TrainConfig(phase1_epochs=1, phase2_epochs=3))
+    from fracjax.train import make_config, fit
+    report = fit(make_config(phase1_epochs=1, phase2_epochs=3))
 """
 
 from fracjax.metrics import auroc, binary_metrics
-from fracjax.train.config import TrainConfig
+from fracjax.train.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, make_config
 from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
 from fracjax.train.optim import make_optimizer, trainable_mask
 from fracjax.train.parallel import Parallel
@@ -15,6 +15,11 @@ __all__ = [
     "NonFiniteLossError",
     "Parallel",
     "ResumeError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
     "StepConfig",
     "TrainConfig",
     "TrainState",
@@ -23,6 +28,7 @@ __all__ = [
     "binary_metrics",
     "eval_step",
     "fit",
+    "make_config",
     "make_optimizer",
     "make_train_step",
     "train_step",

@@ -1,175 +1,296 @@
-"""The run configuration: one dataclass, validated before any work starts,
-saved with every run as ``config.json``."""
+"""The run configuration, from one source.
+
+A :class:`TrainConfig` holds five frozen sections (model, data, optimisation,
+evaluation, run). Each field is declared once, with its default, its help,
+the checks its value must pass and how the command line spells it; the
+command line (:mod:`fracjax.train.cli`) is generated from these declarations
+and :func:`validate` runs the checks. Every option name is unique across the
+sections, so ``make_config(batch_size=8, image_size=64)`` and
+``config.replace(...)`` take the command line's names. A run saves
+``config.to_dict()`` in ``config.json``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
+
+import jax.numpy as jnp
 
 import fracjax
-from fracjax.models import pretrained
+from fracjax.models import pretrained as pretrained_weights
 
 PARALLEL_MODES = ("jit", "pmap")
 SCHEDULES = ("cosine", "plateau")
 DTYPES = ("float32", "bfloat16")
+HEADS = ("hybrid", "linear")
+
+Check = Callable[[Any], Optional[str]]  # a value -> what is wrong with it, or None
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    # What to train.
-    model: str = "mobilenet_v3_small"
-    head: str = "hybrid"
-    head_blocks: Optional[Tuple] = None  # None: the default hybrid blocks
-    head_dropout: Optional[float] = None
-    pretrained: Optional[str] = None  # "imagenet" or a Keras weights file of the backbone
-    # Data.
-    dataset: str = "synthetic_fracture"
-    data_dir: Optional[str] = None  # TFDS data_dir; default TFDS's ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-    manual_dir: Optional[str] = None  # the Kaggle download, for fracture_xray
-    image_size: Optional[int] = None  # default: the data set's stored size
-    train_examples: Optional[int] = None  # use the first N training examples
-    in_memory: bool = True  # decode each split once into host memory
-    # Optimisation.
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    phase1_epochs: int = 1
-    phase2_epochs: int = 8
-    lr: float = 1e-3
-    phase2_lr: float = 3e-3  # from scratch; with --pretrained use ~1e-5 (Keras guide)
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.5
-    plateau_patience: int = 1
-    plateau_factor: float = 0.5
-    unfreeze: Union[str, int] = "all"
-    # Phase 2 backbone BatchNorm: True = batch statistics (and updates), False =
-    # running statistics (Keras guidance for a pretrained backbone), None =
-    # auto: False with --pretrained, True without (a random backbone's running
-    # statistics are placeholders; freezing them leaves it unnormalised).
-    backbone_bn_train: Optional[bool] = None
-    # Momentum of the backbone's BatchNorm running statistics; None = auto: the
-    # architecture's (Keras) value with --pretrained, 0.9 without.
-    backbone_bn_momentum: Optional[float] = None
-    grad_clip: Optional[float] = 1.0
-    label_smoothing: float = 0.0
-    class_weights: Optional[Tuple[float, float]] = None  # (not fractured, fractured)
-    augment: bool = True
-    rotation: float = 0.1
-    zoom: float = 0.1
-    contrast: float = 0.1
-    brightness: float = 0.0
-    early_stopping_patience: int = 3  # epochs without a better validation AUROC
-    # A training-time budget in minutes (steps only: compiling, evaluation and
-    # data preparation are not counted): training stops at the first epoch end
-    # after which one more epoch would pass it; the epoch counts are then upper
-    # bounds. For comparing models at equal cost (examples/compare.py).
-    train_minutes: Optional[float] = None
-    threshold: float = 0.5
-    # Evaluation at the end of the run.
-    report: bool = True  # calibration on validation, test intervals, report.html with Grad-CAM
-    audit: Optional[str] = None  # leakage audit JSON (python -m fracjax.data.audit --clean-test): clean-test metrics
-    bootstrap: int = 1000  # resamples for the test metrics' 95% intervals (0: none)
-    # Running.
-    parallel: str = "jit"
-    dtype: str = "float32"
-    seed: int = 0
-    out: str = "runs"
-    name: Optional[str] = None
-    resume: bool = False
-    checkpoint_every: int = 0  # also save every N steps mid-epoch (0: at epoch ends only)
-    progress: bool = True
-    max_steps: Optional[int] = None  # stop after this many steps in all (tests, smoke runs)
+# -- checks ------------------------------------------------------------------
 
-    def validate(self) -> "TrainConfig":
-        """Raise ValueError naming the bad field; nothing has been done yet."""
-        def bad(field, why):
-            raise ValueError(f"--{field.replace('_', '-')}: {why}")
 
-        if self.model not in fracjax.models.available():
-            bad("model", f"unknown model {self.model!r}; choose from {fracjax.models.available()}")
-        if self.head not in ("hybrid", "linear"):
-            bad("head", f"must be 'hybrid' or 'linear', got {self.head!r}")
-        if self.image_size is not None and self.image_size < 32:
-            bad("image_size", f"must be >= 32, got {self.image_size}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            bad("batch_size", "must be >= 1")
-        if self.train_examples is not None and self.train_examples < self.batch_size:
-            bad("train_examples", f"must be >= the batch size {self.batch_size}, got {self.train_examples}")
-        if self.phase1_epochs < 0 or self.phase2_epochs < 0 or self.phase1_epochs + self.phase2_epochs == 0:
-            bad("phase1_epochs", "phase epochs must be >= 0 and not both 0")
-        for field in ("lr", "phase2_lr"):
-            if not getattr(self, field) > 0:
-                bad(field, f"must be > 0, got {getattr(self, field)}")
-        if self.weight_decay < 0:
-            bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.unfreeze != "all":
-            try:
-                n = int(self.unfreeze)
-            except (TypeError, ValueError):
-                bad("unfreeze", f"must be 'all' or a number of top backbone groups, got {self.unfreeze!r}")
-            if n < 0:
-                bad("unfreeze", f"must be >= 0, got {n}")
-            self.unfreeze = n
-        if self.parallel not in PARALLEL_MODES:
-            bad("parallel", f"must be one of {PARALLEL_MODES}, got {self.parallel!r}")
-        if self.dtype not in DTYPES:
-            bad("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            bad("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
-        if self.class_weights is not None and (len(self.class_weights) != 2 or min(self.class_weights) <= 0):
-            bad("class_weights", f"must be two positive numbers, got {self.class_weights}")
-        if not 0.0 < self.threshold < 1.0:
-            bad("threshold", f"must be in (0, 1), got {self.threshold}")
-        for field in ("rotation", "zoom", "contrast", "brightness"):
-            if not 0.0 <= getattr(self, field) < 1.0:
-                bad(field, f"must be in [0, 1), got {getattr(self, field)}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            bad("grad_clip", f"must be > 0, got {self.grad_clip}")
-        if self.pretrained in pretrained.WEIGHT_NAMES:
-            if self.model not in pretrained.KERAS_NO_TOP:
-                bad("pretrained", f"no {self.pretrained} weights are known for {self.model}")
-        elif self.pretrained is not None and not os.path.isfile(self.pretrained):
-            bad("pretrained", f"no such file: {self.pretrained} (or 'imagenet' for Keras's ImageNet weights)")
-        if self.dataset.split("/")[0] == "fracture_xray" and self.manual_dir is not None:
-            if not os.path.isdir(self.manual_dir):
-                bad("manual_dir", f"no such folder: {self.manual_dir}")
-        if self.backbone_bn_momentum is not None and not 0.0 <= self.backbone_bn_momentum < 1.0:
-            bad("backbone_bn_momentum", f"must be in [0, 1), got {self.backbone_bn_momentum}")
-        if self.audit is not None and not os.path.isfile(self.audit):
-            bad("audit", f"no such file: {self.audit}")
-        if self.bootstrap < 0:
-            bad("bootstrap", f"must be >= 0 (0: no intervals), got {self.bootstrap}")
-        if self.train_minutes is not None and not 0 < self.train_minutes < float("inf"):
-            bad("train_minutes", f"must be a positive number of minutes, got {self.train_minutes}")
-        if self.early_stopping_patience < 1:
-            bad("early_stopping_patience", "must be >= 1")
-        return self
+def at_least(low) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}, got {v}"
 
-    @property
-    def backbone_bn_trains(self) -> bool:
-        """Whether the backbone's BatchNorm trains in phase 2 (by default: from scratch yes, pretrained no)."""
-        if self.backbone_bn_train is None:
-            return self.pretrained is None
-        return bool(self.backbone_bn_train)
+
+def positive(v) -> Optional[str]:
+    return None if v > 0 and v < float("inf") else f"must be > 0, got {v}"
+
+
+def fraction(v) -> Optional[str]:
+    return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
+
+
+def one_of(choices) -> Check:
+    return lambda v: None if v in choices else f"must be one of {tuple(choices)}, got {v!r}"
+
+
+def existing_file(v) -> Optional[str]:
+    return None if os.path.isfile(v) else f"no such file: {v}"
+
+
+def _known_model(v) -> Optional[str]:
+    return one_of(fracjax.models.available())(v)
+
+
+def _unfreeze(v) -> Optional[str]:
+    if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+        return None
+    return f"must be 'all' or a number (>= 0) of top backbone groups, got {v!r}"
+
+
+def _class_weights(v) -> Optional[str]:
+    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(w > 0 for w in v)
+    return None if ok else f"must be two positive numbers, got {v}"
+
+
+def _pretrained(v) -> Optional[str]:
+    if v in pretrained_weights.WEIGHT_NAMES or os.path.isfile(v):
+        return None
+    return f"no such file: {v} (or 'imagenet' for Keras's ImageNet weights)"
+
+
+def _threshold(v) -> Optional[str]:
+    return None if 0.0 < v < 1.0 else f"must be in (0, 1), got {v}"
+
+
+# -- declarations --------------------------------------------------------------
+
+
+def option(default, help: str, *, check: Optional[Check] = None, choices=None, flag: Optional[str] = None,
+           metavar: Optional[str] = None, default_text: Optional[str] = None, nargs: Optional[int] = None,
+           parse: Optional[Callable[[str], Any]] = None, spellings: Optional[Dict[str, Any]] = None,
+           switch: Optional[str] = None, cli: bool = True):
+    """A config field and everything said about it.
+
+    ``check``: a value -> error text (None values skip it). ``choices``: the
+    allowed values (checked too). ``flag``: the command line's name when it
+    is not the field's. ``default_text``: the help's words for a None
+    default. ``parse``: text -> value where the field's type is not enough.
+    ``spellings``: the command line's words for the values (``--backbone-bn
+    auto|train|inference``). ``switch``: the help of ``--no-<flag>``, for a
+    boolean that defaults to True. ``cli=False``: Python only.
+    """
+    metadata = dict(help=help, check=check, choices=choices, flag=flag, metavar=metavar, default_text=default_text,
+                    nargs=nargs, parse=parse, spellings=spellings, switch=switch, cli=cli)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = option("mobilenet_v3_small", "backbone architecture", flag="model", check=_known_model,
+                       metavar="NAME")
+    head: str = option("hybrid", "hybrid: the paper's conv blocks + GAP + dropout + dense; linear: GAP + "
+                       "dropout + dense", choices=HEADS)
+    head_blocks: Optional[Tuple] = option(None, "the hybrid head's conv blocks", cli=False)
+    head_dropout: Optional[float] = option(None, "dropout before the head's dense layer", check=fraction,
+                                           default_text="0.3 hybrid, 0.2 linear")
+    pretrained: Optional[str] = option(
+        None, "Keras ImageNet weights of the backbone: 'imagenet' (the file keras.applications uses, fetched "
+        "once, hash-checked, cached in $FRACJAX_CACHE or ~/.cache/fracjax) or a weights file (include_top=False, "
+        ".weights.h5 or legacy .h5); checked against --model before training", check=_pretrained,
+        metavar="imagenet|PATH", default_text="none: from scratch")
+    backbone_bn_momentum: Optional[float] = option(
+        None, "momentum of the backbone's BatchNorm running statistics", check=fraction, metavar="M",
+        default_text="the Keras value with --pretrained, 0.9 from scratch")
+    dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=DTYPES)
 
     @property
     def resolved_backbone_bn_momentum(self) -> Optional[float]:
-        """``backbone_bn_momentum``, or by default 0.9 from scratch and the architecture's Keras value (None) when pretrained."""
+        """``backbone_bn_momentum``, or 0.9 from scratch and the architecture's (None) when pretrained."""
         if self.backbone_bn_momentum is None:
             return None if self.pretrained else 0.9
         return self.backbone_bn_momentum
 
     @property
+    def compute_dtype(self):
+        """``dtype`` as the jnp type the model, the steps and evaluation compute in."""
+        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+
+    def create_options(self, bn_axis_name: Optional[str] = None) -> Dict[str, Any]:
+        """The keyword options of ``fracjax.models.create(self.name, head=self.head, ...)``."""
+        options: Dict[str, Any] = {"num_classes": 1}
+        if self.dtype == "bfloat16":
+            options["dtype"] = self.compute_dtype
+        if bn_axis_name:
+            options["bn_axis_name"] = bn_axis_name
+        if self.head_blocks is not None:
+            options["head_blocks"] = self.head_blocks
+        if self.head_dropout is not None:
+            options["head_dropout"] = self.head_dropout
+        if self.resolved_backbone_bn_momentum is not None:
+            options["bn_momentum"] = self.resolved_backbone_bn_momentum
+        return options
+
+    def spec(self, image_size: int, threshold: float, labels) -> Dict[str, Any]:
+        """What inference needs to rebuild this model (saved with a run's checkpoints)."""
+        return {
+            "model": self.name,
+            "head": self.head,
+            "num_classes": 1,
+            "head_blocks": self.head_blocks,
+            "head_dropout": self.head_dropout,
+            "image_size": image_size,
+            "input_contract": fracjax.models.input_contract(self.name).to_dict(),
+            "threshold": threshold,
+            "labels": list(labels),
+            "fracjax_version": fracjax.__version__,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("synthetic_fracture", "TFDS name: synthetic_fracture (embedded), fracture_xray (the "
+                          "Kaggle set, needs --manual-dir), with an optional /config, e.g. fracture_xray/384")
+    data_dir: Optional[str] = option(None, "TFDS data_dir", metavar="DIR",
+                                     default_text="TFDS's: $TFDS_DATA_DIR or ~/tensorflow_datasets")
+    manual_dir: Optional[str] = option(None, "folder holding the unzipped Kaggle download (fracture_xray)",
+                                       metavar="DIR")
+    image_size: Optional[int] = option(None, "train at this size", check=at_least(32),
+                                       default_text="the data set's stored size")
+    train_examples: Optional[int] = option(None, "use the first N training examples", check=at_least(1),
+                                           metavar="N", default_text="all")
+    in_memory: bool = option(True, "hold the decoded splits in memory",
+                             switch="stream from disk instead of holding the decoded splits in memory")
+    augment: bool = option(True, "flip/rotation/zoom/contrast augmentation on the device",
+                           switch="no flip/rotation/zoom/contrast augmentation")
+    rotation: float = option(0.1, "largest rotation, a fraction of a full turn", check=fraction)
+    zoom: float = option(0.1, "largest zoom in or out, a fraction", check=fraction)
+    contrast: float = option(0.1, "largest contrast change, a fraction", check=fraction)
+    brightness: float = option(0.0, "largest brightness change, a fraction", check=fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    batch_size: int = option(32, "global batch size", check=at_least(1))
+    phase1_epochs: int = option(1, "epochs with the backbone frozen", check=at_least(0))
+    phase2_epochs: int = option(8, "fine-tuning epochs", check=at_least(0))
+    lr: float = option(1e-3, "phase 1 peak learning rate (AdamW)", check=positive)
+    phase2_lr: float = option(3e-3, "phase 2 peak learning rate (with ImageNet weights, try 1e-5 as the Keras "
+                              "guide does)", check=positive)
+    weight_decay: float = option(1e-4, "AdamW decoupled weight decay (kernels only)", check=at_least(0.0))
+    schedule: str = option("cosine", "cosine: warm-up then cosine decay per phase; plateau: halve on a "
+                           "validation-loss plateau", choices=SCHEDULES)
+    warmup_epochs: float = option(0.5, "cosine schedule: linear warm-up epochs", check=at_least(0.0))
+    plateau_patience: int = option(1, "plateau schedule: epochs without a better validation loss before a cut",
+                                   check=at_least(0))
+    plateau_factor: float = option(0.5, "plateau schedule: the learning rate's factor at a cut", check=positive)
+    unfreeze: Union[str, int] = option("all", "phase 2: 'all' or the number of top backbone groups to fine-tune",
+                                       check=_unfreeze, parse=lambda s: s if s == "all" else int(s),
+                                       metavar="all|N")
+    backbone_bn_train: Optional[bool] = option(
+        None, "phase 2 backbone BatchNorm: train (batch statistics), inference (running statistics, the Keras "
+        "guidance for a pretrained backbone), auto (inference with --pretrained, else train)", flag="backbone_bn",
+        spellings={"auto": None, "train": True, "inference": False})
+    grad_clip: Optional[float] = option(1.0, "global-norm gradient clipping", check=positive)
+    label_smoothing: float = option(0.0, "label smoothing of the binary targets", check=fraction)
+    class_weights: Optional[Tuple[float, float]] = option(None, "loss weights per class", check=_class_weights,
+                                                          nargs=2, metavar=("NOT_FRACTURED", "FRACTURED"),
+                                                          default_text="1 and 1")
+    early_stopping_patience: int = option(3, "stop a phase after this many epochs without a better validation "
+                                          "AUROC", check=at_least(1))
+    train_minutes: Optional[float] = option(
+        None, "training-time budget: stop at the epoch end after which one more epoch would pass it (compiling "
+        "not counted, each epoch's validation counted); the epoch counts become upper bounds", check=positive,
+        metavar="MIN", default_text="none")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    eval_batch_size: int = option(64, "batch size of validation and test passes", check=at_least(1))
+    threshold: float = option(0.5, "decision threshold on the fracture probability", check=_threshold)
+    report: bool = option(True, "end-of-run calibration and report.html with Grad-CAM",
+                          switch="skip the end-of-run calibration and report.html (report.json is always written)")
+    audit: Optional[str] = option(None, "leakage audit of the data set (python -m fracjax.data.audit --json A "
+                                  "--clean-test): the report adds metrics on the clean test examples",
+                                  check=existing_file, metavar="JSON")
+    bootstrap: int = option(1000, "bootstrap resamples for the test metrics' 95% intervals (0: none)",
+                            check=at_least(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    parallel: str = option("jit", "jit: one program over a device mesh (NamedSharding); pmap: the older "
+                           "per-device map", choices=PARALLEL_MODES)
+    seed: int = option(0, "seed of the initialisation, data order, augmentation and dropout")
+    out: str = option("runs", "parent folder of run folders", metavar="DIR")
+    name: Optional[str] = option(None, "run folder name", default_text="<model>_<head>")
+    resume: bool = option(False, "continue the run from its latest checkpoint")
+    checkpoint_every: int = option(0, "also checkpoint every STEPS steps inside an epoch (0: at epoch ends only)",
+                                   check=at_least(0), metavar="STEPS")
+    progress: bool = option(True, "progress bars", switch="no progress bars")
+    max_steps: Optional[int] = option(None, "stop after this many steps in all (smoke runs)", check=at_least(1),
+                                      default_text="none")
+
+
+SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("evaluation", EvalConfig),
+            ("run", RunConfig))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first bad option (``--flag``); change nothing."""
+        validate(self)
+        return self
+
+    def replace(self, **options) -> "TrainConfig":
+        """A copy with options changed, by their command-line names (``batch_size=8``)."""
+        sections = {name: {} for name, _ in SECTIONS}
+        for key, value in options.items():
+            section, field_name = _locate(key)
+            sections[section][field_name] = value
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **changes)
+                                            for name, changes in sections.items() if changes})
+
+    def flat(self) -> Dict[str, Any]:
+        """``{option: value}`` over every section (the names ``make_config`` takes)."""
+        return {key: getattr(getattr(self, section), f.name) for section, f, key in fields()}
+
+    @property
+    def backbone_bn_trains(self) -> bool:
+        """Whether the backbone's BatchNorm trains in phase 2 (by default: from scratch yes, pretrained no)."""
+        if self.optim.backbone_bn_train is None:
+            return self.model.pretrained is None
+        return bool(self.optim.backbone_bn_train)
+
+    @property
     def run_name(self) -> str:
-        return self.name or f"{self.model}_{self.head}"
+        return self.run.name or f"{self.model.name}_{self.model.head}"
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(self.out, self.run_name)
+        return os.path.join(self.run.out, self.run_name)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,8 +300,84 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown config field(s): {sorted(unknown)}")
-        return cls(**values)
+        """From :meth:`to_dict`'s nested form, or the flat one of earlier runs' ``config.json``."""
+        if set(values) <= {name for name, _ in SECTIONS}:
+            return cls(**{name: section(**_known(section, values[name])) for name, section in SECTIONS
+                          if name in values})
+        return make_config(**values)
+
+
+def _known(section, values: Dict[str, Any]) -> Dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(section)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {section.__name__} field(s): {unknown}")
+    return values
+
+
+def fields() -> Iterator[Tuple[str, dataclasses.Field, str]]:
+    """(section, field, option name) for every option, in declaration order.
+    The option name is the field's, or its ``flag`` (``model``, ``backbone_bn``...)
+    where two sections would clash or the command line says it otherwise."""
+    for section, cls in SECTIONS:
+        for f in dataclasses.fields(cls):
+            yield section, f, _option_name(section, f)
+
+
+def _option_name(section: str, f: dataclasses.Field) -> str:
+    if section == "model" and f.name == "name":
+        return "model"
+    return f.name
+
+
+def _locate(option: str) -> Tuple[str, str]:
+    """(section, field name) of an option name."""
+    for section, f, name in fields():
+        if option == name:
+            return section, f.name
+    raise ValueError(f"unknown config option {option!r}; options: {sorted(name for _, _, name in fields())}")
+
+
+def make_config(**options) -> TrainConfig:
+    """A :class:`TrainConfig` from options named as on the command line:
+    ``make_config(phase2_epochs=3, image_size=64)``."""
+    return TrainConfig().replace(**options)
+
+
+def flag_of(f: dataclasses.Field, option_name: str) -> str:
+    return "--" + (f.metadata.get("flag") or option_name).replace("_", "-")
+
+
+def validate(config: TrainConfig) -> None:
+    """Every field's own checks, then the checks across fields; the first
+    failure raises ValueError naming the option's flag."""
+    for section, f, name in fields():
+        value = getattr(getattr(config, section), f.name)
+        problem = _field_problem(f, value)
+        if problem:
+            raise ValueError(f"{flag_of(f, name)}: {problem}")
+    for flag, problem in _cross_problems(config):
+        raise ValueError(f"--{flag}: {problem}")
+
+
+def _field_problem(f: dataclasses.Field, value) -> Optional[str]:
+    if value is None:
+        return None
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        return one_of(choices)(value)
+    check = f.metadata.get("check")
+    return check(value) if check else None
+
+
+def _cross_problems(config: TrainConfig) -> Iterator[Tuple[str, str]]:
+    model, data, optim = config.model, config.data, config.optim
+    if optim.phase1_epochs + optim.phase2_epochs == 0:
+        yield "phase1-epochs", "phase epochs must not both be 0"
+    if data.train_examples is not None and data.train_examples < optim.batch_size:
+        yield "train-examples", f"must be >= the batch size {optim.batch_size}, got {data.train_examples}"
+    if model.pretrained in pretrained_weights.WEIGHT_NAMES and model.name not in pretrained_weights.KERAS_NO_TOP:
+        yield "pretrained", f"no {model.pretrained} weights are known for {model.name}"
+    if data.dataset.split("/")[0] == "fracture_xray" and data.manual_dir is not None:
+        if not os.path.isdir(data.manual_dir):
+            yield "manual-dir", f"no such folder: {data.manual_dir}"

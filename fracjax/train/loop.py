@@ -60,34 +60,13 @@ def _log(msg: str) -> None:
 
 
 def build_model(config: TrainConfig, bn_axis_name: Optional[str] = None):
-    options: Dict[str, Any] = {}
-    if config.dtype == "bfloat16":
-        options["dtype"] = jnp.bfloat16
-    if bn_axis_name:
-        options["bn_axis_name"] = bn_axis_name
-    if config.head_blocks is not None:
-        options["head_blocks"] = config.head_blocks
-    if config.head_dropout is not None:
-        options["head_dropout"] = config.head_dropout
-    if config.resolved_backbone_bn_momentum is not None:
-        options["bn_momentum"] = config.resolved_backbone_bn_momentum
-    return fracjax.models.create(config.model, head=config.head, num_classes=1, **options)
+    return fracjax.models.create(config.model.name, head=config.model.head,
+                                 **config.model.create_options(bn_axis_name))
 
 
 def model_spec(config: TrainConfig, image_size: int) -> Dict[str, Any]:
-    """What inference needs to rebuild the model (saved with checkpoints)."""
-    return {
-        "model": config.model,
-        "head": config.head,
-        "num_classes": 1,
-        "head_blocks": config.head_blocks,
-        "head_dropout": config.head_dropout,
-        "image_size": image_size,
-        "input_contract": fracjax.models.input_contract(config.model).to_dict(),
-        "threshold": config.threshold,
-        "labels": list(LABEL_NAMES),
-        "fracjax_version": fracjax.__version__,
-    }
+    """What inference needs to rebuild the model (saved with checkpoints): the model config's own spec."""
+    return config.model.spec(image_size, config.evaluation.threshold, LABEL_NAMES)
 
 
 # --------------------------------------------------------------------------
@@ -120,12 +99,12 @@ def predict_source(eval_fn, variables, source, batch_size: int, parallel: Parall
 
 def evaluate_split(eval_fn, variables, source, config: TrainConfig, parallel: Parallel) -> Dict[str, Any]:
     logits, labels, _ = predict_source(eval_fn, variables, source, _eval_batch(config, parallel), parallel)
-    return metrics_lib.metrics_from_logits(labels, logits, config.threshold)
+    return metrics_lib.metrics_from_logits(labels, logits, config.evaluation.threshold)
 
 
 def _eval_batch(config: TrainConfig, parallel: Parallel) -> int:
     n = parallel.count
-    return max(n, (config.eval_batch_size // n) * n)
+    return max(n, (config.evaluation.eval_batch_size // n) * n)
 
 
 # --------------------------------------------------------------------------
@@ -144,7 +123,8 @@ class Phase:
 def _phases(config: TrainConfig, steps_per_epoch: int) -> List[Phase]:
     phases = []
     step = 0
-    for number, epochs, lr in ((1, config.phase1_epochs, config.lr), (2, config.phase2_epochs, config.phase2_lr)):
+    o = config.optim
+    for number, epochs, lr in ((1, o.phase1_epochs, o.lr), (2, o.phase2_epochs, o.phase2_lr)):
         if epochs:
             phases.append(Phase(number, epochs, lr, step))
             step += epochs * steps_per_epoch
@@ -154,28 +134,30 @@ def _phases(config: TrainConfig, steps_per_epoch: int) -> List[Phase]:
 def _train_step(config: TrainConfig, model, params, phase: Phase, steps_per_epoch: int, parallel: Parallel,
                 step_config: StepConfig) -> TrainStep:
     schedule = optim.learning_rate_schedule(
-        "cosine" if config.schedule == "cosine" else "plateau",
+        "cosine" if config.optim.schedule == "cosine" else "plateau",
         phase.lr,
         phase.epochs * steps_per_epoch,
-        warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+        warmup_steps=int(config.optim.warmup_epochs * steps_per_epoch),
     )
     plateau = None
-    if config.schedule == "plateau":
-        plateau = optax.contrib.reduce_on_plateau(factor=config.plateau_factor, patience=config.plateau_patience)
+    if config.optim.schedule == "plateau":
+        plateau = optax.contrib.reduce_on_plateau(factor=config.optim.plateau_factor,
+                                                  patience=config.optim.plateau_patience)
     return make_train_step(
-        model, params, phase=phase.number, learning_rate=schedule, unfreeze=config.unfreeze,
-        weight_decay=config.weight_decay, grad_clip=config.grad_clip, config=step_config, parallel=parallel,
+        model, params, phase=phase.number, learning_rate=schedule, unfreeze=config.optim.unfreeze,
+        weight_decay=config.optim.weight_decay, grad_clip=config.optim.grad_clip, config=step_config, parallel=parallel,
         plateau=plateau,
     )
 
 
 def _check_resumable(meta: Dict[str, Any], config: TrainConfig) -> None:
     saved = meta.get("config", {})
+    now = config.flat()
     for field in ("model", "head", "dataset", "batch_size", "seed", "train_examples", "phase1_epochs", "phase2_epochs", "unfreeze"):
-        if str(saved.get(field)) != str(getattr(config, field)):
+        if str(saved.get(field)) != str(now[field]):
             raise ResumeError(
                 f"cannot resume {config.run_dir}: it was run with {field}={saved.get(field)!r}, "
-                f"now {getattr(config, field)!r}"
+                f"now {now[field]!r}"
             )
 
 
@@ -249,35 +231,35 @@ def _start(config: TrainConfig) -> _Run:
     config.validate()
     clock = _Clock()
     _refuse_overwrite(config)
-    parallel = Parallel(config.parallel)
+    parallel = Parallel(config.run.parallel)
     note = hostmem.hugepages_note() if jax.default_backend() == "cpu" else None
     if note:
         _log(note)
-    if config.batch_size % parallel.count:
-        raise ValueError(f"--batch-size {config.batch_size} is not divisible by {parallel.count} devices")
-    checkpoints = ckpt.RunCheckpoints(config.run_dir) if config.resume else None
+    if config.optim.batch_size % parallel.count:
+        raise ValueError(f"--batch-size {config.optim.batch_size} is not divisible by {parallel.count} devices")
+    checkpoints = ckpt.RunCheckpoints(config.run_dir) if config.run.resume else None
     resume_meta = _resume_meta(config, checkpoints) if checkpoints else None
     # One model for init, training and evaluation: under pmap its BatchNorm
     # needs the axis only where it computes batch statistics (training).
     model = build_model(config, parallel.axis_name)
     backbone, pretrained_note = _pretrained_backbone(config)  # a bad weights file stops the run before data work
-    builder = prepare.prepare_dataset(config.dataset, config.data_dir, config.manual_dir, log=_log)
-    image_size = config.image_size or prepare.stored_image_size(builder)
-    variables = _init_variables(model, image_size, config.seed, backbone)
-    splits = prepare.load_splits(builder, config.train_examples, config.image_size, config.in_memory)
-    order = pipeline.TrainOrder(len(splits["train"]), config.batch_size, config.seed, jax.process_index(),
+    builder = prepare.prepare_dataset(config.data.dataset, config.data.data_dir, config.data.manual_dir, log=_log)
+    image_size = config.data.image_size or prepare.stored_image_size(builder)
+    variables = _init_variables(model, image_size, config.run.seed, backbone)
+    splits = prepare.load_splits(builder, config.data.train_examples, config.data.image_size, config.data.in_memory)
+    order = pipeline.TrainOrder(len(splits["train"]), config.optim.batch_size, config.run.seed, jax.process_index(),
                                 jax.process_count())
     phases = _phases(config, order.steps_per_epoch)
     total_steps = sum(p.epochs for p in phases) * order.steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    if config.run.max_steps is not None:
+        total_steps = min(total_steps, config.run.max_steps)
     spec = model_spec(config, image_size)
     _write_config(config, spec)
     run = _Run(
         config=config, parallel=parallel, model=model, spec=spec, builder=builder, splits=splits, order=order,
         phases=phases, total_steps=total_steps, eval_fn=_eval_fn(config, model, parallel),
         checkpoints=checkpoints or ckpt.RunCheckpoints(config.run_dir), variables=variables,
-        key_data=np.asarray(jax.random.key_data(jax.random.key(config.seed + 1))),
+        key_data=np.asarray(jax.random.key_data(jax.random.key(config.run.seed + 1))),
         pretrained_note=pretrained_note, resume_meta=resume_meta, clock=clock,
     )
     if resume_meta is None and os.path.exists(run.metrics_path):
@@ -287,7 +269,7 @@ def _start(config: TrainConfig) -> _Run:
 
 def _refuse_overwrite(config: TrainConfig) -> None:
     checkpoints_dir = os.path.join(config.run_dir, "checkpoints")
-    if os.path.isdir(checkpoints_dir) and os.listdir(checkpoints_dir) and not config.resume:
+    if os.path.isdir(checkpoints_dir) and os.listdir(checkpoints_dir) and not config.run.resume:
         raise ResumeError(
             f"{config.run_dir} already holds checkpoints: pass --resume to continue it, or another --name / --out"
         )
@@ -312,11 +294,11 @@ def _resume_meta(config: TrainConfig, checkpoints: ckpt.RunCheckpoints) -> Optio
 
 def _pretrained_backbone(config: TrainConfig):
     """(backbone variables, the weights file) of ``--pretrained``, or (None, None)."""
-    if not config.pretrained:
+    if not config.model.pretrained:
         return None, None
-    check_size = config.image_size or fracjax.models.input_contract(config.model).default_size
-    weights_file = fracjax.models.pretrained.resolve(config.model, config.pretrained)
-    backbone = fracjax.models.load_keras_weights(config.model, weights_file, image_size=check_size)
+    check_size = config.data.image_size or fracjax.models.input_contract(config.model.name).default_size
+    weights_file = fracjax.models.pretrained.resolve(config.model.name, config.model.pretrained)
+    backbone = fracjax.models.load_keras_weights(config.model.name, weights_file, image_size=check_size)
     return backbone, os.path.abspath(weights_file)
 
 
@@ -336,26 +318,25 @@ def _write_config(config: TrainConfig, spec: Dict[str, Any]) -> None:
 
 
 def _eval_fn(config: TrainConfig, model, parallel: Parallel):
-    compute_dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     return jax.jit(
-        functools.partial(eval_step, apply_fn=model.apply, compute_dtype=compute_dtype),
+        functools.partial(eval_step, apply_fn=model.apply, compute_dtype=config.model.compute_dtype),
         in_shardings=(parallel.replicated, parallel.sharded), out_shardings=parallel.sharded,
     )
 
 
 def _step_config(config: TrainConfig, phase: Phase) -> StepConfig:
     augment = None
-    if config.augment:
-        augment = AugmentConfig(flip=True, rotation=config.rotation, zoom=config.zoom, contrast=config.contrast,
-                                brightness=config.brightness)
-    neg_weight, pos_weight = config.class_weights or (1.0, 1.0)
+    if config.data.augment:
+        augment = AugmentConfig(flip=True, rotation=config.data.rotation, zoom=config.data.zoom,
+                                contrast=config.data.contrast, brightness=config.data.brightness)
+    neg_weight, pos_weight = config.optim.class_weights or (1.0, 1.0)
     return StepConfig(
         backbone_train=(phase.number == 2 and config.backbone_bn_trains),
-        label_smoothing=config.label_smoothing,
+        label_smoothing=config.optim.label_smoothing,
         pos_weight=pos_weight,
         neg_weight=neg_weight,
         augment=augment,
-        compute_dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
+        compute_dtype=config.model.compute_dtype,
     )
 
 
@@ -366,8 +347,9 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
     """Train ``phase`` (or its rest, after a resume); False: training is over."""
     if run.resume_meta is not None and run.resume_meta["phase"] > phase.number:
         return True  # done before the run was stopped
+    step_config = _step_config(run.config, phase)
     train = _train_step(run.config, run.model, run.variables["params"], phase, run.steps_per_epoch, run.parallel,
-                        _step_config(run.config, phase))
+                        step_config)
     if run.resume_meta is not None:
         state = _restore(run, train)
         if run.progress.budget_spent:
@@ -377,7 +359,7 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
     else:
         state = train.init_state(run.variables, jax.random.wrap_key_data(jnp.asarray(run.key_data)), step=run.step)
         run.progress = dataclasses.replace(run.progress, phase=phase.number, phase_done=False, bad_epochs=0)
-    _log_phase(run, phase, train)
+    _log_phase(run, phase, train, step_config)
     phase_end = min(phase.first_step + phase.epochs * run.steps_per_epoch, run.total_steps)
     while run.step < phase_end:
         state = _train_epoch(run, phase, train, state)
@@ -387,11 +369,11 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
     return run.step < run.total_steps and not run.progress.budget_spent
 
 
-def _log_phase(run: _Run, phase: Phase, train: TrainStep) -> None:
+def _log_phase(run: _Run, phase: Phase, train: TrainStep, step_config: StepConfig) -> None:
     trainable = optim.count_trainable(run.variables["params"], train.trainable)
-    bn = "train" if _step_config(run.config, phase).backbone_train else "inference"
+    bn = "train" if step_config.backbone_train else "inference"
     _log(f"phase {phase.number}: {trainable:,} trainable parameters, backbone BatchNorm {bn} mode, lr {phase.lr:g}, "
-         f"{phase.epochs} epoch(s) of {run.steps_per_epoch} steps, batch {run.config.batch_size}, "
+         f"{phase.epochs} epoch(s) of {run.steps_per_epoch} steps, batch {run.config.optim.batch_size}, "
          f"{run.parallel.mode} on {run.parallel.count} device(s)")
 
 
@@ -448,7 +430,7 @@ def _train_epoch(run: _Run, phase: Phase, train: TrainStep, state: TrainState) -
         if bar is not None:
             bar.set_postfix(loss=f"{np.mean(tally.losses[-20:]):.4f}", img_s=f"{tally.throughput.rate(tally.count):.1f}")
             bar.update(1)
-        if run.config.checkpoint_every and run.step % run.config.checkpoint_every == 0 and run.step < epoch_end:
+        if run.config.run.checkpoint_every and run.step % run.config.run.checkpoint_every == 0 and run.step < epoch_end:
             _save_latest(run, run.parallel.get_state(state))
     if bar is not None:
         bar.close()
@@ -529,10 +511,10 @@ def _check_stopping(run: _Run, phase: Phase, epoch_seconds: float) -> None:
     progress.train_seconds += epoch_seconds
     progress.budget_spent = _budget_spent(config, progress.train_seconds, epoch_seconds)
     phase_end = phase.first_step + phase.epochs * run.steps_per_epoch
-    early = progress.bad_epochs >= config.early_stopping_patience and run.step < phase_end
+    early = progress.bad_epochs >= config.optim.early_stopping_patience and run.step < phase_end
     progress.phase_done = early or progress.budget_spent
     if progress.budget_spent:
-        _log(f"training budget: {progress.train_seconds / 60:.1f} of {config.train_minutes:g} min spent; "
+        _log(f"training budget: {progress.train_seconds / 60:.1f} of {config.optim.train_minutes:g} min spent; "
              "one more epoch would pass it, so training ends here")
     elif early:
         _log(f"early stopping: no better validation AUROC for {progress.bad_epochs} epoch(s)")
@@ -544,7 +526,7 @@ def _save_latest(run: _Run, host: TrainState) -> None:
     train = {"opt_state": host.opt_state, "step": host.step, "key": jax.random.key_data(host.key),
              "progress": run.progress.to_tree()}
     meta = _jsonable({"layout": LAYOUT, "global_step": run.step, "phase": run.progress.phase,
-                      "history": history_json(run.history), "config": run.config.to_dict(),
+                      "history": history_json(run.history), "config": run.config.flat(),
                       "model": run.spec})
     run.checkpoints.save_latest(run.step, model, train, meta)
 
@@ -584,11 +566,11 @@ def _training_report(run: _Run) -> Dict[str, Any]:
         "validation": best.validation if best else None,
         "best_step": progress.best_step,
         "stopped_early": progress.stopped_early,
-        "budget": {"train_minutes": config.train_minutes, "spent": progress.budget_spent}
-        if config.train_minutes else None,
+        "budget": {"train_minutes": config.optim.train_minutes, "spent": progress.budget_spent}
+        if config.optim.train_minutes else None,
         "model": run.spec,
         "data": {
-            "dataset": config.dataset,
+            "dataset": config.data.dataset,
             "examples": {s: len(src) for s, src in run.splits.items()},
             "skipped": metadata.get("skipped", []) if metadata else [],
         },
@@ -610,9 +592,9 @@ def _final_evaluation(run_dir: str, splits, config: TrainConfig, history) -> Dic
     """Test metrics of the best checkpoint through the restored ``Classifier``
     (the path users take, so the numbers here are theirs), with calibration
     and report.html unless ``--no-report``."""
-    done = evaluate_run(run_dir, splits["validation"], splits["test"], audit=config.audit, history=history,
-                        report=config.report, calibrate=config.report, bootstrap=config.bootstrap,
-                        seed=config.seed, log=_log)
+    e = config.evaluation
+    done = evaluate_run(run_dir, splits["validation"], splits["test"], audit=e.audit, history=history,
+                        report=e.report, calibrate=e.report, bootstrap=e.bootstrap, seed=config.run.seed, log=_log)
     result = done["result"]
     out: Dict[str, Any] = {"test": result.metrics, "warnings": result.warnings()}
     if result.clean is not None:
@@ -626,7 +608,7 @@ def _final_evaluation(run_dir: str, splits, config: TrainConfig, history) -> Dic
 
 def _budget_spent(config: TrainConfig, spent_seconds: float, epoch_seconds: float) -> bool:
     """True when one more epoch like the last would pass ``--train-minutes``."""
-    return bool(config.train_minutes) and spent_seconds + epoch_seconds > 60.0 * config.train_minutes
+    return bool(config.optim.train_minutes) and spent_seconds + epoch_seconds > 60.0 * config.optim.train_minutes
 
 
 def _write_metrics(path: str, history: List[Dict[str, Any]]) -> None:
@@ -649,7 +631,7 @@ class _Throughput:
 
 
 def _progress(config: TrainConfig, total: int, desc: str):
-    if not config.progress:
+    if not config.run.progress:
         return None
     import importlib.util
 

@@ -14,7 +14,7 @@ import pytest
 
 import fracjax
 from fracjax.models import WeightsUnavailableError, pretrained
-from fracjax.train import TrainConfig
+from fracjax.train import make_config
 
 from .conftest import build_oracle, write_legacy_h5
 
@@ -123,6 +123,6 @@ def test_keras_cache_is_used_without_network(tmp_path, legacy_file, monkeypatch)
 
 
 def test_train_config_takes_the_name():
-    assert TrainConfig(pretrained="imagenet").validate().pretrained == "imagenet"
+    assert make_config(pretrained="imagenet").validate().model.pretrained == "imagenet"
     with pytest.raises(ValueError, match="--pretrained: no such file: nope.h5 \\(or 'imagenet'"):
-        TrainConfig(pretrained="nope.h5").validate()
+        make_config(pretrained="nope.h5").validate()

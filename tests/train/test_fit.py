@@ -14,7 +14,7 @@ import pytest
 
 import fracjax
 from fracjax import checkpoint as ckpt
-from fracjax.train import NonFiniteLossError, ResumeError, fit
+from fracjax.train import NonFiniteLossError, ResumeError, TrainConfig, fit
 from fracjax.train.cli import main as cli_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,10 +42,7 @@ def flags(data_dir, out, name, *extra):
 def config(data_dir, out, name, **overrides):
     from fracjax.train.cli import config_from_args
 
-    cfg = config_from_args(flags(data_dir, out, name))
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
+    return config_from_args(flags(data_dir, out, name)).replace(**overrides)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +85,8 @@ def test_outputs(first_run):
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["image_size"] == 32 and saved["model"]["threshold"] == 0.5
     assert saved["model"]["input_contract"]["preprocessing"] == "tf"
+    restored = TrainConfig.from_dict(saved["train"])  # the nested sections, as saved
+    assert (restored.optim.batch_size, restored.data.image_size, restored.run.name) == (16, 32, "a")
 
 
 def test_same_seed_same_metrics(first_run, data_dir):
@@ -195,8 +194,7 @@ def test_a_training_time_budget_ends_training_and_stays_ended(data_dir, tmp_path
     lines = (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and report["budget"] == {"train_minutes": 1e-5, "spent": True}
     assert report["timing"]["train_steps"] == 4 and report["test"]["n"] == 64
-    cfg.resume = True  # a resumed run does not train past its budget
-    again = fit(cfg)
+    again = fit(cfg.replace(resume=True))  # a resumed run does not train past its budget
     assert again["timing"]["train_steps"] == 4
     assert (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines() == lines
 

@@ -1,0 +1,101 @@
+"""The run configuration: one declaration per option gives the dataclass field, the
+command line, its help and the checks."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from fracjax.train import TrainConfig, make_config
+from fracjax.train.cli import build_parser, config_from_args
+from fracjax.train.config import fields, flag_of
+
+
+def test_the_command_line_defaults_are_the_config_defaults():
+    assert config_from_args([]) == TrainConfig()
+
+
+def test_every_option_is_on_the_command_line_once():
+    parser_flags = [s for a in build_parser()._actions for s in a.option_strings if s not in ("-h", "--help")]
+    assert len(parser_flags) == len(set(parser_flags))
+    for _, f, name in fields():
+        if not f.metadata["cli"]:
+            continue
+        flag = flag_of(f, name)
+        assert flag in parser_flags or flag.replace("--", "--no-", 1) in parser_flags, flag
+
+
+def test_help_shows_real_defaults_and_the_program_name(capsys):
+    with pytest.raises(SystemExit):
+        build_parser("python -m fracjax.train").parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: python -m fracjax.train")
+    for wrong in ("(default: None)", "(default: True)", "(default: False)", "(default: None) (default"):
+        assert wrong not in text
+    for right in ("--batch-size BATCH_SIZE global batch size (default: 32)", "--no-augment no flip/rotation",
+                  "--backbone-bn {auto,train,inference}", "(default: auto)", "--resume continue the run",
+                  "--image-size IMAGE_SIZE train at this size (default: the data set's stored size)"):
+        assert right in text, right
+
+
+def test_python_m_fracjax_train_names_itself():
+    out = subprocess.run([sys.executable, "-m", "fracjax.train", "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m fracjax.train")
+
+
+def test_command_line_values_land_in_their_sections():
+    config = config_from_args(["--model", "resnet50", "--name", "r", "--batch-size", "8", "--unfreeze", "3",
+                               "--backbone-bn", "inference", "--class-weights", "1", "2.5", "--no-augment",
+                               "--resume", "--threshold", "0.3", "--dtype", "bfloat16"])
+    assert config == make_config(model="resnet50", name="r", batch_size=8, unfreeze=3, backbone_bn_train=False,
+                                 class_weights=(1.0, 2.5), augment=False, resume=True, threshold=0.3,
+                                 dtype="bfloat16")
+    assert (config.model.name, config.run.name, config.optim.batch_size, config.data.augment) == (
+        "resnet50", "r", 8, False)
+    assert config.run_dir.endswith("r") and not config.backbone_bn_trains
+
+
+@pytest.mark.parametrize("option,value,flag", [
+    ("batch_size", 0, "--batch-size"), ("model", "alexnet", "--model"), ("head", "mlp", "--head"),
+    ("image_size", 16, "--image-size"), ("lr", 0.0, "--lr"), ("phase2_lr", -1.0, "--phase2-lr"),
+    ("weight_decay", -1e-4, "--weight-decay"), ("schedule", "step", "--schedule"), ("unfreeze", "3", "--unfreeze"),
+    ("unfreeze", -1, "--unfreeze"), ("parallel", "shard", "--parallel"), ("dtype", "float16", "--dtype"),
+    ("label_smoothing", 1.0, "--label-smoothing"), ("class_weights", (1.0, 0.0), "--class-weights"),
+    ("threshold", 1.0, "--threshold"), ("rotation", 1.5, "--rotation"), ("grad_clip", 0.0, "--grad-clip"),
+    ("backbone_bn_momentum", 1.0, "--backbone-bn-momentum"), ("audit", "nowhere.json", "--audit"),
+    ("bootstrap", -1, "--bootstrap"), ("train_minutes", float("inf"), "--train-minutes"),
+    ("early_stopping_patience", 0, "--early-stopping-patience"), ("pretrained", "nope.h5", "--pretrained"),
+    ("phase1_epochs", 0, "--phase1-epochs"), ("train_examples", 4, "--train-examples"),
+    ("max_steps", 0, "--max-steps"), ("eval_batch_size", 0, "--eval-batch-size"),
+])
+def test_a_bad_value_is_refused_naming_its_flag_and_nothing_changes(option, value, flag):
+    options = {option: value}
+    if option == "phase1_epochs":
+        options["phase2_epochs"] = 0
+    config = make_config(**options)
+    before = dataclasses.asdict(config)
+    with pytest.raises(ValueError, match=f"^{flag}: "):
+        config.validate()
+    assert dataclasses.asdict(config) == before
+
+
+def test_validation_passes_the_defaults_and_changes_nothing():
+    config = make_config(unfreeze=2, class_weights=(1.0, 3.0))
+    assert config.validate() is config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.optim.batch_size = 3
+
+
+def test_unknown_options_are_named():
+    with pytest.raises(ValueError, match="unknown config option 'batchsize'"):
+        make_config(batchsize=8)
+    with pytest.raises(ValueError, match="unknown OptimConfig field"):
+        TrainConfig.from_dict({"optim": {"batchsize": 8}})
+
+
+def test_dict_round_trips_nested_and_flat():
+    config = make_config(model="vgg16", image_size=64, class_weights=(1.0, 2.0), name="v", unfreeze=1)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_dict(config.flat()) == config  # the flat config.json of earlier runs
+    assert config.flat()["model"] == "vgg16" and config.flat()["name"] == "v"
