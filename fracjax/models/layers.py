@@ -233,12 +233,12 @@ class ConvBN(nn.Module):
     kernel_init: Callable = default_kernel_init
     scale_init: Callable = nn.initializers.ones
 
+    use_bias = False  # its convolution has none (the BatchNorm's bias follows)
+
     def keras_slots(self):
-        """(name in the caller's scope, Keras class, variables in Keras's order) of
-        the two Keras layers this module stands for (:mod:`fracjax.models.weights`)."""
-        return ((self.name, "conv2d", (("params", "kernel"),)),
-                (self.norm_name, "batch_normalization",
-                 (("params", "scale"), ("params", "bias"), ("batch_stats", "mean"), ("batch_stats", "var"))))
+        """(name in the caller's scope, Keras class) of the two Keras layers this
+        module stands for (:mod:`fracjax.models.weights`)."""
+        return ((self.name, "conv2d"), (self.norm_name, "batch_normalization"))
 
     @nn.compact
     def __call__(self, x: Array) -> Array:

@@ -87,8 +87,9 @@ def _from_text(f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> TrainConfig:
-    args = vars(build_parser(prog).parse_args(argv))
+def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = None,
+                     parser: Optional[argparse.ArgumentParser] = None) -> TrainConfig:
+    args = vars((parser or build_parser(prog)).parse_args(argv))
     options = {name: _from_text(f, args[name]) for _, f, name in fields() if name in args}
     return TrainConfig().replace(**options)
 
@@ -96,7 +97,7 @@ def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = Non
 def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
     parser = build_parser(prog)
     try:
-        config = config_from_args(argv, prog).validate()
+        config = config_from_args(argv, parser=parser).validate()
     except ValueError as err:
         parser.error(str(err))
     try:
