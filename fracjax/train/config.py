@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
+import re
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import jax.numpy as jnp
@@ -34,11 +37,23 @@ Check = Callable[[Any], Optional[str]]  # a value -> what is wrong with it, or N
 
 
 def at_least(low) -> Check:
-    return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+    return lambda v: None if low <= v < math.inf else f"must be >= {low} and finite, got {v}"
 
 
 def positive(v) -> Optional[str]:
-    return None if v > 0 and v < float("inf") else f"must be > 0, got {v}"
+    return None if 0 < v < math.inf else f"must be > 0 and finite, got {v}"
+
+
+def open_fraction(v) -> Optional[str]:
+    return None if 0.0 < v < 1.0 else f"must be in (0, 1), got {v}"
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what jax.random.key and numpy's generators take
+
+
+def seed_range(v) -> Optional[str]:
+    low, high = SEED_RANGE
+    return None if low <= v <= high else f"must be an integer in [{low}, {high}], got {v}"
 
 
 def fraction(v) -> Optional[str]:
@@ -64,8 +79,8 @@ def _unfreeze(v) -> Optional[str]:
 
 
 def _class_weights(v) -> Optional[str]:
-    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(w > 0 for w in v)
-    return None if ok else f"must be two positive numbers, got {v}"
+    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(w) and 0 < w < math.inf for w in v)
+    return None if ok else f"must be two positive finite numbers, got {v}"
 
 
 def _pretrained(v) -> Optional[str]:
@@ -74,8 +89,27 @@ def _pretrained(v) -> Optional[str]:
     return f"no such file: {v} (or 'imagenet' for Keras's ImageNet weights)"
 
 
-def _threshold(v) -> Optional[str]:
-    return None if 0.0 < v < 1.0 else f"must be in (0, 1), got {v}"
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _type_problem(annotation: str, value) -> Optional[str]:
+    """What is wrong with ``value``'s type for a field annotated ``annotation``
+    (a string: this module's annotations are postponed); None: fine."""
+    kinds = set(re.findall(r"\b(int|float|bool|str)\b", annotation))
+    if "Tuple" in annotation or kinds == {"str", "int"}:
+        return None  # the field's own check decides
+    if kinds == {"float"} and not _is_number(value):
+        return f"must be a number, got {value!r}"
+    if kinds == {"float"} and not math.isfinite(value):
+        return f"must be finite, got {value}"
+    if kinds == {"int"} and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+        return f"must be an integer, got {value!r}"
+    if kinds == {"bool"} and not isinstance(value, bool):
+        return f"must be True or False, got {value!r}"
+    if kinds == {"str"} and not isinstance(value, str):
+        return f"must be text, got {value!r}"
+    return None
 
 
 # -- declarations --------------------------------------------------------------
@@ -198,7 +232,7 @@ class OptimConfig:
     warmup_epochs: float = option(0.5, "cosine schedule: linear warm-up epochs", check=at_least(0.0))
     plateau_patience: int = option(1, "plateau schedule: epochs without a better validation loss before a cut",
                                    check=at_least(0))
-    plateau_factor: float = option(0.5, "plateau schedule: the learning rate's factor at a cut", check=positive)
+    plateau_factor: float = option(0.5, "plateau schedule: the learning rate's factor at a cut", check=open_fraction)
     unfreeze: Union[str, int] = option("all", "phase 2: 'all' or the number of top backbone groups to fine-tune",
                                        check=_unfreeze, parse=lambda s: s if s == "all" else int(s),
                                        metavar="all|N")
@@ -222,7 +256,7 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     eval_batch_size: int = option(64, "batch size of validation and test passes", check=at_least(1))
-    threshold: float = option(0.5, "decision threshold on the fracture probability", check=_threshold)
+    threshold: float = option(0.5, "decision threshold on the fracture probability", check=open_fraction)
     report: bool = option(True, "end-of-run calibration and report.html with Grad-CAM",
                           switch="skip the end-of-run calibration and report.html (report.json is always written)")
     audit: Optional[str] = option(None, "leakage audit of the data set (python -m fracjax.data.audit --json A "
@@ -236,7 +270,7 @@ class EvalConfig:
 class RunConfig:
     parallel: str = option("jit", "jit: one program over a device mesh (NamedSharding); pmap: the older "
                            "per-device map", choices=PARALLEL_MODES)
-    seed: int = option(0, "seed of the initialisation, data order, augmentation and dropout")
+    seed: int = option(0, "seed of the initialisation, data order, augmentation and dropout", check=seed_range)
     out: str = option("runs", "parent folder of run folders", metavar="DIR")
     name: Optional[str] = option(None, "run folder name", default_text="<model>_<head>")
     resume: bool = option(False, "continue the run from its latest checkpoint")
@@ -363,6 +397,9 @@ def validate(config: TrainConfig) -> None:
 def _field_problem(f: dataclasses.Field, value) -> Optional[str]:
     if value is None:
         return None
+    wrong_type = _type_problem(str(f.type), value)
+    if wrong_type:
+        return wrong_type
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         return one_of(choices)(value)

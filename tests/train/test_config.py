@@ -68,6 +68,14 @@ def test_command_line_values_land_in_their_sections():
     ("early_stopping_patience", 0, "--early-stopping-patience"), ("pretrained", "nope.h5", "--pretrained"),
     ("phase1_epochs", 0, "--phase1-epochs"), ("train_examples", 4, "--train-examples"),
     ("max_steps", 0, "--max-steps"), ("eval_batch_size", 0, "--eval-batch-size"),
+    # Non-finite numbers, out-of-range seeds and wrong types (issue 18).
+    ("lr", float("inf"), "--lr"), ("phase2_lr", float("nan"), "--phase2-lr"),
+    ("weight_decay", float("inf"), "--weight-decay"), ("weight_decay", float("nan"), "--weight-decay"),
+    ("class_weights", (float("nan"), 1.0), "--class-weights"), ("class_weights", (1.0, float("inf")), "--class-weights"),
+    ("warmup_epochs", float("inf"), "--warmup-epochs"), ("plateau_factor", 5.0, "--plateau-factor"),
+    ("label_smoothing", float("nan"), "--label-smoothing"), ("threshold", float("nan"), "--threshold"),
+    ("seed", -5, "--seed"), ("seed", 10**23, "--seed"), ("seed", 1.5, "--seed"), ("image_size", 64.5, "--image-size"),
+    ("batch_size", True, "--batch-size"), ("lr", "1e-3", "--lr"), ("augment", 0, "--augment"),
 ])
 def test_a_bad_value_is_refused_naming_its_flag_and_nothing_changes(option, value, flag):
     options = {option: value}
@@ -78,6 +86,21 @@ def test_a_bad_value_is_refused_naming_its_flag_and_nothing_changes(option, valu
     with pytest.raises(ValueError, match=f"^{flag}: "):
         config.validate()
     assert dataclasses.asdict(config) == before
+
+
+def test_the_seed_range_ends_are_accepted():
+    make_config(seed=0).validate()
+    make_config(seed=2**32 - 1).validate()
+
+
+def test_a_non_finite_value_on_the_command_line_is_refused_before_any_work(capsys):
+    from fracjax.train import cli
+
+    with pytest.raises(ValueError, match="^--lr: must be finite, got inf"):
+        cli.config_from_args(["--lr", "inf"]).validate()
+    with pytest.raises(SystemExit):  # argparse names the flag: --seed takes integers
+        cli.config_from_args(["--seed", "1e23"])
+    assert "--seed" in capsys.readouterr().err
 
 
 def test_validation_passes_the_defaults_and_changes_nothing():
