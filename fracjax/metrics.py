@@ -119,6 +119,8 @@ def binary_metrics(
     scores = probabilities if scores is None else np.asarray(scores, np.float64)
     if labels.shape != probabilities.shape or labels.shape != scores.shape:
         raise ValueError(f"labels {labels.shape} and probabilities {probabilities.shape} differ in shape")
+    require_finite(scores, "scores")
+    require_finite(probabilities, "probabilities")
     cm = confusion(labels, probabilities >= threshold)
     n = len(labels)
     sensitivity = _ratio(cm["tp"], cm["tp"] + cm["fn"])
@@ -139,6 +141,21 @@ def binary_metrics(
     if loss is not None:
         out["loss"] = float(loss)
     return out
+
+
+class NonFiniteValuesError(ValueError):
+    """Model outputs (logits, probabilities) that hold NaN or infinity: no
+    metric of them means anything, so none is computed or written."""
+
+
+def require_finite(values, what: str) -> None:
+    values = np.asarray(values)
+    bad = np.flatnonzero(~np.isfinite(values.reshape(-1))) if values.dtype.kind == "f" else []
+    if len(bad):
+        raise NonFiniteValuesError(
+            f"{len(bad)} of {values.size} {what} are NaN or infinite (first at index {int(bad[0])}): the model "
+            "that produced them is broken (a diverged training?); no metric computed"
+        )
 
 
 def is_better(value: float, best: Optional[float]) -> bool:

@@ -50,3 +50,12 @@ def test_is_better():
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
         metrics.binary_metrics(np.ones(3), np.ones(4))
+
+
+def test_non_finite_model_outputs_are_refused_not_turned_into_metrics():
+    labels = np.array([0, 1, 0, 1])
+    with pytest.raises(metrics.NonFiniteValuesError, match=r"1 of 4 scores are NaN or infinite \(first at index 2\)"):
+        metrics.metrics_from_logits(labels, [0.1, 0.3, np.nan, 2.0])
+    with pytest.raises(metrics.NonFiniteValuesError, match="probabilities"):
+        metrics.binary_metrics(labels, np.array([0.1, np.nan, 0.2, 0.9]), scores=np.zeros(4))
+    assert metrics.metrics_from_logits(labels, [-1.0, 1.0, -2.0, 3.0])["auroc"] == 1.0

@@ -77,6 +77,11 @@ def load_splits(builder, train_examples: Optional[int] = None, image_size: Optio
     if missing:
         raise ValueError(f"--dataset {builder.info.full_name}: no split(s) {missing}")
     splits = {s: sources[s] for s in SPLITS}
+    empty = [s for s in SPLITS if len(splits[s]) == 0]
+    if empty:
+        raise ValueError(f"--dataset {builder.info.full_name}: no examples in split(s) {empty} "
+                         f"({', '.join(f'{s} {len(splits[s])}' for s in SPLITS)}); were its files unreadable? "
+                         "(see the builder's info.metadata['skipped'])")
     if train_examples:
         splits["train"] = SubsetSource(splits["train"], train_examples)
     stored = stored_image_size(builder)
@@ -88,6 +93,31 @@ def load_splits(builder, train_examples: Optional[int] = None, image_size: Optio
                 source = _resized(source, size)
         splits[split] = source
     return splits
+
+
+def class_counts(source) -> np.ndarray:
+    """Examples per class (index = label) of a source; an in-memory one
+    answers from its labels, a TFDS one is read once."""
+    labels = getattr(source, "labels", None)
+    if labels is None:
+        labels = np.array([int(source[i]["label"]) for i in range(len(source))], np.int64)
+    return np.bincount(np.asarray(labels, np.int64), minlength=2)
+
+
+def check_classes(splits: Dict[str, Any], dataset: str, class_names, need=("train", "validation")) -> Dict[str, list]:
+    """Both classes in each split of ``need`` (training learns one class
+    from one-class data; validation AUROC is undefined without both), else a
+    ValueError naming the split, the class and every split's counts.
+    Returns {split: per-class counts}."""
+    counts = {split: class_counts(source).tolist() for split, source in splits.items()}
+    said = "; ".join(f"{split}: " + ", ".join(f"{n} {name}" for n, name in zip(c, class_names))
+                     for split, c in counts.items())
+    for split in need:
+        missing = [name for n, name in zip(counts[split], class_names) if n == 0]
+        if missing:
+            raise ValueError(f"--dataset {dataset}: the {split} split has no {' and no '.join(missing)} "
+                             f"examples ({said}); training needs both classes in train and validation")
+    return counts
 
 
 def _resized(source: pipeline.ArraySource, size: int) -> pipeline.ArraySource:

@@ -9,12 +9,14 @@ from fracjax.train.config import DataConfig, EvalConfig, ModelConfig, OptimConfi
 from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
 from fracjax.train.optim import make_optimizer, trainable_mask
 from fracjax.train.parallel import Parallel
+from fracjax.train.run_folder import RunFolderError
 from fracjax.train.steps import StepConfig, TrainState, TrainStep, eval_step, make_train_step, train_step
 
 __all__ = [
     "NonFiniteLossError",
     "Parallel",
     "ResumeError",
+    "RunFolderError",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",

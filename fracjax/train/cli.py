@@ -15,6 +15,7 @@ from fracjax.models.pretrained import WeightsUnavailableError
 from fracjax.models.weights import KerasWeightsError
 from fracjax.train.config import SECTIONS, TrainConfig, fields, flag_of
 from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
+from fracjax.train.run_folder import RunFolderError
 
 DESCRIPTION = (
     "Train a fracture classifier in two phases: phase 1 trains the head with the backbone frozen, phase 2 "
@@ -102,7 +103,8 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
         parser.error(str(err))
     try:
         fit(config)
-    except (KerasWeightsError, WeightsUnavailableError, ResumeError, FileNotFoundError, ValueError) as err:
+    except (KerasWeightsError, WeightsUnavailableError, ResumeError, RunFolderError, FileNotFoundError,
+            ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

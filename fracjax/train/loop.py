@@ -35,7 +35,7 @@ from fracjax.data.augment import AugmentConfig
 from fracjax.evaluation import evaluate_run, figures
 from fracjax.evaluation.stats import format_interval
 from fracjax.metrics import LABEL_NAMES
-from fracjax.train import optim
+from fracjax.train import optim, run_folder
 from fracjax.train.config import TrainConfig
 from fracjax.train.parallel import Parallel
 from fracjax.train.state import EpochRecord, Progress, TrainState, history_json
@@ -150,15 +150,30 @@ def _train_step(config: TrainConfig, model, params, phase: Phase, steps_per_epoc
     )
 
 
+# What a resumed run must share with the run it continues: the model, the
+# data and everything that decides the order of steps.
+RESUME_MUST_MATCH = ("model", "head", "head_blocks", "head_dropout", "dtype", "dataset", "image_size",
+                     "train_examples", "batch_size", "seed", "phase1_epochs", "phase2_epochs", "unfreeze")
+
+
 def _check_resumable(meta: Dict[str, Any], config: TrainConfig) -> None:
     saved = meta.get("config", {})
     now = config.flat()
-    for field in ("model", "head", "dataset", "batch_size", "seed", "train_examples", "phase1_epochs", "phase2_epochs", "unfreeze"):
-        if str(saved.get(field)) != str(now[field]):
-            raise ResumeError(
-                f"cannot resume {config.run_dir}: it was run with {field}={saved.get(field)!r}, "
-                f"now {now[field]!r}"
-            )
+    changed = [f"--{name.replace('_', '-')} {_said(saved.get(name))} -> {_said(now[name])}"
+               for name in RESUME_MUST_MATCH if name in saved and _said(saved[name]) != _said(now[name])]
+    missing = [name for name in ("model", "head", "dataset") if name not in saved]
+    if changed or missing:
+        raise ResumeError(
+            f"cannot resume {config.run_dir}: " + "; ".join(
+                (["it was run with other options: " + ", ".join(changed)] if changed else [])
+                + ([f"its checkpoint does not say {missing}"] if missing else []))
+            + ". Resume with the run's own options, or start another run (--name / --out)."
+        )
+
+
+def _said(value) -> str:
+    """A config value as compared across a resume (a saved tuple comes back as a list)."""
+    return json.dumps(_jsonable(value), default=str)
 
 
 _jsonable = metrics_lib.jsonable
@@ -216,19 +231,21 @@ class _Run:
 
 
 def fit(config: TrainConfig) -> Dict[str, Any]:
-    """Train as ``config`` says; return the report (also in report.json)."""
-    run = _start(config)
-    for phase in run.phases:
-        if not _train_phase(run, phase):
-            break
-    return _finish(run)
+    """Train as ``config`` says; return the report (also in report.json).
+    The run folder is claimed first: writable, and one writer at a time."""
+    config.validate()
+    with run_folder.claim(config.run_dir, "--out/--name", lock=jax.process_index() == 0, log=_log):
+        run = _start(config)
+        for phase in run.phases:
+            if not _train_phase(run, phase):
+                break
+        return _finish(run)
 
 
 # -- stage 1: everything checked and prepared, nothing trained ---------------
 
 
 def _start(config: TrainConfig) -> _Run:
-    config.validate()
     clock = _Clock()
     _refuse_overwrite(config)
     parallel = Parallel(config.run.parallel)
@@ -245,8 +262,9 @@ def _start(config: TrainConfig) -> _Run:
     backbone, pretrained_note = _pretrained_backbone(config)  # a bad weights file stops the run before data work
     builder = prepare.prepare_dataset(config.data.dataset, config.data.data_dir, config.data.manual_dir, log=_log)
     image_size = config.data.image_size or prepare.stored_image_size(builder)
-    variables = _init_variables(model, image_size, config.run.seed, backbone)
     splits = prepare.load_splits(builder, config.data.train_examples, config.data.image_size, config.data.in_memory)
+    prepare.check_classes(splits, config.data.dataset, LABEL_NAMES)  # before anything compiles
+    variables = _init_variables(model, image_size, config.run.seed, backbone)
     order = pipeline.TrainOrder(len(splits["train"]), config.optim.batch_size, config.run.seed, jax.process_index(),
                                 jax.process_count())
     phases = _phases(config, order.steps_per_epoch)
@@ -468,7 +486,13 @@ def _end_epoch(run: _Run, phase: Phase, train: TrainStep, state, tally: _EpochTa
     run.clock.steady_seconds += tally.throughput.seconds()
     run.clock.steady_images += tally.count - tally.throughput.skipped
     host = run.parallel.get_state(state)
-    val = evaluate_split(run.eval_fn, host.variables, run.splits["validation"], run.config, run.parallel)
+    _require_finite(run, host.variables, "the model's variables")
+    try:
+        val = evaluate_split(run.eval_fn, host.variables, run.splits["validation"], run.config, run.parallel)
+    except metrics_lib.NonFiniteValuesError as err:
+        raise NonFiniteLossError(f"validation after step {run.step}: {err}; nothing of this step is saved; the last "
+                                 f"good checkpoint is step {run.checkpoints.latest_step()} in "
+                                 f"{run.checkpoints.directory}") from None
     if train.plateau is not None:
         host = host.replace(opt_state=optim.observe_plateau(host.opt_state, train.plateau, val["loss"]))
         state = run.parallel.put_state(host)
@@ -521,8 +545,21 @@ def _check_stopping(run: _Run, phase: Phase, epoch_seconds: float) -> None:
         progress.stopped_early = True
 
 
+def _require_finite(run: _Run, tree, what: str) -> None:
+    """Stop before a non-finite tree is saved or evaluated: a NaN model is never checkpointed or reported."""
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+           if np.asarray(leaf).dtype.kind == "f" and not np.isfinite(np.asarray(leaf)).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"{what} hold NaN or infinite values after step {run.step} ({len(bad)} arrays, first {bad[0]}); "
+            f"nothing of this step is saved; the last good checkpoint is step {run.checkpoints.latest_step()} "
+            f"in {run.checkpoints.directory}. Lower --lr, keep --grad-clip, or check the data."
+        )
+
+
 def _save_latest(run: _Run, host: TrainState) -> None:
     model = host.variables
+    _require_finite(run, model, "the model's variables")  # (not opt_state: a plateau's first best is inf)
     train = {"opt_state": host.opt_state, "step": host.step, "key": jax.random.key_data(host.key),
              "progress": run.progress.to_tree()}
     meta = _jsonable({"layout": LAYOUT, "global_step": run.step, "phase": run.progress.phase,

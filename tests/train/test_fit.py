@@ -9,6 +9,7 @@ import sys
 import time
 
 import chex
+import jax
 import numpy as np
 import pytest
 
@@ -281,3 +282,84 @@ def test_explain_writes_overlays_and_skips_a_bad_file(first_run, tmp_path, capsy
         assert picture.ndim == 3 and picture.shape[2] == 3
         assert picture[-18:].min() < 128  # the probability is written under the pictures
     assert explain.main([str(out / "a"), files[0], "--layer", "nope", "--out", str(tmp_path / "c2")]) == 2
+
+
+# -- issue 18: refused before work, never saved when non-finite, one writer --------
+
+
+def test_a_diverged_model_is_never_saved_or_reported(data_dir, tmp_path, monkeypatch):
+    # A step whose loss was finite can still leave NaN parameters behind (the
+    # update comes after the loss): the state the loop reads back is poisoned here.
+    from fracjax.train.parallel import Parallel
+
+    get_state = Parallel.get_state
+
+    def poisoned(self, state):
+        host = get_state(self, state)
+        params = jax.tree_util.tree_map(lambda x: np.full_like(np.asarray(x), np.nan), host.params)
+        return host.replace(params=params)
+
+    monkeypatch.setattr(Parallel, "get_state", poisoned)
+    cfg = config(data_dir, tmp_path, "div", max_steps=1, report=False, bootstrap=0)
+    with pytest.raises(NonFiniteLossError, match=r"variables hold NaN.*after step 1.*nothing of this step is saved"):
+        fit(cfg)
+    run = tmp_path / "div"
+    assert not (run / "report.json").exists()
+    for manager in ("best", "latest"):
+        folder = run / "checkpoints" / manager
+        assert not folder.exists() or not [d for d in os.listdir(folder) if d.isdigit()]
+    assert not (run / ".lock").exists()  # the lock goes however the run ends
+
+
+def test_an_unwritable_out_folder_is_refused_before_any_work(data_dir, tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"  # root writes anywhere: a file where the folder should be
+        blocker.write_text("x")
+        out = blocker
+    else:
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o500)
+    with pytest.raises(fracjax.train.RunFolderError, match=r"^--out/--name: cannot write in"):
+        fit(config(data_dir, out, "x"))
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(data_dir, tmp_path, capsys):
+    from fracjax.train import run_folder
+
+    cfg = config(data_dir, tmp_path, "locked", phase2_epochs=0, report=False, bootstrap=0)
+    os.makedirs(cfg.run_dir)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(os.path.join(cfg.run_dir, ".lock"), "w") as f:
+            json.dump({"pid": sleeper.pid, "host": __import__("socket").gethostname(), "since": "then"}, f)
+        with pytest.raises(run_folder.RunFolderError, match=rf"another training \(pid {sleeper.pid} on this host"):
+            fit(cfg)
+        assert not (tmp_path / "locked" / "config.json").exists()  # refused before any work
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    fit(cfg)  # its owner is gone: the lock is stale
+    assert "took over the stale lock" in capsys.readouterr().out
+    assert not (tmp_path / "locked" / ".lock").exists()
+
+
+def test_resume_refuses_changed_model_or_data_options_listing_them(first_run, data_dir):
+    out, _ = first_run
+    cfg = config(data_dir, out, "a", resume=True, image_size=48, head="linear")
+    with pytest.raises(ResumeError, match=r'--head "hybrid" -> "linear", --image-size 32 -> 48'):
+        fit(cfg)
+
+
+def test_a_validation_split_of_one_class_is_refused_before_compiling(tmp_path):
+    from fracjax.data import prepare
+    from fracjax.data.pipeline import ArraySource
+
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    splits = {"train": ArraySource(images, [0, 1, 0, 1]), "validation": ArraySource(images, [1, 1, 1, 1]),
+              "test": ArraySource(images, [0, 0, 0, 0])}
+    with pytest.raises(ValueError, match=r"the validation split has no not_fractured examples \(train: 2 "
+                                         r"not_fractured, 2 fractured; validation: 0 not_fractured, 4 fractured"):
+        prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)
+    splits["validation"] = splits["train"]
+    assert prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)["test"] == [4, 0]

@@ -1,0 +1,124 @@
+"""A run folder claimed by one writer.
+
+Before any data or model work, :func:`claim` makes the folder, proves it is
+writable (a probe file) and takes an advisory lock: ``.lock`` holds the
+owner's pid, host and start time. A second training into the same folder is
+refused with the owner named; a lock left by a process that no longer runs
+on this host is taken over (and said so). The lock goes when the run ends,
+however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from typing import Callable, Dict, Iterator, Optional
+
+LOCK_FILE = ".lock"
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be written, or that another run is writing."""
+
+
+def probe_writable(folder: str, flag: str) -> None:
+    """Make ``folder`` and write and remove a file in it; raise naming ``flag`` if that fails."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".write-probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("probe")
+        os.remove(probe)
+    except OSError as err:
+        raise RunFolderError(f"{flag}: cannot write in {folder} ({type(err).__name__}: {err.strerror or err})") from None
+
+
+def _owner() -> Dict[str, object]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _read_owner(path: str) -> Optional[Dict[str, object]]:
+    try:
+        with open(path) as f:
+            owner = json.load(f)
+        return owner if isinstance(owner, dict) else None
+    except (OSError, ValueError):
+        return None  # half-written or unreadable: treated as stale
+
+
+def _alive_here(owner: Dict[str, object]) -> Optional[bool]:
+    """Whether the owner still runs: True/False on this host, None when it is another host's."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _create(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(_owner(), f)
+    return True
+
+
+def acquire(folder: str, log: Callable[[str], None] = print) -> str:
+    """Take ``folder``'s lock; return the lock file's path."""
+    path = os.path.join(folder, LOCK_FILE)
+    if _create(path):
+        return path
+    owner = _read_owner(path) or {}
+    alive = _alive_here(owner) if owner else False
+    if alive is False:
+        os.replace(_write_temp(path), path)
+        if _read_owner(path) == _mine(path):  # two takers at once: the last rename wins
+            log(f"took over the stale lock of {folder} (pid {owner.get('pid', '?')} no longer runs)")
+            return path
+        owner, alive = _read_owner(path) or {}, True
+    where = "on this host" if alive else f"on host {owner.get('host')}"
+    raise RunFolderError(
+        f"{folder} is being written by another training (pid {owner.get('pid')} {where}, since "
+        f"{owner.get('since')}): wait for it, or pass another --name / --out. If that process is gone, "
+        f"delete {path}."
+    )
+
+
+def _write_temp(path: str) -> str:
+    temp = f"{path}.{os.getpid()}"
+    with open(temp, "w") as f:
+        json.dump(_owner(), f)
+    return temp
+
+
+def _mine(path: str) -> Optional[Dict[str, object]]:
+    owner = _read_owner(path)
+    return owner if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname() else None
+
+
+def release(path: str) -> None:
+    if _mine(path):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def claim(folder: str, flag: str = "--out", lock: bool = True, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Writable (else raise naming ``flag``) and locked for the ``with`` block."""
+    probe_writable(folder, flag)
+    path = acquire(folder, log) if lock else None
+    try:
+        yield
+    finally:
+        if path:
+            release(path)
