@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,34 @@ from fracjax.data.io import model_input, read_image
 from fracjax.metrics import LABEL_NAMES, apply_temperature, probabilities_from_logits
 
 ArrayLike = Union[np.ndarray, jax.Array]
+
+ERRORS = ("raise", "skip")
+MIN_SIDE = 8  # the narrowest image a batch (N, H, W) may hold: (64, 64, 2) is no batch of 64 images
+
+
+def _one_image(shape) -> bool:
+    return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
+
+
+@dataclasses.dataclass
+class Predictions:
+    """``predict(..., errors="skip")``: ``probabilities`` has one entry per
+    input, NaN where the input failed; ``failed`` maps those inputs'
+    positions to why."""
+
+    probabilities: np.ndarray
+    failed: Dict[int, str]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """A boolean mask of the inputs that were predicted."""
+        return _predicted(len(self.probabilities), self.failed)
+
+
+def _predicted(count: int, failed: Dict[int, str]) -> np.ndarray:
+    mask = np.ones(count, bool)
+    mask[list(failed)] = False
+    return mask
 
 
 class Classifier:
@@ -69,52 +98,95 @@ class Classifier:
             spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size, calibration
         )
     # -- inputs ---------------------------------------------------------------
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
-        return model_input(image, self.image_size)
-
-    @staticmethod
-    def _images(inputs) -> Iterable[np.ndarray]:
-        """One image at a time from paths, arrays or a list of either."""
+    def _items(self, inputs) -> List[Tuple[str, Callable[[], np.ndarray]]]:
+        """(name, load) for each input image; ``load()`` decodes and
+        preprocesses it (errors are the item's own, raised when loaded)."""
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
         if isinstance(inputs, (list, tuple)):
-            for item in inputs:
-                yield read_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
-            return
+            return [self._item(f"item {i}", item) for i, item in enumerate(inputs)]
         array = np.asarray(inputs)
-        if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
-            yield array  # (H, W) or (H, W, C)
-        elif array.ndim in (3, 4):
-            yield from array  # (N, H, W) or (N, H, W, C)
-        else:
-            raise ValueError(f"expected (N, H, W[, C]) or (H, W[, C]) pixels, got shape {array.shape}")
-    def _batches(self, inputs) -> Iterable[np.ndarray]:
+        if _one_image(array.shape):
+            return [self._item("the array", array)]
+        if array.ndim == 4 or (array.ndim == 3 and array.shape[-1] >= MIN_SIDE):
+            return [self._item(f"image {i}", image) for i, image in enumerate(array)]
+        raise ValueError(f"expected pixels (H, W), (H, W, C) with C in 1, 3, 4, or a batch (N, H, W) / (N, H, W, C); "
+                         f"got shape {array.shape}")
+
+    def _item(self, name: str, item) -> Tuple[str, Callable[[], np.ndarray]]:
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            return path, lambda: model_input(read_image(path), self.image_size, path)
+        return name, lambda: model_input(item, self.image_size, name)
+
+    def _batches(self, items, errors: str, failed: Dict[int, str]) -> Iterable[Tuple[List[int], np.ndarray]]:
+        """(item indices, batch) of the items that load; a failure raises
+        (``errors="raise"``) or is recorded in ``failed`` ("skip")."""
+        indices: List[int] = []
         batch: List[np.ndarray] = []
-        for image in self._images(inputs):
-            batch.append(self._prepare(image))
+        for i, (name, load) in enumerate(items):
+            try:
+                batch.append(load())
+            except (ValueError, OSError, MemoryError) as err:  # ImageDecodeError is a ValueError
+                said = str(err) if name in str(err) else f"{name}: {err}"
+                if errors == "raise":
+                    if said == str(err):
+                        raise
+                    raise ValueError(said) from err
+                failed[i] = said
+                continue
+            indices.append(i)
             if len(batch) == self.batch_size:
-                yield np.stack(batch)
-                batch = []
+                yield indices, np.stack(batch)
+                indices, batch = [], []
         if batch:
-            yield np.stack(batch)
+            yield indices, np.stack(batch)
+
     # -- prediction -------------------------------------------------------------
-    def logits(self, inputs) -> np.ndarray:
-        """The model's fracture logits (float32, before temperature scaling)."""
-        out = []
-        for batch in self._batches(inputs):
+    def logits(self, inputs, errors: str = "raise") -> np.ndarray:
+        """The model's fracture logits (float32, before temperature scaling);
+        with ``errors="skip"`` NaN for the items that fail (``predict`` says why)."""
+        return self._logits(inputs, errors, {})
+
+    def _logits(self, inputs, errors: str, failed: Dict[int, str]) -> np.ndarray:
+        if errors not in ERRORS:
+            raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
+        items = self._items(inputs)
+        out = np.full((len(items),), np.nan, np.float32)
+        for indices, batch in self._batches(items, errors, failed):
             n = len(batch)
             if n < self.batch_size:  # pad to one shape: one compile
                 batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
-            out.append(np.asarray(self._forward(self.variables, jnp.asarray(batch)))[:n])
-        return np.concatenate(out) if out else np.zeros((0,), np.float32)
-    def predict(self, inputs, calibrated: bool = True) -> np.ndarray:
-        """Fracture probabilities (float64), one per image: file paths (PNG,
-        JPEG, BMP, DICOM...), an array (N, H, W[, C]) / (H, W) of pixels in
-        [0, 255] at any size (made grey, resized to the model's and rounded
-        to uint8, as in training), or a list of such arrays.
+            out[indices] = np.asarray(self._forward(self.variables, jnp.asarray(batch)))[:n]
+        return out
+
+    def predict(self, inputs, calibrated: bool = True, errors: str = "raise"):
+        """Fracture probabilities (float64), one per image.
+
+        ``inputs``: a file path (PNG, JPEG, BMP, TIFF, DICOM...), a list of
+        paths and/or arrays, or an array: one image (H, W) or (H, W, C) with
+        C in 1, 3, 4 (grey, RGB, RGBA), or a batch (N, H, W, C) or (N, H, W)
+        (a 3-D array is a batch only when its last axis is not 1, 3 or 4 and
+        at least ``MIN_SIDE`` wide; anything else is a ValueError). Pixels
+        of any size are made grey, resized to the model's size and rounded to
+        uint8 as in training; their values are read by
+        :func:`fracjax.data.io.pixel_values` (uint8 as is; uint16 and other
+        integers rescaled from min..max as the same 16-bit file from disk;
+        floats as 0..255 values; NaN or infinity is a ValueError).
         ``calibrated``: divide the logits by the temperature fitted on
-        validation, when the checkpoint has one."""
-        return probabilities_from_logits(self.logits(inputs), self.temperature if calibrated else 1.0)
+        validation, when the checkpoint has one.
+        ``errors``: "raise" (default) stops at the first item that cannot be
+        read, naming it; "skip" returns a :class:`Predictions` with NaN for
+        the items that failed and why in ``failed``.
+        """
+        failed: Dict[int, str] = {}
+        logits = self._logits(inputs, errors, failed)
+        probabilities = np.full(logits.shape, np.nan)
+        read = _predicted(len(logits), failed)
+        probabilities[read] = probabilities_from_logits(logits[read], self.temperature if calibrated else 1.0)
+        if errors == "raise":
+            return probabilities
+        return Predictions(probabilities, failed)
 
     def calibrate(self, probabilities) -> np.ndarray:
         """Raw model probabilities -> calibrated ones (identity without a temperature)."""

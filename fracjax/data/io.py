@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Tuple, Union
 
 import numpy as np
@@ -37,17 +38,69 @@ class ImageDecodeError(ValueError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
+ROW_CHUNK_PIXELS = 1 << 20  # pixels converted at a time: float temporaries stay a few MB at any image size
+
+
+def _row_chunks(height: int, width: int):
+    rows = max(1, ROW_CHUNK_PIXELS // max(width, 1))
+    return (slice(r, min(r + rows, height)) for r in range(0, height, rows))
+
+
+def _by_rows(values: np.ndarray, convert) -> np.ndarray:
+    """``convert`` applied to blocks of rows of ``values`` (H, W, ...) into a
+    uint8 (H, W, ...) array: memory is the input, the output and one block's
+    float temporaries, never float64 copies of the whole image."""
+    out = np.empty(values.shape, np.uint8)
+    for rows in _row_chunks(values.shape[0], values.shape[1] if values.ndim > 1 else 1):
+        out[rows] = convert(values[rows])
+    return out
+
+
 def rescale_to_uint8(values: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
     """Map [low, high] (default: the data's min and max) linearly onto 0..255."""
-    values = values.astype(np.float64)
+    values = np.asarray(values)
     low = float(np.min(values)) if low is None else low
     high = float(np.max(values)) if high is None else high
     if not np.isfinite(low) or not np.isfinite(high):
         raise ValueError("non-finite pixel values")
     if high <= low:
         return np.zeros(values.shape, np.uint8)
-    out = (values - low) * (255.0 / (high - low))
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    scale = 255.0 / (high - low)
+    return _by_rows(values, lambda v: np.clip(np.round((v.astype(np.float64) - low) * scale), 0, 255))
+
+
+def pixel_values(values: np.ndarray, source: str = "the array") -> np.ndarray:
+    """Pixels of any numeric type on the 0..255 scale, as uint8; the one rule
+    for arrays given to ``predict`` and for high-bit-depth files:
+
+    * uint8 (and bool) values are taken as they are;
+    * wider integers (uint16, int16, int32: 16-bit PNG/TIFF, DICOM) are
+      rescaled from their min..max onto 0..255, never clipped;
+    * floats must be finite; within [0, 255] they are pixel values (rounded),
+      outside it they are rescaled from their min..max like wider integers.
+      Floats within [0, 1] that are not all 0 are most likely [0, 1]-scaled
+      images: a warning says so (they are still read as 0..255 values).
+    """
+    values = np.asarray(values)
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == bool:
+        return values.astype(np.uint8) * 255
+    if values.dtype.kind in "iu":
+        return rescale_to_uint8(values)
+    if values.dtype.kind != "f":
+        raise ValueError(f"{source}: pixels of dtype {values.dtype} are not numbers")
+    if values.size == 0:
+        return values.astype(np.uint8)
+    low, high = float(np.min(values)), float(np.max(values))  # NaN propagates into both
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{source}: the image holds NaN or infinite pixel values")
+    if 0.0 <= low and high <= 255.0:
+        if 0.0 < high <= 1.0:
+            warnings.warn(f"{source}: float pixels all within [0, 1] are read as 0..255 values (a nearly black "
+                          "image); multiply a [0, 1]-scaled image by 255 first", stacklevel=3)
+        return _by_rows(values, lambda v: np.round(v))
+    return rescale_to_uint8(values, low, high)
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -93,7 +146,7 @@ def _pil_to_grey(image, path: PathLike) -> np.ndarray:
         arr = np.asarray(image)
         if arr.dtype.kind not in "iuf":
             arr = np.asarray(image.convert("I"))
-        return rescale_to_uint8(arr)
+        return pixel_values(arr, os.fspath(path))
     raise ImageDecodeError(path, f"unsupported image mode {mode!r}")
 
 
@@ -250,18 +303,18 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def grey_pixels(image) -> np.ndarray:
-    """Decoded pixels in [0, 255] as (H, W, 1) float64: (H, W) and (H, W, 1)
+def grey_pixels(image, source: str = "the array") -> np.ndarray:
+    """Pixels as (H, W, 1) float64 on the 0..255 scale: (H, W) and (H, W, 1)
     as they are, RGB as luminance, RGBA as luminance over black (as
-    :func:`read_image` does for files)."""
+    :func:`read_image` does for files); values of any dtype by
+    :func:`pixel_values`."""
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
-    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"expected an image (H, W) or (H, W, C) with C in 1, 3, 4; got shape {array.shape}")
-    array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise ValueError("the image holds NaN or infinite pixel values")
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or min(array.shape[:2]) < 1:
+        raise ValueError(f"{source}: expected an image (H, W) or (H, W, C) with C in 1, 3, 4; got shape "
+                         f"{array.shape}")
+    array = pixel_values(array, source).astype(np.float64)
     if array.shape[-1] == 4:
         return (luminance(array[..., :3]) * array[..., 3] / 255.0)[..., None]
     if array.shape[-1] == 3:
@@ -269,12 +322,12 @@ def grey_pixels(image) -> np.ndarray:
     return array
 
 
-def model_input(image, size: int) -> np.ndarray:
+def model_input(image, size: int, source: str = "the array") -> np.ndarray:
     """The one preprocessing between decoded pixels and every model: grey,
     bilinear resize to ``size`` x ``size`` (aspect ratio not kept), rounded to
     uint8 as the stored data sets are. Training, evaluation, ``Classifier``
     and the exports all go through here, so one image gives one number."""
-    grey = grey_pixels(image)
+    grey = grey_pixels(image, source)
     if grey.shape[:2] != (size, size):
         grey = resize_bilinear(grey, (size, size))
     return to_uint8(grey)
