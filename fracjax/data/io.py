@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class ImageDecodeError(ValueError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-ROW_CHUNK_PIXELS = 1 << 20  # pixels converted at a time: float temporaries stay a few MB at any image size
+ROW_CHUNK_PIXELS = 1 << 18  # pixels converted at a time: float temporaries stay a few MB at any image size
 
 
 def _row_chunks(height: int, width: int):
@@ -46,11 +46,11 @@ def _row_chunks(height: int, width: int):
     return (slice(r, min(r + rows, height)) for r in range(0, height, rows))
 
 
-def _by_rows(values: np.ndarray, convert) -> np.ndarray:
+def _by_rows(values: np.ndarray, convert, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
     """``convert`` applied to blocks of rows of ``values`` (H, W, ...) into a
     uint8 (H, W, ...) array: memory is the input, the output and one block's
     float temporaries, never float64 copies of the whole image."""
-    out = np.empty(values.shape, np.uint8)
+    out = np.empty(values.shape if shape is None else shape, np.uint8)
     for rows in _row_chunks(values.shape[0], values.shape[1] if values.ndim > 1 else 1):
         out[rows] = convert(values[rows])
     return out
@@ -63,10 +63,48 @@ def rescale_to_uint8(values: np.ndarray, low: float | None = None, high: float |
     high = float(np.max(values)) if high is None else high
     if not np.isfinite(low) or not np.isfinite(high):
         raise ValueError("non-finite pixel values")
+    return _by_rows(values, lambda block: scale_block(block, (low, high)))
+
+
+Scaling = Optional[Tuple[float, float]]  # None: values are 0..255 already; (low, high): rescale that range
+
+
+def value_scaling(kind: str, low: float, high: float, source: str) -> Scaling:
+    """How pixels of dtype kind ``kind`` ("u8", "int" or "float") with these
+    extremes reach 0..255 (the rule :func:`pixel_values` documents)."""
+    if kind == "u8":
+        return None
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{source}: the image holds NaN or infinite pixel values")
+    if kind == "int" or not (0.0 <= low and high <= 255.0):
+        return (float(low), float(high))
+    if 0.0 < high <= 1.0:
+        warnings.warn(f"{source}: float pixels all within [0, 1] are read as 0..255 values (a nearly black "
+                      "image); multiply a [0, 1]-scaled image by 255 first", stacklevel=4)
+    return None
+
+
+def scale_block(block: np.ndarray, scaling: Scaling) -> np.ndarray:
+    """Some rows of pixels -> uint8 by ``scaling`` (see :func:`value_scaling`)."""
+    if scaling is None:
+        if block.dtype == np.uint8:
+            return block
+        return np.clip(np.round(block), 0, 255).astype(np.uint8)
+    low, high = scaling
     if high <= low:
-        return np.zeros(values.shape, np.uint8)
-    scale = 255.0 / (high - low)
-    return _by_rows(values, lambda v: np.clip(np.round((v.astype(np.float64) - low) * scale), 0, 255))
+        return np.zeros(block.shape, np.uint8)
+    scaled = (block.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def _kind(dtype: np.dtype) -> str:
+    if dtype == np.uint8:
+        return "u8"
+    if dtype.kind in "iu":
+        return "int"
+    if dtype.kind == "f":
+        return "float"
+    raise ValueError(f"pixels of dtype {dtype} are not numbers")
 
 
 def pixel_values(values: np.ndarray, source: str = "the array") -> np.ndarray:
@@ -82,25 +120,16 @@ def pixel_values(values: np.ndarray, source: str = "the array") -> np.ndarray:
       images: a warning says so (they are still read as 0..255 values).
     """
     values = np.asarray(values)
-    if values.dtype == np.uint8:
-        return values
     if values.dtype == bool:
-        return values.astype(np.uint8) * 255
-    if values.dtype.kind in "iu":
-        return rescale_to_uint8(values)
-    if values.dtype.kind != "f":
-        raise ValueError(f"{source}: pixels of dtype {values.dtype} are not numbers")
-    if values.size == 0:
-        return values.astype(np.uint8)
-    low, high = float(np.min(values)), float(np.max(values))  # NaN propagates into both
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"{source}: the image holds NaN or infinite pixel values")
-    if 0.0 <= low and high <= 255.0:
-        if 0.0 < high <= 1.0:
-            warnings.warn(f"{source}: float pixels all within [0, 1] are read as 0..255 values (a nearly black "
-                          "image); multiply a [0, 1]-scaled image by 255 first", stacklevel=3)
-        return _by_rows(values, lambda v: np.round(v))
-    return rescale_to_uint8(values, low, high)
+        values = values.astype(np.uint8) * 255
+    try:
+        kind = _kind(values.dtype)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    if kind == "u8" or values.size == 0:
+        return values.astype(np.uint8, copy=False)
+    scaling = value_scaling(kind, float(np.min(values)), float(np.max(values)), source)
+    return _by_rows(values, lambda block: scale_block(block, scaling))
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -120,43 +149,96 @@ def _is_dicom(path: PathLike) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _pil_rows(image, convert: Callable) -> np.ndarray:
+    """(H, W) uint8 from ``convert`` of blocks of rows of a PIL image: memory
+    is Pillow's decoded image, the output and one block."""
+    width, height = image.size
+    out = np.empty((height, width), np.uint8)
+    for rows in _row_chunks(height, width):
+        out[rows] = convert(image.crop((0, rows.start, width, rows.stop)))
+    return out
+
+
+def _round_u8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
+def _rgba_grey(block) -> np.ndarray:
+    arr = np.asarray(block.convert("RGBA")).astype(np.float64)
+    return _round_u8(luminance(arr[..., :3]) * arr[..., 3] / 255.0)
+
+
+def _la_grey(block) -> np.ndarray:
+    arr = np.asarray(block).astype(np.float64)
+    return _round_u8(arr[..., 0] * arr[..., 1] / 255.0)
+
+
+_EIGHT_BIT = {
+    "1": lambda block: np.asarray(block.convert("L")),
+    "L": np.asarray,
+    "LA": _la_grey,
+    "P": _rgba_grey,  # via the palette's RGBA, block by block
+    "PA": _rgba_grey,
+    "RGBA": _rgba_grey,
+}
+# RGB, RGBX, CMYK, YCbCr, LAB, HSV: Pillow converts these to RGB exactly (8-bit in, 8-bit out).
+_COLOUR = ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
 def _pil_to_grey(image, path: PathLike) -> np.ndarray:
     """A loaded PIL image -> (H, W) uint8, without clamping high bit depths."""
     mode = image.mode
-    if mode in ("1", "L", "P", "LA", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        if mode in ("P", "PA"):
-            image = image.convert("RGBA")
-            mode = "RGBA"
-        if mode == "1":
-            return np.asarray(image.convert("L"))
-        if mode == "L":
-            return np.asarray(image)
-        if mode == "LA":
-            arr = np.asarray(image).astype(np.float64)
-            return np.clip(np.round(arr[..., 0] * arr[..., 1] / 255.0), 0, 255).astype(np.uint8)
-        if mode == "RGBA":
-            arr = np.asarray(image).astype(np.float64)
-            grey = luminance(arr[..., :3]) * arr[..., 3] / 255.0
-            return np.clip(np.round(grey), 0, 255).astype(np.uint8)
-        # RGB, RGBX, CMYK, YCbCr, LAB, HSV: Pillow converts these to RGB exactly (8-bit in, 8-bit out).
-        rgb = np.asarray(image.convert("RGB"))
-        return np.clip(np.round(luminance(rgb)), 0, 255).astype(np.uint8)
-    # High bit depth: I;16 (16-bit PNG), I;16B, I (32-bit int), F (float).
+    if mode in _EIGHT_BIT:
+        return _pil_rows(image, _EIGHT_BIT[mode])
+    if mode in _COLOUR:
+        return _pil_rows(image, lambda block: _round_u8(luminance(np.asarray(block.convert("RGB")))))
+    # High bit depth: I;16 (16-bit PNG), I;16B, I (32-bit int), F (float): one
+    # scaling from the whole image's extremes, applied block by block.
     if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(image)
-        if arr.dtype.kind not in "iuf":
-            arr = np.asarray(image.convert("I"))
-        return pixel_values(arr, os.fspath(path))
+        low, high = image.getextrema()
+        scaling = value_scaling("float" if mode == "F" else "int", low, high, os.fspath(path))
+        return _pil_rows(image, lambda block: scale_block(_numeric(block), scaling))
     raise ImageDecodeError(path, f"unsupported image mode {mode!r}")
 
 
-def _read_pil(path: PathLike) -> np.ndarray:
+def _numeric(block) -> np.ndarray:
+    arr = np.asarray(block)
+    return arr if arr.dtype.kind in "iuf" else np.asarray(block.convert("I"))
+
+
+MAX_PIXELS = 50_000_000  # about 7000 x 7000: well above real radiographs (large detectors are ~4300 x 4300)
+
+
+def pixel_limit() -> int:
+    """The decoders' pixel-count limit: ``$FRACJAX_MAX_PIXELS`` or :data:`MAX_PIXELS`."""
+    text = os.environ.get("FRACJAX_MAX_PIXELS")
+    if text is None:
+        return MAX_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"FRACJAX_MAX_PIXELS must be a whole number of pixels, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"FRACJAX_MAX_PIXELS must be >= 1, got {value}")
+    return value
+
+
+def _check_pixel_count(path: PathLike, width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise ImageDecodeError(
+            path, f"{width} x {height} = {width * height:,} pixels is more than the limit of {limit:,} "
+            "(read_image(max_pixels=...) or $FRACJAX_MAX_PIXELS raise it)"
+        )
+
+
+def _read_pil(path: PathLike, limit: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            _check_pixel_count(path, *image.size, limit)  # from the header, before decoding
             image.load()  # decode now: a truncated file fails here, not later
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # (not a copy: it would double the memory)
             grey = _pil_to_grey(image, path)
     except ImageDecodeError:
         raise
@@ -186,7 +268,7 @@ def _window(values: np.ndarray, centre: float, width: float, function: str = "LI
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
 
 
-def _voi_lut(values: np.ndarray, item) -> np.ndarray:
+def _voi_lut(values: np.ndarray, item, signed: bool) -> np.ndarray:
     """A VOI LUT (PS3.3 C.11.2): entries below/above the first/last mapped
     value saturate; the output range is 0 .. 2**bits - 1, mapped onto 0..255.
     (Done here: pydicom 3.0's apply_voi_lut wraps values past the table.)"""
@@ -197,7 +279,7 @@ def _voi_lut(values: np.ndarray, item) -> np.ndarray:
     if isinstance(data, (bytes, bytearray)):
         data = np.frombuffer(data, dtype="<u2" if bits > 8 or len(data) == 2 * count else np.uint8)
     table = np.asarray(data, np.float64).reshape(-1)[:count]
-    if first >= 2**15 and values.min() < 0:  # a descriptor value stored unsigned for signed data
+    if first >= 2**15 and signed:  # a descriptor value stored unsigned for signed data (any value < 0)
         first -= 2**16
     index = np.clip(np.round(values).astype(np.int64) - first, 0, len(table) - 1)
     return rescale_to_uint8(table[index], 0.0, float(2**bits - 1))
@@ -210,39 +292,45 @@ def _first(value) -> float:
         return float(value)
 
 
-def _read_dicom(path: PathLike) -> np.ndarray:
+def _dicom_pixels(path: PathLike, limit: int):
+    """(dataset, the first frame's pixels), the size checked from the header before decoding."""
+    import pydicom
+
     try:
-        import pydicom
+        ds = pydicom.dcmread(path)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except Exception as err:  # pydicom raises many types for bad files
+        raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
+    _check_pixel_count(path, columns, rows, limit)
+    try:
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            ds.pixel_array_options(index=0)  # decode the first frame only
+        return ds, ds.pixel_array
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
+
+
+def _read_dicom(path: PathLike, limit: int) -> np.ndarray:
+    try:
         from pydicom.pixels import apply_modality_lut
     except ImportError as err:  # pragma: no cover - pydicom is a declared dependency
         raise ImageDecodeError(path, f"DICOM support needs pydicom ({err})") from None
-    try:
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-    except Exception as err:  # pydicom raises many types for bad files
-        raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
+    ds, pixels = _dicom_pixels(path, limit)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]  # the first frame of a multi-frame image
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if pixels.ndim == 3 and pixels.shape[-1] == 3:
             if photometric.startswith("YBR"):
                 from pydicom.pixels import convert_color_space
 
                 pixels = convert_color_space(pixels, photometric, "RGB")
-            return rescale_to_uint8(luminance(pixels), 0.0, float(2 ** int(ds.BitsStored) - 1))
+            full = (0.0, float(2 ** int(ds.BitsStored) - 1))
+            return _by_rows(pixels, lambda block: scale_block(luminance(block), full), pixels.shape[:2])
         raise ImageDecodeError(path, f"DICOM photometric interpretation {photometric} is not supported")
     try:
-        values = apply_modality_lut(pixels, ds).astype(np.float64)
-        if "VOILUTSequence" in ds:
-            grey = _voi_lut(values, ds.VOILUTSequence[0])
-        elif "WindowCenter" in ds and "WindowWidth" in ds:
-            grey = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth),
-                           str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR"))
-        else:
-            grey = rescale_to_uint8(values)
-    except ImageDecodeError:
+        grey = _dicom_grey(pixels, ds, lambda block: apply_modality_lut(block, ds).astype(np.float64))
+    except (ImageDecodeError, MemoryError):
         raise
     except Exception as err:
         raise ImageDecodeError(path, f"DICOM LUT: {type(err).__name__}: {err}") from None
@@ -251,14 +339,37 @@ def _read_dicom(path: PathLike) -> np.ndarray:
     return grey
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Decode ``path`` to an (H, W, 1) uint8 grey image (see the module doc)."""
+def _dicom_grey(pixels: np.ndarray, ds, modality: Callable) -> np.ndarray:
+    """The modality LUT, then the VOI LUT, the first window or the full
+    range, block by block (the extremes from a first pass)."""
+    low = min(float(np.min(modality(pixels[rows]))) for rows in _row_chunks(*pixels.shape[:2]))
+    if "VOILUTSequence" in ds:
+        item = ds.VOILUTSequence[0]
+        return _by_rows(pixels, lambda block: _voi_lut(modality(block), item, low < 0))
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
+        return _by_rows(pixels, lambda block: _window(modality(block), centre, width, function))
+    high = max(float(np.max(modality(pixels[rows]))) for rows in _row_chunks(*pixels.shape[:2]))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError("non-finite pixel values")
+    return _by_rows(pixels, lambda block: scale_block(modality(block), (low, high)))
+
+
+def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 1) uint8 grey image (see the module doc).
+    ``max_pixels``: refuse larger images from their header, before decoding
+    (default: :func:`pixel_limit`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageDecodeError(path, "no such file")
     if os.path.getsize(path) == 0:
         raise ImageDecodeError(path, "empty file")
-    grey = _read_dicom(path) if _is_dicom(path) else _read_pil(path)
+    limit = pixel_limit() if max_pixels is None else max_pixels
+    try:
+        grey = _read_dicom(path, limit) if _is_dicom(path) else _read_pil(path, limit)
+    except MemoryError:  # one hostile file must not stop a build: it is one more unreadable file
+        raise ImageDecodeError(path, "out of memory while decoding") from None
     if grey.ndim != 2 or min(grey.shape) < 1:
         raise ImageDecodeError(path, f"decoded to an unusable shape {grey.shape}")
     return grey[..., None]
