@@ -110,7 +110,7 @@ def keras_layer_order(module: nn.Module, input_shape: Sequence[int]) -> List[Lay
 class FileLayer:
     label: str  # where it sits in the file, for error messages
     kind: Optional[str]  # Keras class (snake case) where the format records it
-    arrays: List[np.ndarray]
+    arrays: List  # h5py datasets: their shapes are checked before any is read
 
 
 def _open_h5(path: str):
@@ -143,7 +143,7 @@ def _read_keras3(f, path: str) -> Dict[str, Dict[int, FileLayer]]:
             continue
         if "vars" in group and len(group["vars"]):
             vars_group = group["vars"]
-            arrays = [np.asarray(vars_group[str(j)]) for j in range(len(vars_group))]
+            arrays = [vars_group[str(j)] for j in range(len(vars_group))]
             kind, index = _split_key(key)
             by_kind.setdefault(kind, {})[index] = FileLayer(f"layers/{key}", kind, arrays)
         else:
@@ -178,41 +178,22 @@ def _read_legacy(f, path: str) -> List[FileLayer]:
         if not names:
             continue
         try:
-            arrays = [np.asarray(group[w]) for w in names]
+            arrays = [group[w] for w in names]
         except KeyError as err:
             raise KerasWeightsError(f"{path}: layer {name!r} lists a weight it does not hold ({err})") from None
         layers.append(FileLayer(name, None, arrays))
     return layers
 
 
-def read_keras_weights(path: str, slots: Sequence[LayerSlot]) -> List[Tuple[LayerSlot, FileLayer]]:
-    """Pair each of our layers with the file's layer that Keras would load into it.
+def pair_keras_layers(f, path: str, slots: Sequence[LayerSlot]) -> List[Tuple[LayerSlot, FileLayer]]:
+    """Pair each of our layers with the file's layer that Keras would load into
+    it (``f``: the open HDF5 file; nothing is read but names and shapes).
 
     Raises KerasWeightsError naming what is missing or extra.
     """
-    with _open_h5(path) as f:
-        if "layers" in f:
-            by_kind = _read_keras3(f, path)
-            pairs, counters = [], {}
-            for slot in slots:
-                index = counters.get(slot.kind, 0)
-                counters[slot.kind] = index + 1
-                layer = by_kind.get(slot.kind, {}).pop(index, None)
-                if layer is None:
-                    key = slot.kind if index == 0 else f"{slot.kind}_{index}"
-                    raise KerasWeightsError(
-                        f"{path}: missing weights layers/{key} for {'/'.join(slot.path)}"
-                    )
-                pairs.append((slot, layer))
-            extra = sorted(layer.label for layers in by_kind.values() for layer in layers.values())
-            if extra:
-                raise KerasWeightsError(
-                    f"{path}: {len(extra)} weight layer(s) the model does not have: "
-                    f"{', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''} "
-                    "(a model with its Keras top, or another architecture?)"
-                )
-            return pairs
-        layers = _read_legacy(f, path)
+    if "layers" in f:
+        return _pair_keras3(_read_keras3(f, path), path, slots)
+    layers = _read_legacy(f, path)
     if len(layers) != len(slots):
         detail = ""
         if len(layers) < len(slots):
@@ -227,9 +208,37 @@ def read_keras_weights(path: str, slots: Sequence[LayerSlot]) -> List[Tuple[Laye
     return list(zip(slots, layers))
 
 
+def _pair_keras3(by_kind: Dict[str, Dict[int, FileLayer]], path: str,
+                 slots: Sequence[LayerSlot]) -> List[Tuple[LayerSlot, FileLayer]]:
+    pairs, counters = [], {}
+    for slot in slots:
+        index = counters.get(slot.kind, 0)
+        counters[slot.kind] = index + 1
+        layer = by_kind.get(slot.kind, {}).pop(index, None)
+        if layer is None:
+            key = slot.kind if index == 0 else f"{slot.kind}_{index}"
+            raise KerasWeightsError(f"{path}: missing weights layers/{key} for {'/'.join(slot.path)}")
+        pairs.append((slot, layer))
+    extra = sorted(layer.label for layers in by_kind.values() for layer in layers.values())
+    if extra:
+        raise KerasWeightsError(
+            f"{path}: {len(extra)} weight layer(s) the model does not have: "
+            f"{', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''} "
+            "(a model with its Keras top, or another architecture?)"
+        )
+    return pairs
+
+
 # --------------------------------------------------------------------------
 # Conversion.
 # --------------------------------------------------------------------------
+
+
+def _flax_shape(kind: str, var_index: int, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The shape :func:`_to_flax` gives an array of ``shape``."""
+    if kind == "depthwise_conv2d" and var_index == 0 and len(shape) == 4:
+        return (*shape[:2], shape[3], shape[2])
+    return shape
 
 
 def _to_flax(kind: str, var_index: int, array: np.ndarray) -> np.ndarray:
@@ -237,6 +246,39 @@ def _to_flax(kind: str, var_index: int, array: np.ndarray) -> np.ndarray:
         # Keras (kh, kw, C, depth_multiplier=1) -> flax grouped (kh, kw, 1, C).
         return np.swapaxes(array, 2, 3)
     return array
+
+
+def _checked_keys(path: str, slot: LayerSlot, layer: FileLayer, flat_target) -> List[tuple]:
+    """The variables ``layer``'s arrays fill, after checking each declared
+    shape (from the file's header: nothing is read, so a file declaring a
+    huge tensor is refused without allocating it)."""
+    if len(layer.arrays) != len(slot.variables):
+        raise KerasWeightsError(
+            f"{path}: {layer.label} holds {len(layer.arrays)} arrays, "
+            f"{'/'.join(slot.path)} ({slot.kind}) needs {len(slot.variables)}"
+        )
+    keys = []
+    for j, ((collection, name), dataset) in enumerate(zip(slot.variables, layer.arrays)):
+        key = (collection, *slot.path, name)
+        shape = tuple(dataset.shape)
+        if _flax_shape(slot.kind, j, shape) != tuple(flat_target[key].shape):
+            raise KerasWeightsError(
+                f"{path}: {layer.label} var {j} has shape {shape}; {'/'.join(key)} needs {tuple(flat_target[key].shape)}"
+            )
+        if np.dtype(dataset.dtype).kind != "f":
+            raise KerasWeightsError(f"{path}: {layer.label} var {j} holds {dataset.dtype} values, not floats")
+        keys.append(key)
+    return keys
+
+
+def _read_array(path: str, layer: FileLayer, j: int, kind: str, dtype) -> jax.Array:
+    try:
+        value = _to_flax(kind, j, np.asarray(layer.arrays[j]))
+    except OSError as err:  # a truncated or corrupt file: h5py fails at the read
+        raise KerasWeightsError(f"{path}: {layer.label} var {j} cannot be read ({err})") from None
+    if not np.isfinite(value).all():
+        raise KerasWeightsError(f"{path}: {layer.label} var {j} holds NaN or infinite values")
+    return jnp.asarray(value, dtype=dtype)
 
 
 def convert_keras_weights(module: nn.Module, path: str, input_shape: Sequence[int]) -> dict:
@@ -248,23 +290,11 @@ def convert_keras_weights(module: nn.Module, path: str, input_shape: Sequence[in
     )
     target = {k: v for k, v in target.items() if k in ("params", "batch_stats")}
     flat_target = traverse_util.flatten_dict(nn.unbox(target))
-    flat: Dict[tuple, np.ndarray] = {}
-    for slot, layer in read_keras_weights(path, slots):
-        if len(layer.arrays) != len(slot.variables):
-            raise KerasWeightsError(
-                f"{path}: {layer.label} holds {len(layer.arrays)} arrays, "
-                f"{'/'.join(slot.path)} ({slot.kind}) needs {len(slot.variables)}"
-            )
-        for j, ((collection, name), array) in enumerate(zip(slot.variables, layer.arrays)):
-            key = (collection, *slot.path, name)
-            value = _to_flax(slot.kind, j, array)
-            expected = flat_target[key]
-            if tuple(value.shape) != tuple(expected.shape):
-                raise KerasWeightsError(
-                    f"{path}: {layer.label} var {j} has shape {tuple(array.shape)}; "
-                    f"{'/'.join(key)} needs {tuple(expected.shape)}"
-                )
-            flat[key] = jnp.asarray(value, dtype=expected.dtype)
+    with _open_h5(path) as f:
+        pairs = pair_keras_layers(f, path, slots)
+        keys = [_checked_keys(path, slot, layer, flat_target) for slot, layer in pairs]  # every shape, then reads
+        flat = {key: _read_array(path, layer, j, slot.kind, flat_target[key].dtype)
+                for (slot, layer), layer_keys in zip(pairs, keys) for j, key in enumerate(layer_keys)}
     missing = sorted("/".join(k) for k in set(flat_target) - set(flat))
     if missing:  # a variable our layer order does not cover: a bug on our side
         raise KerasWeightsError(f"{path}: no Keras weight for {', '.join(missing[:8])}")

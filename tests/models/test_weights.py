@@ -141,3 +141,31 @@ def test_with_backbone_variables_rejects_another_backbone(files):
     imported = fracjax.models.load_keras_weights("mobilenet_v3_small", files["keras3"])
     with pytest.raises(KerasWeightsError, match="backbone"):
         fracjax.models.with_backbone_variables(variables, imported)
+
+
+def test_a_huge_declared_tensor_is_refused_from_its_shape_before_any_read(files, tmp_path):
+    path = tmp_path / "huge.weights.h5"
+
+    def edit(g):  # 4e12 floats declared, none written: the file stays small
+        del g["layers/conv2d/vars/0"]
+        g["layers/conv2d/vars"].create_dataset("0", shape=(100_000, 100_000, 3, 16), dtype=np.float32,
+                                               chunks=(1, 1, 3, 16))
+
+    _copy_h5(files["keras3"], path, edit)
+    assert path.stat().st_size < 50_000_000
+    with pytest.raises(KerasWeightsError, match=r"layers/conv2d var 0 has shape \(100000, 100000, 3, 16\)"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_naming_the_array(files, tmp_path, bad):
+    path = tmp_path / "nan.weights.h5"
+
+    def edit(g):
+        values = np.asarray(g["layers/batch_normalization_3/vars/1"])
+        values[2] = bad
+        g["layers/batch_normalization_3/vars/1"][...] = values
+
+    _copy_h5(files["keras3"], path, edit)
+    with pytest.raises(KerasWeightsError, match="layers/batch_normalization_3 var 1 holds NaN or infinite values"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", path)
