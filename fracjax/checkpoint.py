@@ -13,13 +13,23 @@ Two managers under ``<run>/checkpoints/``:
 Saves are synchronous and atomic (Orbax writes a temporary folder and renames
 it when complete), so a run killed at any moment, even during a save, leaves
 only whole checkpoints; leftovers are removed when the managers open.
+
+Every saved array tree has a checksum in its step's ``meta``
+(:func:`tree_checksum`); restores verify it, so bit rot, a partial copy or
+an edited file is a :class:`CheckpointCorruptError` naming the step folder,
+never silently different weights. ``--resume`` falls back to the newest
+intact step (:meth:`RunCheckpoints.intact_latest`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+import shutil
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -53,6 +63,49 @@ def _host(tree):
     return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint step that cannot be restored or whose arrays do not match
+    the checksum saved with them."""
+
+
+def tree_checksum(tree) -> str:
+    """SHA-256 over every array's dtype, shape and bytes. The leaves' digests
+    are sorted, so the sum does not depend on how the tree's containers come
+    back (a restore without a target gives dicts for optax's named tuples)."""
+    digests = []
+    for leaf in jax.tree_util.tree_leaves(tree):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+        digests.append(digest.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
+
+
+def verify(trees: Dict[str, Any], meta: Dict[str, Any], where: str) -> None:
+    """Raise CheckpointCorruptError unless each tree matches its saved checksum
+    (steps written before checksums existed have none and pass)."""
+    saved = (meta or {}).get("checksums") or {}
+    for item, tree in trees.items():
+        if item in saved and tree_checksum(tree) != saved[item]:
+            raise CheckpointCorruptError(
+                f"{where}: the {item} arrays do not match the checksum saved with them (a damaged or partly "
+                "copied checkpoint)"
+            )
+
+
+@contextlib.contextmanager
+def _restoring(where: str):
+    """Any failure inside a restore (Orbax and tensorstore raise many kinds),
+    as a CheckpointCorruptError naming the step folder."""
+    try:
+        yield
+    except (CheckpointCorruptError, MemoryError):
+        raise
+    except Exception as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointCorruptError(f"{where}: cannot be restored ({type(err).__name__}: {first_line[:300]})") from err
+
+
 class RunCheckpoints:
     def __init__(self, run_dir: str, keep: int = 2):
         self.directory = os.path.join(run_dir, "checkpoints")
@@ -65,6 +118,7 @@ class RunCheckpoints:
         """``model``: params and batch_stats; ``train``: the rest of the run's
         state (a tree of arrays); ``meta``: JSON."""
         model, train = _host(model), _host(train)
+        meta = {**meta, "checksums": {"model": tree_checksum(model), "train": tree_checksum(train)}}
         self.latest.save(
             step,
             args=ocp.args.Composite(
@@ -76,6 +130,7 @@ class RunCheckpoints:
 
     def save_best(self, step: int, variables, meta: Dict[str, Any]) -> None:
         model = _host({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+        meta = {**meta, "checksums": {"model": tree_checksum(model)}}
         for old in self.best.all_steps():
             if old >= step:  # a resumed run re-reaching a step
                 self.best.delete(old)
@@ -97,16 +152,49 @@ class RunCheckpoints:
 
     def restore_latest(self, step: int, model_target, train_target) -> Tuple[Any, Any, Dict[str, Any]]:
         """Restore ``step`` against abstract targets (``jax.eval_shape``
-        trees); ``train_target["key"]`` is the raw key data shape."""
-        restored = self.latest.restore(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardRestore(model_target),
-                train=ocp.args.StandardRestore(train_target),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+        trees); ``train_target["key"]`` is the raw key data shape. Verified
+        against the checksums saved with it."""
+        where = self.step_folder("latest", step)
+        with _restoring(where):
+            restored = self.latest.restore(
+                step,
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardRestore(model_target),
+                    train=ocp.args.StandardRestore(train_target),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        verify({"model": restored["model"], "train": restored["train"]}, restored["meta"], where)
         return restored["model"], restored["train"], restored["meta"]
+
+    def step_folder(self, manager: str, step: int) -> str:
+        return os.path.join(self.directory, manager, str(step))
+
+    def intact_latest(self, log: Callable[[str], None] = print) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
+        """(step, meta) of the newest ``latest`` step that restores and
+        matches its checksums, or (None, None). Newer damaged steps are said,
+        moved aside to ``checkpoints/damaged/`` (kept, not deleted) and so
+        never resumed from or overwritten."""
+        for step in sorted(self.latest.all_steps(), reverse=True):
+            where = self.step_folder("latest", step)
+            try:
+                with _restoring(where):
+                    restored = self.latest.restore(step, args=ocp.args.Composite(
+                        model=ocp.args.StandardRestore(), train=ocp.args.StandardRestore(),
+                        meta=ocp.args.JsonRestore()))
+                verify({"model": restored["model"], "train": restored["train"]}, restored["meta"], where)
+                return step, restored["meta"]
+            except CheckpointCorruptError as err:
+                moved = self._move_aside("latest", step)
+                log(f"--resume: {err}; moved it to {moved} and trying the step before")
+        return None, None
+
+    def _move_aside(self, manager: str, step: int) -> str:
+        target = os.path.join(self.directory, "damaged", f"{manager}-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(self.step_folder(manager, step), target)
+        getattr(self, manager).reload()
+        return target
 
     def close(self) -> None:
         self.latest.close()
@@ -141,20 +229,24 @@ def find_model_checkpoint(path: str, which: str = "best") -> Tuple[str, int]:
 
 def restore_model(folder: str, step: int, target=None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(variables, meta) of one step of a manager folder, without optimizer
-    state. ``target``: abstract variables for sharding/dtype; default: as saved."""
-    manager = ocp.CheckpointManager(
-        folder,
-        options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-        item_handlers={"model": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-    )
-    try:
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore(),
-                meta=ocp.args.JsonRestore(),
-            ),
+    state, verified against its checksum. ``target``: abstract variables for
+    sharding/dtype; default: as saved."""
+    where = os.path.join(folder, str(step))
+    with _restoring(where):
+        manager = ocp.CheckpointManager(
+            folder,
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+            item_handlers={"model": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
-    finally:
-        manager.close()
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    model=ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore(),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        finally:
+            manager.close()
+    verify({"model": restored["model"]}, restored["meta"], where)
     return restored["model"], restored["meta"]

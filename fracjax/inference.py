@@ -63,6 +63,7 @@ class Classifier:
         calibration: Optional[Dict[str, Any]] = None,
     ):
         self.spec = dict(spec)
+        self.checkpoint: Optional[str] = None  # the step folder it was restored from
         self.model = fracjax.models.create(
             spec["model"],
             head=spec["head"],
@@ -88,15 +89,18 @@ class Classifier:
         """``path``: a run folder, its ``checkpoints`` folder, a ``best`` or
         ``latest`` folder, or one step folder. ``which``: best (default) or latest."""
         folder, step = find_model_checkpoint(path, which)
-        variables, meta = restore_model(folder, step)
+        where = os.path.join(folder, str(step))
+        variables, meta = restore_model(folder, step)  # checksums verified; errors name ``where``
         spec = meta.get("model")
         if spec is None:
-            raise ValueError(f"{folder}/{step}: the checkpoint carries no model spec")
+            raise ValueError(f"{where}: the checkpoint carries no model spec")
         variables = jax.tree_util.tree_map(jnp.asarray, variables)
-        calibration = read_calibration(os.path.join(folder, str(step)))
-        return cls(
+        calibration = read_calibration(where)
+        classifier = cls(
             spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size, calibration
         )
+        classifier.checkpoint = where
+        return classifier
     # -- inputs ---------------------------------------------------------------
     def _items(self, inputs) -> List[Tuple[str, Callable[[], np.ndarray]]]:
         """(name, load) for each input image; ``load()`` decodes and
@@ -141,6 +145,11 @@ class Classifier:
                 indices, batch = [], []
         if batch:
             yield indices, np.stack(batch)
+
+    def prepare(self, inputs) -> np.ndarray:
+        """The model inputs (N, S, S, 1) uint8 of ``inputs`` (as ``predict`` takes them)."""
+        batches = [batch for _, batch in self._batches(self._items(inputs), "raise", {})]
+        return np.concatenate(batches) if batches else np.zeros((0, self.image_size, self.image_size, 1), np.uint8)
 
     # -- prediction -------------------------------------------------------------
     def logits(self, inputs, errors: str = "raise") -> np.ndarray:

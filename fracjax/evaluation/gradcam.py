@@ -187,10 +187,9 @@ def explain_classifier(classifier, inputs, layer: str = DEFAULT_LAYER, method: s
     size; prepared as ``predict`` prepares them). Returns ``images`` (the
     model-size inputs), ``maps``, ``probabilities`` (calibrated like
     ``predict``)."""
-    batches = list(classifier._batches(inputs))
-    if not batches:
+    images = classifier.prepare(inputs)
+    if not len(images):
         raise ValueError("no images to explain")
-    images = np.concatenate(batches)
     out = grad_cam(classifier.model, classifier.variables, images, layer, method, target)
     out["probabilities"] = classifier.calibrate(out["probabilities"])
     out["images"] = images

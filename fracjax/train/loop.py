@@ -295,11 +295,14 @@ def _refuse_overwrite(config: TrainConfig) -> None:
 
 def _resume_meta(config: TrainConfig, checkpoints: ckpt.RunCheckpoints) -> Optional[Dict[str, Any]]:
     """The latest checkpoint's meta, checked against ``config``; None: nothing to resume."""
-    step = checkpoints.latest_step()
+    had_steps = checkpoints.latest_step() is not None
+    step, meta = checkpoints.intact_latest(_log)  # damaged newer steps are said and moved aside
+    if step is None and had_steps:
+        raise ResumeError(f"cannot resume {config.run_dir}: none of its checkpoints is intact (they are kept in "
+                          f"{os.path.join(checkpoints.directory, 'damaged')}); --resume again starts it over")
     if step is None:
         _log(f"--resume: no checkpoint in {config.run_dir}; starting from the beginning")
         return None
-    meta = checkpoints.latest_meta(step)
     if meta.get("layout") != LAYOUT:
         raise ResumeError(
             f"cannot resume {config.run_dir}: its latest checkpoint (step {step}) was written by an earlier "
@@ -416,7 +419,7 @@ def _restore(run: _Run, train: TrainStep) -> TrainState:
     # The checkpoint's history is the truth: a run killed between writing an
     # epoch's line and saving its checkpoint redoes that epoch.
     _write_metrics(run.metrics_path, history_json(run.history))
-    _log(f"resumed from step {run.step}")
+    _log(f"resumed from step {run.step} (its checksums verified)")
     run.resume_meta = None
     return run.parallel.put_state(state)
 

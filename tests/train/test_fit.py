@@ -363,3 +363,25 @@ def test_a_validation_split_of_one_class_is_refused_before_compiling(tmp_path):
         prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)
     splits["validation"] = splits["train"]
     assert prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)["test"] == [4, 0]
+
+
+def test_resume_past_a_damaged_latest_checkpoint_redoes_its_epoch(first_run, data_dir, tmp_path, capsys):
+    import glob
+    import shutil
+
+    out, _ = first_run
+    shutil.copytree(out / "a", tmp_path / "a")
+    for path in glob.glob(str(tmp_path / "a" / "checkpoints" / "latest" / "12" / "model" / "**" / "d" / "*"),
+                      recursive=True):
+        data = bytearray(open(path, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        open(path, "wb").write(bytes(data))
+    fit(config(data_dir, tmp_path, "a", resume=True, report=False, bootstrap=0))
+    said = capsys.readouterr().out
+    assert "latest/12: cannot be restored" in said or "latest/12: the model arrays do not match" in said, said
+    assert "resumed from step 8 (its checksums verified)" in said
+    step, variables = latest_variables(tmp_path / "a")
+    assert step == 12
+    chex.assert_trees_all_close(variables, latest_variables(out / "a")[1], rtol=1e-5, atol=1e-6)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]  # one line per epoch across the resume
