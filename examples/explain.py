@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 import fracjax
+from fracjax.checkpoint import CheckpointCorruptError
 from fracjax.data.io import ImageDecodeError, read_image
 from fracjax.evaluation import gradcam
 
@@ -34,12 +35,23 @@ def save_pair(path: str, image: np.ndarray, cam: np.ndarray, caption: str) -> No
 
 
 def output_names(paths, method: str):
-    """One overlay name per input; inputs that share a stem (a.png, a.jpg)
-    keep their extension in the name instead of overwriting each other."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    """One overlay name per input, never two alike: the stem (a_gradcam.png);
+    inputs that share a stem keep their extension (a_png_gradcam.png,
+    a_jpg_gradcam.png); any still alike (one name in two folders) get an
+    index (a_png_gradcam_2.png)."""
     suffix = method.replace("++", "pp")
-    return [f"{stem}_{suffix}.png" if stems.count(stem) == 1 else f"{os.path.basename(p).replace('.', '_')}_{suffix}.png"
-            for stem, p in zip(stems, paths)]
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    wanted = [f"{stem}_{suffix}" if stems.count(stem) == 1 else f"{os.path.basename(p).replace('.', '_')}_{suffix}"
+              for stem, p in zip(stems, paths)]
+    names, taken = [], set()
+    for name in wanted:
+        unique, k = name, 1
+        while unique in taken:
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique)
+        names.append(unique + ".png")
+    return names
 
 
 def main(argv=None) -> int:
@@ -54,8 +66,11 @@ def main(argv=None) -> int:
                         help="which class's evidence to show")
     args = parser.parse_args(argv)
     try:
+        os.makedirs(args.out, exist_ok=True)  # before any work: a bad --out fails now, not after Grad-CAM
+        if not os.access(args.out, os.W_OK):
+            raise PermissionError(f"--out: cannot write in {args.out}")
         clf = fracjax.Classifier.from_checkpoint(args.checkpoint)
-    except FileNotFoundError as err:
+    except (OSError, CheckpointCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     readable, failed = [], 0
@@ -73,7 +88,6 @@ def main(argv=None) -> int:
     except gradcam.LayerNotFoundError as err:
         print(f"error: --layer: {err}", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
     width = max(len(p) for p, _ in readable)
     print(f"{'file':<{width}}  p(fractured)  overlay")
     names = output_names([path for path, _ in readable], args.method)

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 import fracjax
-from fracjax.data.io import ImageDecodeError
+from fracjax.checkpoint import CheckpointCorruptError
 
 
 def main(argv=None) -> int:
@@ -18,22 +18,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         clf = fracjax.Classifier.from_checkpoint(args.checkpoint, which=args.which)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CheckpointCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    result = clf.predict(args.files, errors="skip")  # a bad file is reported, the rest still run
     width = max(len(f) for f in args.files)
     print(f"{'file':<{width}}  p(fractured)  label (threshold {clf.threshold:g})")
-    failed = 0
-    for path in args.files:  # one at a time: a bad file is reported, the rest still run
-        try:
-            p = float(clf.predict([path])[0])
-        except ImageDecodeError as err:
-            print(f"{path:<{width}}  {'-':>12}  unreadable: {err.reason}")
-            failed += 1
+    for k, (path, p) in enumerate(zip(args.files, result.probabilities)):
+        if k in result.failed:
+            print(f"{path:<{width}}  {'-':>12}  unreadable: {result.failed[k]}")
             continue
         print(f"{path:<{width}}  {p:12.4f}  {'fractured' if p >= clf.threshold else 'not fractured'}")
-    return 1 if failed else 0
-
+    return 1 if result.failed else 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,7 @@ import argparse
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
@@ -195,14 +196,34 @@ def _map(fn, jobs, workers: int):
         return list(pool.map(fn, jobs, chunksize=8))
 
 
+def _exact_key(image) -> Tuple:
+    """Equal for pixel-identical images; every constant (blank) image of one
+    value gets one key whatever its size: thumbnails of blank images carry no
+    signal, so the similarity stage cannot see them."""
+    x = np.asarray(image)
+    if x.size and x.min() == x.max():
+        return ("constant", x.reshape(-1)[0].item())
+    return ("pixels", x.shape, x.dtype.str, hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
+
+
+def exact_duplicates(images: Sequence) -> List[Tuple[int, int]]:
+    """(i, j), i < j, for every pair of pixel-identical (or equally blank) images."""
+    groups: Dict[Tuple, List[int]] = collections.defaultdict(list)
+    for i, image in enumerate(images):
+        groups[_exact_key(image)].append(i)
+    return [(a, b) for members in groups.values() for k, a in enumerate(members) for b in members[k + 1:]]
+
+
 def find_duplicates(images: Sequence, config: AuditConfig = AuditConfig()) -> List[Tuple[int, int, float]]:
-    """(i, j, similarity) for every verified near-duplicate pair, i < j."""
-    candidates = candidate_pairs(images, config)
+    """(i, j, similarity) for every exact (1.0) or verified near-duplicate pair, i < j."""
+    exact = set(exact_duplicates(images))
+    candidates = {key: value for key, value in candidate_pairs(images, config).items() if key not in exact}
     keys = sorted(candidates)
     workers = config.workers or max(1, min(8, os.cpu_count() or 1))
     jobs = [(images[i], images[j], candidates[(i, j)][1], config) for i, j in keys]
     scores = _map(_verify_job, jobs, workers)
-    return [(i, j, float(s)) for (i, j), s in zip(keys, scores) if s >= config.threshold]
+    near = [(i, j, float(s)) for (i, j), s in zip(keys, scores) if s >= config.threshold]
+    return sorted([(i, j, 1.0) for i, j in exact] + near)
 
 
 @dataclasses.dataclass
@@ -283,6 +304,10 @@ def audit(splits: Mapping[str, object], config: AuditConfig = AuditConfig(), cle
     """Audit ``{split name: source}``; a source is indexable, yielding dicts with
     ``image`` (and ``filename``), e.g. a ``tfds.data_source`` split or a
     :class:`fracjax.data.pipeline.ArraySource`."""
+    empty = [split for split, source in splits.items() if len(source) == 0]
+    if empty or not splits:
+        raise ValueError(f"nothing to audit in split(s) {empty or list(splits)}: "
+                         f"{', '.join(f'{s} {len(src)}' for s, src in splits.items()) or 'no splits'} examples")
     images, where = [], []
     for split, source in splits.items():
         for i in range(len(source)):
@@ -310,6 +335,14 @@ def audit(splits: Mapping[str, object], config: AuditConfig = AuditConfig(), cle
     return AuditReport(pairs, dict(counts), num, clean, dataclasses.asdict(config))
 
 
+def _check_writable(parser: argparse.ArgumentParser, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"--json: no such folder: {folder}")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        parser.error(f"--json: cannot write {path}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fracjax.data.audit",
@@ -331,13 +364,15 @@ def main(argv=None) -> int:
 
     from fracjax.data.pipeline import load_source
 
+    if args.json_path:
+        _check_writable(parser, args.json_path)  # before the audit's work, not after it
     try:
         sources = {split: load_source(args.dataset, split, args.data_dir) for split in args.splits}
-    except FileNotFoundError as err:
+        config = AuditConfig(threshold=args.threshold, candidates=args.candidates, workers=args.workers)
+        report = audit(sources, config, clean_test=args.clean_test)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    config = AuditConfig(threshold=args.threshold, candidates=args.candidates, workers=args.workers)
-    report = audit(sources, config, clean_test=args.clean_test)
     print(report.summary())
     if args.json_path:
         with open(args.json_path, "w") as f:

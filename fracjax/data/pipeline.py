@@ -113,8 +113,15 @@ def load_source(dataset: str, split: str, data_dir: Optional[str] = None):
     except Exception as err:
         where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
         raise FileNotFoundError(
-            f"data set {dataset!r} split {split!r} is not prepared under {where} ({type(err).__name__}: {err})"
+            f"data set {dataset!r} split {split!r} is not prepared under {where} ({first_line(err)})"
         ) from None
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An error's type and first line: TFDS's "not found" errors go on to list
+    every data set it knows (hundreds of lines)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:limit]}"
 
 
 def load_arrays(source) -> ArraySource:

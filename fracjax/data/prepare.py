@@ -43,7 +43,8 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optio
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:
-        raise ValueError(f"--dataset: cannot load {name!r} ({err})") from None
+        raise ValueError(f"--dataset: cannot load {name!r} ({pipeline.first_line(err)}); fracjax's data sets: "
+                         "synthetic_fracture, fracture_xray (or any TFDS name)") from None
     if builder.is_prepared():
         return builder
     download_config = None

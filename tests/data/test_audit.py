@@ -78,3 +78,25 @@ def test_cli_errors(tmp_path, capsys):
     assert "not prepared" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         audit.main(["--threshold", "2"])
+
+
+def test_identical_blank_images_across_splits_are_found(images):
+    blank = np.zeros_like(images[0])
+    train = pipeline.ArraySource(np.stack([images[0], blank, images[1]]), np.zeros(3), ["t0", "t-blank", "t1"])
+    bigger_blank = np.full((images.shape[1] * 2, images.shape[2] * 2, 1), 0, np.uint8)
+    test = pipeline.ArraySource(np.stack([images[2], images[0].copy()]), np.zeros(2), ["s0", "s-copy"])
+    other = pipeline.ArraySource(bigger_blank[None], np.zeros(1), ["v-blank"])
+    report = audit.audit({"train": train, "validation": other, "test": test}, audit.AuditConfig(workers=1),
+                         clean_test=True)
+    found = {(p["a"]["filename"], p["b"]["filename"], p["similarity"]) for p in report.pairs}
+    assert ("t-blank", "v-blank", 1.0) in found  # constant images have flat thumbnails: only hashing sees them
+    assert ("t0", "s-copy", 1.0) in found
+    assert report.clean_test == ["s0"]
+    assert audit.exact_duplicates([blank, images[3], images[3]]) == [(1, 2)]
+
+
+def test_empty_splits_are_a_clear_error(images):
+    train = pipeline.ArraySource(images[:3], np.zeros(3))
+    empty = pipeline.ArraySource(images[:0], np.zeros(0))
+    with pytest.raises(ValueError, match=r"nothing to audit in split\(s\) \['test'\]: train 3, test 0 examples"):
+        audit.audit({"train": train, "test": empty})

@@ -272,16 +272,41 @@ def test_explain_writes_overlays_and_skips_a_bad_file(first_run, tmp_path, capsy
         Image.fromarray(image[..., 0]).save(files[-1])
     files.append(str(tmp_path / "x0.bmp"))  # the same stem as x0.png: both overlays must survive
     Image.fromarray(images[0][..., 0]).save(files[-1])
+    (tmp_path / "other").mkdir()
+    files.append(str(tmp_path / "other" / "x0.png"))  # the same file name in another folder too
+    Image.fromarray(images[1][..., 0]).save(files[-1])
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     code = explain.main([str(out / "a"), *files, str(bad), "--out", str(tmp_path / "cams"), "--method", "gradcam++"])
     printed = capsys.readouterr().out
     assert code == 1 and "broken.png: unreadable" in printed
-    for name in ("x0_png_gradcampp.png", "x1_gradcampp.png", "x0_bmp_gradcampp.png"):
+    assert len(os.listdir(tmp_path / "cams")) == 4
+    for name in ("x0_png_gradcampp.png", "x1_gradcampp.png", "x0_bmp_gradcampp.png", "x0_png_gradcampp_2.png"):
         picture = np.asarray(Image.open(tmp_path / "cams" / name))
         assert picture.ndim == 3 and picture.shape[2] == 3
         assert picture[-18:].min() < 128  # the probability is written under the pictures
     assert explain.main([str(out / "a"), files[0], "--layer", "nope", "--out", str(tmp_path / "c2")]) == 2
+
+
+def test_predict_reports_a_bad_file_and_predicts_the_rest(first_run, tmp_path, capsys):
+    import importlib.util
+
+    from PIL import Image
+
+    out, _ = first_run
+    spec = importlib.util.spec_from_file_location("predict", os.path.join(ROOT, "examples", "predict.py"))
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    images, _ = fracjax.data.generate_arrays(2, "test", seed=1, config=fracjax.data.SyntheticConfig(size=64))
+    good = [str(tmp_path / f"g{i}.png") for i in range(2)]
+    for path, image in zip(good, images):
+        Image.fromarray(image[..., 0]).save(path)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert predict.main([str(out / "a"), good[0], str(tmp_path / "bad.png"), good[1]]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "unreadable: cannot read image" in lines[2] and "bad.png" in lines[2]
+    expected = fracjax.Classifier.from_checkpoint(str(out / "a")).predict(good)
+    assert [float(line.split()[1]) for line in (lines[1], lines[3])] == pytest.approx(expected, abs=1e-4)
 
 
 # -- issue 18: refused before work, never saved when non-finite, one writer --------
