@@ -252,6 +252,10 @@ class FractureXray(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
                 skipped.append({"path": rel, "reason": reason})
                 continue
             yield rel, {"image": png, "label": labels[rel], "filename": rel}
+        if len(skipped) == len(items):  # (TFDS would fail on an empty split with a bare AssertionError)
+            first = skipped[0] if skipped else {"path": "-", "reason": "no files"}
+            raise ValueError(f"fracture_xray: none of the {len(items)} image file(s) of the {split} split in {root} "
+                             f"is readable (the first, {first['path']}: {first['reason']})")
         if skipped:
             log.warning(
                 "fracture_xray: skipped %d unreadable file(s) in %s (see info.metadata['skipped']): %s",

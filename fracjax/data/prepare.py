@@ -6,6 +6,7 @@ memory.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -54,6 +55,9 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optio
                 f"{name} is not prepared in {builder.data_dir}; pass --manual-dir with the folder "
                 "you unzipped the Kaggle download into"
             )
+        if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+            raise FileNotFoundError(f"--manual-dir {manual_dir} is {'empty' if os.path.isdir(manual_dir) else 'missing'}"
+                                    f": unzip the Kaggle download ({builders.KAGGLE_URL}) there")
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     start = time.perf_counter()
     # TFDS's own bars (one per split, plus shuffling) say less than the

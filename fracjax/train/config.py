@@ -418,3 +418,5 @@ def _cross_problems(config: TrainConfig) -> Iterator[Tuple[str, str]]:
     if data.dataset.split("/")[0] == "fracture_xray" and data.manual_dir is not None:
         if not os.path.isdir(data.manual_dir):
             yield "manual-dir", f"no such folder: {data.manual_dir}"
+        elif not os.listdir(data.manual_dir):
+            yield "manual-dir", f"{data.manual_dir} is empty: unzip the Kaggle download there"

@@ -129,3 +129,31 @@ def test_synthetic_builder_tiny(tmp_path):
         assert example["label"] == label
     labels = [e["label"] for e in by_name.values()]
     assert sum(labels) == 5  # balanced
+
+
+def test_an_all_unreadable_split_or_empty_manual_dir_is_a_clear_error(tmp_path):
+    from fracjax.data import prepare
+
+    root = tmp_path / "download"
+    rng = np.random.default_rng(1)
+    for split in ("train", "val", "test"):
+        for cls in ("fractured", "not fractured"):
+            if split == "val":
+                (root / split / cls).mkdir(parents=True)
+                (root / split / cls / "x.jpg").write_bytes(b"\xff\xd8 truncated")
+            else:
+                _write(root / split / cls / "a.png", rng.integers(0, 255, (20, 20), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"none of the 2 image file\(s\) of the validation split .* is readable "
+                                         r"\(the first, val/fractured/x.jpg: "):
+        prepare.prepare_dataset("fracture_xray/224", str(tmp_path / "d"), str(root), log=lambda _: None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"--manual-dir .*empty is empty: unzip the Kaggle download"):
+        prepare.prepare_dataset("fracture_xray/224", str(tmp_path / "d2"), str(tmp_path / "empty"), log=lambda _: None)
+
+
+def test_an_unknown_data_set_is_said_in_one_line(tmp_path):
+    from fracjax.data import prepare
+
+    with pytest.raises(ValueError, match="--dataset: cannot load 'no_such_set'") as err:
+        prepare.prepare_dataset("no_such_set", str(tmp_path), log=lambda _: None)
+    assert len(str(err.value)) < 500
