@@ -3,23 +3,18 @@ of any dtype scaled as the same file from disk, per-item errors."""
 
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-import fracjax
 from fracjax.data.io import pixel_values, read_image
-from fracjax.inference import Classifier, Predictions
+from fracjax.inference import Predictions
+from tests.helpers import random_classifier
 
 
 @pytest.fixture(scope="module")
 def classifier():
-    spec = {"model": "mobilenet_v3_small", "head": "linear", "image_size": 32, "threshold": 0.5}
-    model = fracjax.models.create("mobilenet_v3_small", head="linear")
-    variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 1)))
-    return Classifier(spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size=4)
+    return random_classifier(seed=1, batch_size=4)
 
 
 @pytest.fixture(scope="module")

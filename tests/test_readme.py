@@ -92,5 +92,8 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert namespace["report"]["test"]["n"] == 64
     probability = namespace["clf"].predict(["xray.png"])
     assert probability.shape == (1,) and 0.0 <= probability[0] <= 1.0
+    skipped = namespace["clf"].predict(["xray.png", "broken.png"], errors="skip")
+    assert list(skipped.failed) == [1] and "broken.png" in skipped.failed[1]
+    assert skipped.probabilities[0] == probability[0]
     assert namespace["result"].metrics["n"] == 4 and namespace["result"].clean is not None
     assert np.asarray(fracjax.data.read_image("study.dcm")).ndim == 3

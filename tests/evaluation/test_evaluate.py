@@ -3,8 +3,6 @@ audit, calibration saved in a checkpoint, the HTML report."""
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -12,14 +10,12 @@ import fracjax
 from fracjax.evaluation import evaluator as evaluate_lib
 from fracjax.inference import Classifier
 from fracjax.metrics import binary_metrics
+from tests.helpers import random_classifier
 
 
 @pytest.fixture(scope="module")
 def classifier():
-    spec = {"model": "mobilenet_v3_small", "head": "linear", "image_size": 32, "threshold": 0.5}
-    model = fracjax.models.create("mobilenet_v3_small", head="linear")
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-    return Classifier(spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size=16)
+    return random_classifier(seed=0, batch_size=16)
 
 
 @pytest.fixture(scope="module")

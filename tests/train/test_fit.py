@@ -256,20 +256,32 @@ def test_existing_run_needs_resume(first_run, data_dir):
     assert cli_main(flags(data_dir, out, "a")) == 2
 
 
-def test_explain_writes_overlays_and_skips_a_bad_file(first_run, tmp_path, capsys):
+def _example(name):
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _png_files(folder, stem, n=2):
+    """(images, paths) of ``n`` synthetic test images written as PNG files."""
+    from PIL import Image
+
+    images, _ = fracjax.data.generate_arrays(n, "test", seed=1, config=fracjax.data.SyntheticConfig(size=64))
+    paths = [str(folder / f"{stem}{i}.png") for i in range(n)]
+    for path, image in zip(paths, images):
+        Image.fromarray(image[..., 0]).save(path)
+    return images, paths
+
+
+def test_explain_writes_overlays_and_skips_a_bad_file(first_run, tmp_path, capsys):
     from PIL import Image
 
     out, _ = first_run
-    spec = importlib.util.spec_from_file_location("explain", os.path.join(ROOT, "examples", "explain.py"))
-    explain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(explain)
-    images, _ = fracjax.data.generate_arrays(2, "test", seed=1, config=fracjax.data.SyntheticConfig(size=64))
-    files = []
-    for i, image in enumerate(images):
-        files.append(str(tmp_path / f"x{i}.png"))
-        Image.fromarray(image[..., 0]).save(files[-1])
+    explain = _example("explain")
+    images, files = _png_files(tmp_path, "x")
     files.append(str(tmp_path / "x0.bmp"))  # the same stem as x0.png: both overlays must survive
     Image.fromarray(images[0][..., 0]).save(files[-1])
     (tmp_path / "other").mkdir()
@@ -289,18 +301,9 @@ def test_explain_writes_overlays_and_skips_a_bad_file(first_run, tmp_path, capsy
 
 
 def test_predict_reports_a_bad_file_and_predicts_the_rest(first_run, tmp_path, capsys):
-    import importlib.util
-
-    from PIL import Image
-
     out, _ = first_run
-    spec = importlib.util.spec_from_file_location("predict", os.path.join(ROOT, "examples", "predict.py"))
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
-    images, _ = fracjax.data.generate_arrays(2, "test", seed=1, config=fracjax.data.SyntheticConfig(size=64))
-    good = [str(tmp_path / f"g{i}.png") for i in range(2)]
-    for path, image in zip(good, images):
-        Image.fromarray(image[..., 0]).save(path)
+    predict = _example("predict")
+    _, good = _png_files(tmp_path, "g")
     (tmp_path / "bad.png").write_bytes(b"not a png")
     assert predict.main([str(out / "a"), good[0], str(tmp_path / "bad.png"), good[1]]) == 1
     lines = capsys.readouterr().out.splitlines()
