@@ -263,7 +263,8 @@ def _start(config: TrainConfig) -> _Run:
     builder = prepare.prepare_dataset(config.data.dataset, config.data.data_dir, config.data.manual_dir, log=_log)
     image_size = config.data.image_size or prepare.stored_image_size(builder)
     splits = prepare.load_splits(builder, config.data.train_examples, config.data.image_size, config.data.in_memory)
-    prepare.check_classes(splits, config.data.dataset, LABEL_NAMES)  # before anything compiles
+    counts = prepare.check_classes(splits, config.data.dataset, LABEL_NAMES)  # before anything compiles
+    _log("data: " + "; ".join(f"{split} {sum(c)} ({c[1]} fractured)" for split, c in counts.items()))
     variables = _init_variables(model, image_size, config.run.seed, backbone)
     order = pipeline.TrainOrder(len(splits["train"]), config.optim.batch_size, config.run.seed, jax.process_index(),
                                 jax.process_count())
