@@ -100,6 +100,7 @@ def metrics_from_logits(labels, logits, threshold: float = 0.5, temperature: flo
     scaled) probabilities, AUROC on the logits themselves (so calibration
     never changes it), loss on the raw logits."""
     logits = np.asarray(logits, np.float64)
+    require_finite(logits, "scores")
     return binary_metrics(labels, probabilities_from_logits(logits, temperature), threshold,
                           loss=bce_from_logits(labels, logits), scores=logits)
 

@@ -235,7 +235,11 @@ def _read_pil(path: PathLike, limit: int) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns on a large header at open; our own limit, checked next, decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             _check_pixel_count(path, *image.size, limit)  # from the header, before decoding
             image.load()  # decode now: a truncated file fails here, not later
             ImageOps.exif_transpose(image, in_place=True)  # (not a copy: it would double the memory)
