@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 from fracjax import models  # noqa: E402
 
 # Loaded on first use: fracjax.data imports tensorflow_datasets and grain.
-_LAZY = {"data", "train", "inference", "evaluation"}
+_LAZY = {"data", "train", "inference", "evaluation", "deploy"}
 
 
 def __getattr__(name):
@@ -15,6 +15,10 @@ def __getattr__(name):
         from fracjax.inference import Classifier
 
         return Classifier
+    if name == "export":
+        from fracjax.deploy import export
+
+        return export
     if name == "evaluate":
         from fracjax.evaluation import evaluate
 
@@ -24,4 +28,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'fracjax' has no attribute {name!r}")
 
 
-__all__ = ["Classifier", "evaluate", "models", "data", "train", "inference", "evaluation", "__version__"]
+__all__ = ["Classifier", "evaluate", "export", "deploy", "models", "data", "train", "inference", "evaluation", "__version__"]

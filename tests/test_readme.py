@@ -97,3 +97,4 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert skipped.probabilities[0] == probability[0]
     assert namespace["result"].metrics["n"] == 4 and namespace["result"].clean is not None
     assert np.asarray(fracjax.data.read_image("study.dcm")).ndim == 3
+    assert np.shape(namespace["probability"]) == (3,) and np.isfinite(namespace["probability"]).all()

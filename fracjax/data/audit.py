@@ -343,9 +343,9 @@ def _check_writable(parser: argparse.ArgumentParser, path: str) -> None:
         parser.error(f"--json: cannot write {path}")
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m fracjax.data.audit") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fracjax.data.audit",
+        prog=prog,
         description="Find exact and near-duplicate X-rays within and across the splits of a prepared data set.",
     )
     parser.add_argument("--dataset", default="fracture_xray", help="TFDS name, e.g. fracture_xray or fracture_xray/384")

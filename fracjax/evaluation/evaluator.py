@@ -219,13 +219,17 @@ def calibrate(labels, logits, sensitivities: Sequence[float] = (0.9, 0.95), bins
     calibrated = probabilities_from_logits(logits, temperature)
     points: Dict[str, float] = {}
     both = 0 < labels.sum() < labels.size
+    at_points: Dict[str, Dict[str, float]] = {}
     if both:
         points = stats.operating_points(labels, calibrated, sensitivities)
+        at_points = {name: {key: stats.binary_metrics(labels, calibrated, t)[key] for key in ("sensitivity", "specificity")}
+                     for name, t in points.items()}
     interval = stats.bootstrap_intervals(labels, raw, metrics=("auroc",), samples=500, scores=logits)["auroc"]
     return {
         "temperature": float(temperature),
         "temperature_at_bound": stats.temperature_at_bound(temperature),
         "operating_points": points,
+        "operating_point_metrics": at_points,  # each point's sensitivity and specificity on the fitted split
         "ece_before": stats.expected_calibration_error(labels, raw, bins),
         "ece_after": stats.expected_calibration_error(labels, calibrated, bins),
         "auroc": float(stats.binary_metrics(labels, raw, scores=logits)["auroc"]) if both else float("nan"),

@@ -14,13 +14,14 @@ the error says which file to put where.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
 from typing import Dict, Optional, Tuple
+
+from fracjax.hashing import file_digest
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
@@ -67,11 +68,7 @@ def _entry(model: str) -> Tuple[str, str]:
 
 
 def md5sum(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _verified(path: str, expected: str) -> bool:

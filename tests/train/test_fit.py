@@ -413,3 +413,40 @@ def test_resume_past_a_damaged_latest_checkpoint_redoes_its_epoch(first_run, dat
     chex.assert_trees_all_close(variables, latest_variables(out / "a")[1], rtol=1e-5, atol=1e-6)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]  # one line per epoch across the resume
+
+
+def test_the_fracjax_command_predicts_to_csv_and_json_at_an_operating_point(first_run, tmp_path, capsys):
+    from fracjax import cli
+
+    out, _ = first_run
+    _, good = _png_files(tmp_path, "p")
+    clf = fracjax.Classifier.from_checkpoint(str(out / "a"))
+    code = cli.main(["predict", str(out / "a"), *good, str(tmp_path / "missing.png"), "--operating-point", "youden",
+                     "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json")])
+    assert code == 1  # one file could not be read
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["threshold"] == clf.threshold_for("youden")
+    assert [r["probability"] for r in saved["results"][:2]] == pytest.approx(list(clf.predict(good)), abs=1e-12)
+    assert "no such file" in saved["results"][2]["error"]
+    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "file,probability,label,error"
+    assert cli.main(["predict", str(out / "a"), good[0], "--operating-point", "nope"]) == 2
+    assert "no operating point 'nope'" in capsys.readouterr().err
+    assert cli.main(["frobnicate"]) == 2 and cli.main([]) == 2
+    assert "export" in capsys.readouterr().out + cli.usage()
+
+
+def test_the_fracjax_command_exports_a_run_with_its_model_card(first_run, tmp_path, capsys):
+    from fracjax import cli
+
+    out, report = first_run
+    assert cli.main(["export", str(out / "a"), "--out", str(tmp_path / "e")]) == 0
+    assert "model card" in capsys.readouterr().out
+    card = json.loads((tmp_path / "e" / "model.json").read_text())
+    assert card["test"]["auroc"] == report["test"]["auroc"] and card["test"]["intervals"]["auroc"]
+    assert card["data"]["dataset"] == "synthetic_fracture/tiny" and card["data"]["audited"] is False
+    assert set(card["operating_points"]["youden"]) == {"threshold", "validation_sensitivity", "validation_specificity"}
+    images, _ = fracjax.data.generate_arrays(7, "test", seed=2, config=fracjax.data.SyntheticConfig(size=32))
+    expected = fracjax.Classifier.from_checkpoint(str(out / "a")).predict(images)
+    np.testing.assert_allclose(fracjax.deploy.load(tmp_path / "e")(images)["probability"], expected, atol=1e-5)
+    assert cli.main(["export", str(out / "a"), "--out", str(tmp_path / "e")]) == 2  # exists: --force to replace
+    assert "pass --force" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""The ``fracjax`` command's subcommands, one module each with ``main(argv, prog)``."""

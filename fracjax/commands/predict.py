@@ -1,0 +1,90 @@
+"""Fracture probabilities for X-ray files, from a trained run's checkpoint.
+
+    fracjax predict runs/mobilenet_v3_small_hybrid xray1.png xray2.jpg study.dcm
+    fracjax predict RUN FILES... --operating-point sensitivity_0.95 --csv predictions.csv
+
+Decisions at the saved threshold, a validation operating point
+(``--operating-point youden``...) or ``--threshold``. An unreadable file is
+reported and skipped; the others are still predicted (exit status 1 then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import List, Optional
+
+import fracjax
+from fracjax.checkpoint import CheckpointCorruptError
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="run folder or checkpoint folder")
+    parser.add_argument("files", nargs="+", help="images: PNG, JPEG, BMP, TIFF, DICOM")
+    parser.add_argument("--which", default="best", choices=["best", "latest"])
+    decision = parser.add_mutually_exclusive_group()
+    decision.add_argument("--operating-point", metavar="NAME",
+                          help="a threshold chosen on validation: youden, sensitivity_0.9, sensitivity_0.95")
+    decision.add_argument("--threshold", type=float, help="decide at this fracture probability, in (0, 1)")
+    parser.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    return parser
+
+
+def _check_outputs(parser: argparse.ArgumentParser, args) -> None:
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
+    for flag, path in (("--csv", args.csv), ("--json", args.json)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and (not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
+            parser.error(f"{flag}: cannot write in {folder}")
+
+
+def results(clf, files: List[str], threshold: float) -> List[dict]:
+    """One row per file: its probability and label, or why it was not read."""
+    predicted = clf.predict(files, errors="skip")
+    rows = []
+    for k, (path, p) in enumerate(zip(files, predicted.probabilities)):
+        if k in predicted.failed:
+            rows.append({"file": path, "probability": None, "label": None, "error": predicted.failed[k]})
+        else:
+            rows.append({"file": path, "probability": float(p), "label": "fractured" if p >= threshold
+                         else "not fractured", "error": None})
+    return rows
+
+
+def _write(rows: List[dict], csv_path: Optional[str], json_path: Optional[str], threshold: float) -> None:
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, ["file", "probability", "label", "error"])
+            writer.writeheader()
+            writer.writerows(rows)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"threshold": threshold, "results": rows}, f, indent=1)
+
+
+def main(argv=None, prog: str = "fracjax predict") -> int:
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    _check_outputs(parser, args)
+    try:
+        clf = fracjax.Classifier.from_checkpoint(args.checkpoint, which=args.which)
+        threshold = args.threshold if args.threshold is not None else clf.threshold_for(args.operating_point)
+    except (FileNotFoundError, CheckpointCorruptError, KeyError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
+    rows = results(clf, args.files, threshold)
+    width = max(len(f) for f in args.files)
+    print(f"{'file':<{width}}  p(fractured)  label (threshold {threshold:g})")
+    for row in rows:
+        if row["error"]:
+            print(f"{row['file']:<{width}}  {'-':>12}  unreadable: {row['error']}")
+        else:
+            print(f"{row['file']:<{width}}  {row['probability']:12.4f}  {row['label']}")
+    _write(rows, args.csv, args.json, threshold)
+    return 1 if any(row["error"] for row in rows) else 0

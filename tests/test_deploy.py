@@ -1,0 +1,115 @@
+"""Exported StableHLO artifacts: parity with Classifier.predict (in a process
+that never imports fracjax, too), the model card, and the refusals."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fracjax
+from fracjax.deploy import ExportError
+from fracjax.inference import Classifier
+from tests.helpers import random_classifier
+
+CALIBRATION = {"temperature": 1.7, "operating_points": {"youden": 0.42, "sensitivity_0.95": 0.2},
+               "operating_point_metrics": {"youden": {"sensitivity": 0.8, "specificity": 0.7}}}
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    clf = random_classifier(seed=5, batch_size=4)
+    return Classifier(clf.spec, clf.variables, batch_size=4, calibration=CALIBRATION)
+
+
+@pytest.fixture(scope="module")
+def exported(classifier, tmp_path_factory):
+    return classifier.export(str(tmp_path_factory.mktemp("e") / "model"))
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(0).integers(0, 256, (7, 32, 32, 1), dtype=np.uint8)
+
+
+JAX_ONLY = """
+import hashlib, json, sys
+import numpy as np
+from jax import export
+folder = sys.argv[1]
+card = json.load(open(folder + "/model.json"))
+blob = open(folder + "/" + card["artifact"], "rb").read()
+assert hashlib.sha256(blob).hexdigest() == card["sha256"]
+model = export.deserialize(bytearray(blob))
+pixels = np.load(sys.argv[2]).astype(np.float32)
+out = {n: np.asarray(model.call(pixels[:n])[0]).tolist() for n in (1, 7)}
+assert not any(name.startswith("fracjax") for name in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def test_a_process_with_only_jax_computes_what_predict_does(exported, classifier, pixels, tmp_path):
+    np.save(tmp_path / "pixels.npy", pixels)
+    done = subprocess.run([sys.executable, "-c", JAX_ONLY, exported, str(tmp_path / "pixels.npy")],
+                          capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = classifier.predict(pixels)
+    np.testing.assert_allclose(out["1"], expected[:1], atol=1e-5)
+    np.testing.assert_allclose(out["7"], expected, atol=1e-5)
+
+
+def test_load_checks_the_artifact_and_computes_what_predict_does(exported, classifier, pixels):
+    model = fracjax.deploy.load(exported)
+    for n in (1, 7):
+        out = model(pixels[:n])
+        np.testing.assert_allclose(out["probability"], classifier.predict(pixels[:n]), atol=1e-5)
+        np.testing.assert_allclose(out["logit"], classifier.logits(pixels[:n]), atol=1e-4)
+    np.testing.assert_allclose(model(pixels[:, :, :, 0].astype(np.float32))["probability"],
+                               model(pixels)["probability"], atol=0)
+    with pytest.raises(ValueError, match=r"expected grey pixels \(N, 32, 32\[, 1\]\)"):
+        model(np.zeros((2, 64, 64, 1)))
+
+
+def test_the_model_card_says_what_the_model_is_and_is_not(exported, classifier):
+    card = fracjax.deploy.read_card(exported)
+    assert card["format"] == "stablehlo" and {"cpu", "cuda"} <= set(card["platforms"])
+    assert card["model"]["model"] == "mobilenet_v3_small" and card["model"]["head"] == "linear"
+    assert card["parameters"] == sum(np.size(x) for x in __import__("jax").tree_util.tree_leaves(
+        classifier.variables["params"]))
+    assert card["input"]["shape"] == ["batch", 32, 32, 1] and card["input"]["pixel_range"] == [0, 255]
+    assert card["temperature"] == 1.7
+    assert card["operating_points"]["youden"] == {"threshold": 0.42, "validation_sensitivity": 0.8,
+                                                  "validation_specificity": 0.7}
+    assert card["versions"]["jax"] and "not a medical device" in card["intended_use"]
+    assert card["sha256"] == fracjax.deploy.stablehlo.sha256_of(os.path.join(exported, card["artifact"]))
+
+
+def test_refusals_name_what_is_wrong(exported, classifier, tmp_path):
+    before = os.listdir(exported)
+    with pytest.raises(ExportError, match=r"--format: 'tflite' is not one of \('stablehlo',\)"):
+        fracjax.export(classifier, str(tmp_path / "x"), format="tflite")
+    with pytest.raises(ExportError, match="exists; pass --force"):
+        fracjax.export(classifier, exported)
+    assert os.listdir(exported) == before
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+        fracjax.export(str(tmp_path), str(tmp_path / "y"))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    with pytest.raises(ExportError, match="no model.json: not a fracjax export folder"):
+        fracjax.deploy.load(tmp_path)
+
+
+def test_a_changed_artifact_is_refused(exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    with open(copy / "model.stablehlo", "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ExportError, match="sha256 does not match model.json"):
+        fracjax.deploy.load(copy)
