@@ -53,7 +53,7 @@ class Transition(nn.Module):
     def __call__(self, x):
         x = nn.relu(self.norm(name="bn")(x))
         x = self.conv(int(x.shape[-1] * COMPRESSION), (1, 1), name="conv")(x)
-        return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 class DenseNet(nn.Module):

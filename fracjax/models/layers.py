@@ -322,8 +322,9 @@ def zero_pad(x: Array, pad: int) -> Array:
 def padded_max_pool(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> Array:
     """Keras stems' ``ZeroPadding2D(pad)`` then a "valid" max pool. The
     padding is zeros, not -inf: the same here, since the stems pool after a
-    ReLU, but stated as Keras does it."""
-    return nn.max_pool(zero_pad(x, pad), (window, window), strides=(stride, stride), padding="VALID")
+    ReLU, but stated as Keras does it. (Pools take ``window_shape=`` by
+    keyword: jax2onnx's pooling plugins read it only so.)"""
+    return nn.max_pool(zero_pad(x, pad), window_shape=(window, window), strides=(stride, stride), padding="VALID")
 
 
 def batch_norm_def(

@@ -34,7 +34,7 @@ class VGGBlock(nn.Module):
     def __call__(self, x):
         for i in range(self.convs):
             x = nn.relu(self.conv(self.filters, (3, 3), name=f"conv{i + 1}")(x))
-        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 class VGG(nn.Module):
