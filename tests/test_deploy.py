@@ -113,3 +113,17 @@ def test_a_changed_artifact_is_refused(exported, tmp_path):
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(ExportError, match="sha256 does not match model.json"):
         fracjax.deploy.load(copy)
+
+
+def test_a_failed_export_leaves_nothing_behind(classifier, tmp_path, monkeypatch):
+    from fracjax.deploy import card, stablehlo
+
+    monkeypatch.setattr(stablehlo, "_stablehlo", lambda clf, platforms: (b"artifact", ["cpu"]))
+
+    def broken_card(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(card, "model_card", broken_card)
+    with pytest.raises(OSError, match="disk full"):
+        fracjax.export(classifier, str(tmp_path / "out"))
+    assert os.listdir(tmp_path) == []

@@ -85,12 +85,16 @@ def export(source, out_dir: str, format: str = "stablehlo", *, force: bool = Fal
     partial = f"{out_dir}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
-    artifact = ARTIFACT[format]
-    with open(os.path.join(partial, artifact), "wb") as f:
-        f.write(serialized)
-    card = model_card(classifier, artifact, sha256_of(os.path.join(partial, artifact)), format, lowered_for)
-    with open(os.path.join(partial, CARD), "w") as f:
-        json.dump(card, f, indent=1)
+    try:
+        artifact = ARTIFACT[format]
+        with open(os.path.join(partial, artifact), "wb") as f:
+            f.write(serialized)
+        card = model_card(classifier, artifact, sha256_of(os.path.join(partial, artifact)), format, lowered_for)
+        with open(os.path.join(partial, CARD), "w") as f:
+            json.dump(card, f, indent=1)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed export leaves nothing behind
+        raise
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(partial, out_dir)
