@@ -343,18 +343,26 @@ def _read_dicom(path: PathLike, limit: int) -> np.ndarray:
     return grey
 
 
+def _extremes(pixels: np.ndarray, modality: Callable) -> Tuple[float, float]:
+    """(min, max) of the modality-LUT values, in one pass over blocks of rows."""
+    low, high = np.inf, -np.inf
+    for rows in _row_chunks(*pixels.shape[:2]):
+        values = modality(pixels[rows])
+        low, high = min(low, float(np.min(values))), max(high, float(np.max(values)))
+    return low, high
+
+
 def _dicom_grey(pixels: np.ndarray, ds, modality: Callable) -> np.ndarray:
     """The modality LUT, then the VOI LUT, the first window or the full
-    range, block by block (the extremes from a first pass)."""
-    low = min(float(np.min(modality(pixels[rows]))) for rows in _row_chunks(*pixels.shape[:2]))
-    if "VOILUTSequence" in ds:
-        item = ds.VOILUTSequence[0]
-        return _by_rows(pixels, lambda block: _voi_lut(modality(block), item, low < 0))
-    if "WindowCenter" in ds and "WindowWidth" in ds:
+    range, block by block (the extremes, where needed, from a first pass)."""
+    if "WindowCenter" in ds and "WindowWidth" in ds and "VOILUTSequence" not in ds:
         centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
         return _by_rows(pixels, lambda block: _window(modality(block), centre, width, function))
-    high = max(float(np.max(modality(pixels[rows]))) for rows in _row_chunks(*pixels.shape[:2]))
+    low, high = _extremes(pixels, modality)
+    if "VOILUTSequence" in ds:
+        item = ds.VOILUTSequence[0]
+        return _by_rows(pixels, lambda block: _voi_lut(modality(block), item, low < 0))
     if not (np.isfinite(low) and np.isfinite(high)):
         raise ValueError("non-finite pixel values")
     return _by_rows(pixels, lambda block: scale_block(modality(block), (low, high)))
