@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from typing import Callable, Optional, Tuple, Union
@@ -36,6 +37,14 @@ class ImageDecodeError(ValueError):
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+class NotAnImageError(ImageDecodeError):
+    """A file in no image format the decoders know (as opposed to a damaged image)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image with more pixels than the decoders' limit, refused from its header."""
 
 
 ROW_CHUNK_PIXELS = 1 << 18  # pixels converted at a time: float temporaries stay a few MB at any image size
@@ -225,20 +234,21 @@ def pixel_limit() -> int:
 
 def _check_pixel_count(path: PathLike, width: int, height: int, limit: int) -> None:
     if width * height > limit:
-        raise ImageDecodeError(
+        raise ImageTooLargeError(
             path, f"{width} x {height} = {width * height:,} pixels is more than the limit of {limit:,} "
             "(read_image(max_pixels=...) or $FRACJAX_MAX_PIXELS raise it)"
         )
 
 
-def _read_pil(path: PathLike, limit: int) -> np.ndarray:
+def _read_pil(source, path: PathLike, limit: int) -> np.ndarray:
+    """``source``: a path or a binary file object; ``path``: its name in errors."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             # Pillow warns on a large header at open; our own limit, checked next, decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
         with image:
             _check_pixel_count(path, *image.size, limit)  # from the header, before decoding
             image.load()  # decode now: a truncated file fails here, not later
@@ -247,7 +257,7 @@ def _read_pil(path: PathLike, limit: int) -> np.ndarray:
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not a recognised image format") from None
+        raise NotAnImageError(path, "not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(path, f"{type(err).__name__}: {err}") from None
     return grey
@@ -296,12 +306,12 @@ def _first(value) -> float:
         return float(value)
 
 
-def _dicom_pixels(path: PathLike, limit: int):
+def _dicom_pixels(source, path: PathLike, limit: int):
     """(dataset, the first frame's pixels), the size checked from the header before decoding."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
         rows, columns = int(ds.Rows), int(ds.Columns)
     except Exception as err:  # pydicom raises many types for bad files
         raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
@@ -316,12 +326,12 @@ def _dicom_pixels(path: PathLike, limit: int):
         raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
 
 
-def _read_dicom(path: PathLike, limit: int) -> np.ndarray:
+def _read_dicom(source, path: PathLike, limit: int) -> np.ndarray:
     try:
         from pydicom.pixels import apply_modality_lut
     except ImportError as err:  # pragma: no cover - pydicom is a declared dependency
         raise ImageDecodeError(path, f"DICOM support needs pydicom ({err})") from None
-    ds, pixels = _dicom_pixels(path, limit)
+    ds, pixels = _dicom_pixels(source, path, limit)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if pixels.ndim == 3 and pixels.shape[-1] == 3:
@@ -377,9 +387,23 @@ def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
         raise ImageDecodeError(path, "no such file")
     if os.path.getsize(path) == 0:
         raise ImageDecodeError(path, "empty file")
+    return _decode(path, path, _is_dicom(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
+    """:func:`read_image` of a file's bytes held in memory (an upload):
+    ``name`` (the file's name) is used in errors and, by its extension,
+    with the DICOM preamble, to tell DICOM from other formats."""
+    if not data:
+        raise ImageDecodeError(name, "empty file")
+    dicom = name.lower().endswith(DICOM_EXTENSIONS) or data[128:132] == b"DICM"
+    return _decode(io.BytesIO(data), name, dicom, max_pixels)
+
+
+def _decode(source, path: PathLike, dicom: bool, max_pixels: Optional[int]) -> np.ndarray:
     limit = pixel_limit() if max_pixels is None else max_pixels
     try:
-        grey = _read_dicom(path, limit) if _is_dicom(path) else _read_pil(path, limit)
+        grey = _read_dicom(source, path, limit) if dicom else _read_pil(source, path, limit)
     except MemoryError:  # one hostile file must not stop a build: it is one more unreadable file
         raise ImageDecodeError(path, "out of memory while decoding") from None
     if grey.ndim != 2 or min(grey.shape) < 1:
