@@ -57,10 +57,17 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _map_in_processes(fn, items: Sequence, chunksize: int = 16) -> Iterator:
+SYNTHETIC_SECONDS_PER_PIXEL = 1.2e-6  # generating and encoding one synthetic image, per pixel, on one core
+SPAWN_SECONDS = 10.0  # starting the workers: each spawned process imports fracjax, TFDS and JAX anew
+
+
+def _map_in_processes(fn, items: Sequence, chunksize: int = 16, seconds: Optional[float] = None) -> Iterator:
     """Ordered ``map`` over worker processes (spawned: JAX may be loaded and
-    multithreaded here, which makes fork unsafe); in-process for small jobs."""
-    if len(items) < 64 or _workers() == 1:
+    multithreaded here, which makes fork unsafe); in-process for small jobs:
+    fewer than 64 items, or ``seconds`` (the caller's estimate of the whole
+    map in one process) under what starting the workers costs."""
+    small = len(items) < 64 or (seconds is not None and seconds < SPAWN_SECONDS)
+    if small or _workers() == 1:
         yield from map(fn, items)
         return
     ctx = multiprocessing.get_context("spawn")
@@ -339,6 +346,7 @@ class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split, n):
         c = self.builder_config
         jobs = [(c.seed, split, i, c.image_size) for i in range(n)]
-        for index, png, label in _map_in_processes(_synthetic_png, jobs):
+        seconds = n * c.image_size**2 * SYNTHETIC_SECONDS_PER_PIXEL
+        for index, png, label in _map_in_processes(_synthetic_png, jobs, seconds=seconds):
             name = f"{split}/{LABEL_NAMES[label]}/{index:05d}.png"
             yield name, {"image": png, "label": label, "filename": name}
