@@ -51,6 +51,14 @@ def _predicted(count: int, failed: Dict[int, str]) -> np.ndarray:
     return mask
 
 
+def build_model(spec: Dict[str, Any], kernels=None):
+    """The Linen module a checkpoint's model spec describes; ``kernels``: a
+    kit of layer implementations (:func:`fracjax.models.create`)."""
+    options = {k: spec[k] for k in ("head_blocks", "head_dropout") if spec.get(k) is not None}
+    return fracjax.models.create(spec["model"], head=spec["head"], num_classes=int(spec.get("num_classes", 1)),
+                                 kernels=kernels, **options)
+
+
 class Classifier:
     """A trained fracture classifier: the model rebuilt from the spec saved
     with the checkpoint, its variables, and its decision threshold."""
@@ -64,12 +72,7 @@ class Classifier:
     ):
         self.spec = dict(spec)
         self.checkpoint: Optional[str] = None  # the step folder it was restored from
-        self.model = fracjax.models.create(
-            spec["model"],
-            head=spec["head"],
-            num_classes=int(spec.get("num_classes", 1)),
-            **{k: spec[k] for k in ("head_blocks", "head_dropout") if spec.get(k) is not None},
-        )
+        self.model = build_model(spec)
         self.variables = variables
         self.image_size = int(spec["image_size"])
         self.threshold = float(spec.get("threshold", 0.5))
@@ -105,7 +108,7 @@ class Classifier:
         classifier = cls(
             spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size, calibration
         )
-        classifier.checkpoint = where
+        classifier.checkpoint = os.path.abspath(where)  # a model card names it: from any folder
         return classifier
     # -- inputs ---------------------------------------------------------------
     def _items(self, inputs) -> List[Tuple[str, Callable[[], np.ndarray]]]:

@@ -1,5 +1,6 @@
-"""Exported StableHLO artifacts: parity with Classifier.predict (in a process
-that never imports fracjax, too), the model card, and the refusals."""
+"""Exported artifacts: StableHLO (parity with Classifier.predict in a process
+that never imports fracjax, too) and ONNX (in onnxruntime), the model card,
+the parity check before writing, and the refusals."""
 
 import json
 import os
@@ -12,10 +13,7 @@ import pytest
 import fracjax
 from fracjax.deploy import ExportError
 from fracjax.inference import Classifier
-from tests.helpers import random_classifier
-
-CALIBRATION = {"temperature": 1.7, "operating_points": {"youden": 0.42, "sensitivity_0.95": 0.2},
-               "operating_point_metrics": {"youden": {"sensitivity": 0.8, "specificity": 0.7}}}
+from tests.helpers import CALIBRATION, random_classifier
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +74,7 @@ def test_load_checks_the_artifact_and_computes_what_predict_does(exported, class
 def test_the_model_card_says_what_the_model_is_and_is_not(exported, classifier):
     card = fracjax.deploy.read_card(exported)
     assert card["format"] == "stablehlo" and {"cpu", "cuda"} <= set(card["platforms"])
+    assert card["parity"]["max_probability_difference"] <= card["parity"]["tolerance"] == 1e-5
     assert card["model"]["model"] == "mobilenet_v3_small" and card["model"]["head"] == "linear"
     assert card["parameters"] == sum(np.size(x) for x in __import__("jax").tree_util.tree_leaves(
         classifier.variables["params"]))
@@ -84,12 +83,12 @@ def test_the_model_card_says_what_the_model_is_and_is_not(exported, classifier):
     assert card["operating_points"]["youden"] == {"threshold": 0.42, "validation_sensitivity": 0.8,
                                                   "validation_specificity": 0.7}
     assert card["versions"]["jax"] and "not a medical device" in card["intended_use"]
-    assert card["sha256"] == fracjax.deploy.stablehlo.sha256_of(os.path.join(exported, card["artifact"]))
+    assert card["sha256"] == fracjax.deploy.common.sha256_of(os.path.join(exported, card["artifact"]))
 
 
 def test_refusals_name_what_is_wrong(exported, classifier, tmp_path):
     before = os.listdir(exported)
-    with pytest.raises(ExportError, match=r"--format: 'tflite' is not one of \('stablehlo',\)"):
+    with pytest.raises(ExportError, match=r"--format: 'tflite' is not one of \('stablehlo', 'onnx'\)"):
         fracjax.export(classifier, str(tmp_path / "x"), format="tflite")
     with pytest.raises(ExportError, match="exists; pass --force"):
         fracjax.export(classifier, exported)
@@ -116,9 +115,7 @@ def test_a_changed_artifact_is_refused(exported, tmp_path):
 
 
 def test_a_failed_export_leaves_nothing_behind(classifier, tmp_path, monkeypatch):
-    from fracjax.deploy import card, stablehlo
-
-    monkeypatch.setattr(stablehlo, "_stablehlo", lambda clf, platforms: (b"artifact", ["cpu"]))
+    from fracjax.deploy import card
 
     def broken_card(*args):
         raise OSError("disk full")
@@ -127,3 +124,48 @@ def test_a_failed_export_leaves_nothing_behind(classifier, tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         fracjax.export(classifier, str(tmp_path / "out"))
     assert os.listdir(tmp_path) == []
+
+
+def test_an_artifact_that_disagrees_with_fracjax_is_not_written(classifier, tmp_path, monkeypatch):
+    from fracjax.deploy import stablehlo
+
+    real = stablehlo.runner
+
+    def drifting(blob):
+        run = real(blob)
+        return lambda pixels: tuple(np.asarray(v) + 1e-3 for v in run(pixels))
+
+    monkeypatch.setattr(stablehlo, "runner", drifting)
+    with pytest.raises(ExportError, match=r"differ from fracjax's by 0.001 \(more than 1e-05\); nothing written"):
+        fracjax.export(classifier, str(tmp_path / "out"))
+    assert os.listdir(tmp_path) == []
+
+
+# -- ONNX ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def onnx_export(classifier, tmp_path_factory):
+    pytest.importorskip("jax2onnx", reason="the ONNX export needs the extra 'onnx' (in the test extra)")
+    return classifier.export(str(tmp_path_factory.mktemp("o") / "model"), format="onnx")
+
+
+def test_onnxruntime_computes_what_predict_does_at_any_batch(onnx_export, classifier, pixels):
+    import onnxruntime
+
+    card = fracjax.deploy.read_card(onnx_export)
+    session = onnxruntime.InferenceSession(os.path.join(onnx_export, card["artifact"]),
+                                           providers=["CPUExecutionProvider"])
+    (batch, *rest), = [tuple(d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim)
+                       for i in __import__("onnx").load(os.path.join(onnx_export, "model.onnx")).graph.input]
+    assert isinstance(batch, str) and rest == [32, 32, 1]  # a dynamic batch
+    for n in (1, 7):
+        probability, logit = session.run(["probability", "logit"], {"pixels": pixels[:n].astype(np.float32)})
+        np.testing.assert_allclose(probability, classifier.predict(pixels[:n]), atol=1e-5)
+        np.testing.assert_allclose(logit, classifier.logits(pixels[:n]), atol=1e-4)
+    assert card["format"] == "onnx" and card["platforms"] == ["onnxruntime"] and card["opset"] >= 18
+    assert card["converter"].startswith("jax2onnx ") and card["parity"]["max_probability_difference"] <= 1e-5
+
+
+def test_load_runs_an_onnx_export_like_a_stablehlo_one(onnx_export, exported, pixels):
+    onnx_model, stablehlo_model = fracjax.deploy.load(onnx_export), fracjax.deploy.load(exported)
+    np.testing.assert_allclose(onnx_model(pixels)["probability"], stablehlo_model(pixels)["probability"], atol=1e-5)

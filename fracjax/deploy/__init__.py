@@ -1,5 +1,6 @@
-"""Deployment: exported artifacts with their model cards."""
+"""Deployment: exported artifacts (StableHLO, ONNX) with their model cards."""
 
-from fracjax.deploy.stablehlo import FORMATS, ExportedModel, ExportError, export, load, read_card
+from fracjax.deploy.artifacts import FORMATS, ExportedModel, export, load, read_card
+from fracjax.deploy.common import ExportError
 
 __all__ = ["FORMATS", "ExportError", "ExportedModel", "export", "load", "read_card"]

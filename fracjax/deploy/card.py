@@ -57,15 +57,16 @@ def _data(report: Optional[Dict[str, Any]], config: Optional[Dict[str, Any]]) ->
     return data
 
 
-def model_card(classifier, artifact: str, sha256: str, fmt: str, platforms) -> Dict[str, Any]:
-    """The card of ``classifier`` exported to ``artifact`` (a file name)."""
+def model_card(classifier, artifact: str, sha256: str, fmt: str, details: Dict[str, Any]) -> Dict[str, Any]:
+    """The card of ``classifier`` exported to ``artifact`` (a file name); ``details``: the format's
+    own (``platforms``, and for ONNX ``opset`` and ``converter``) and the export's parity check."""
     run = run_folder_of(classifier.checkpoint)
     report = _read_json(os.path.join(run, "report.json")) if run else None
     config = _read_json(os.path.join(run, "config.json")) if run else None
     spec, size = classifier.spec, classifier.image_size
     contract = spec.get("input_contract") or fracjax.models.input_contract(spec["model"]).to_dict()
     card = {
-        "format": fmt, "artifact": artifact, "sha256": sha256, "platforms": list(platforms),
+        "format": fmt, "artifact": artifact, "sha256": sha256, **details,
         "model": {k: spec.get(k) for k in ("model", "head", "head_blocks", "head_dropout", "num_classes", "labels")},
         "parameters": int(sum(np.size(x) for x in jax.tree_util.tree_leaves(classifier.variables["params"]))),
         "input": {"shape": ["batch", size, size, 1], "dtype": "float32", "pixel_range": [0, 255],

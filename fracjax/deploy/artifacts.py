@@ -1,0 +1,138 @@
+"""Export a trained classifier as an artifact that needs no fracjax, with its model card.
+
+    fracjax.deploy.export("runs/mobilenet_v3_small_hybrid", "exported/")       # StableHLO (jax only)
+    fracjax.deploy.export(run, "exported_onnx/", format="onnx")                # ONNX (onnxruntime)
+    model = fracjax.deploy.load("exported/")          # checks the sha256 first, either format
+    model(images)   # {"probability": (N,), "logit": (N,)} for (N, S, S[, 1]) grey pixels in [0, 255]
+
+The exported function takes float32 ``(batch, S, S, 1)`` grey pixels at the
+run's image size, with a symbolic batch; rounds and clips them as training's
+preprocessing does, runs the model, and returns the calibrated fracture
+probability and the raw logit. Before an artifact is written it is run on
+seeded images and must agree with :class:`fracjax.Classifier` to
+``PARITY_TOLERANCE``. ``model.json`` beside it is the model card
+(:mod:`fracjax.deploy.card`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+from typing import Dict, Union
+
+import numpy as np
+
+from fracjax.deploy.common import CARD, PARITY_TOLERANCE, ExportError, probe_pixels, sha256_of
+
+FORMATS = {"stablehlo": "fracjax.deploy.stablehlo", "onnx": "fracjax.deploy.onnx_model"}
+
+
+def _format(name: str):
+    return importlib.import_module(FORMATS[name])
+
+
+def _check_request(fmt: str, out_dir: str, force: bool) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: {fmt!r} is not one of {tuple(FORMATS)}")
+    if os.path.exists(out_dir) and not force:
+        raise ExportError(f"--out: {out_dir} exists; pass --force (force=True) to replace it")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ExportError(f"--out: cannot write in {parent}")
+
+
+def _classifier(source):
+    from fracjax.inference import Classifier
+
+    if isinstance(source, Classifier):
+        return source
+    return Classifier.from_checkpoint(os.fspath(source))  # no best checkpoint: FileNotFoundError naming it
+
+
+def parity(classifier, run) -> Dict[str, float]:
+    """How far ``run`` (an artifact's runner) is from ``classifier`` on seeded images; refused past the tolerance."""
+    pixels = probe_pixels(classifier.image_size)
+    probability, _ = run(pixels)
+    difference = float(np.max(np.abs(np.asarray(probability, np.float64) - classifier.predict(pixels))))
+    if not difference <= PARITY_TOLERANCE:  # NaN fails too
+        raise ExportError(f"the exported model's probabilities differ from fracjax's by {difference:.3g} "
+                          f"(more than {PARITY_TOLERANCE:g}); nothing written")
+    return {"images": len(pixels), "max_probability_difference": difference, "tolerance": PARITY_TOLERANCE}
+
+
+def export(source, out_dir: str, format: str = "stablehlo", *, force: bool = False, **options) -> str:
+    """Export ``source`` (a run or checkpoint folder, or a Classifier) into
+    ``out_dir``: the artifact and ``model.json``. Checked before any work: the
+    format, and that ``out_dir`` does not exist (``force``: replace it).
+    ``options`` go to the format's ``serialize`` (StableHLO: ``platforms``).
+    Written to a temporary folder and renamed, so a failed export leaves
+    nothing that looks complete. Returns ``out_dir``."""
+    from fracjax.deploy import card
+
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    _check_request(format, out_dir, force)
+    classifier = _classifier(source)
+    module = _format(format)
+    blob, details = module.serialize(classifier, **options)
+    details["parity"] = parity(classifier, module.runner(blob))
+    partial = f"{out_dir}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        path = os.path.join(partial, module.ARTIFACT)
+        with open(path, "wb") as f:
+            f.write(blob)
+        written = card.model_card(classifier, module.ARTIFACT, sha256_of(path), format, details)
+        with open(os.path.join(partial, CARD), "w") as f:
+            json.dump(written, f, indent=1)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed export leaves nothing behind
+        raise
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    return out_dir
+
+
+class ExportedModel:
+    """A loaded artifact: call it on grey pixels (N, S, S[, 1]), uint8 or float in [0, 255]."""
+
+    def __init__(self, run, card: Dict):
+        self.run, self.card = run, card
+        self.image_size = int(card["input"]["shape"][1])
+
+    def __call__(self, pixels) -> Dict[str, np.ndarray]:
+        x = np.asarray(pixels)
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, 1):
+            raise ValueError(f"expected grey pixels (N, {self.image_size}, {self.image_size}[, 1]); got shape "
+                             f"{np.shape(pixels)} (resize with fracjax.data.io.model_input first)")
+        probability, logit = self.run(x.astype(np.float32))
+        return {"probability": np.asarray(probability), "logit": np.asarray(logit)}
+
+
+def load(out_dir: Union[str, os.PathLike]) -> ExportedModel:
+    """An exported folder's model (either format), after checking its artifact against the card's sha256."""
+    card = read_card(out_dir)
+    path = os.path.join(os.fspath(out_dir), card["artifact"])
+    with open(path, "rb") as f:
+        blob = f.read()
+    if hashlib.sha256(blob).hexdigest() != card["sha256"]:
+        raise ExportError(f"{path}: its sha256 does not match {CARD}'s: the artifact was changed or damaged")
+    return ExportedModel(_format(card["format"]).runner(blob), card)
+
+
+def read_card(out_dir: Union[str, os.PathLike]) -> Dict:
+    path = os.path.join(os.fspath(out_dir), CARD)
+    if not os.path.isfile(path):
+        raise ExportError(f"{out_dir}: no {CARD}: not a fracjax export folder")
+    with open(path) as f:
+        card = json.load(f)
+    if card.get("format") not in FORMATS or not os.path.isfile(os.path.join(os.fspath(out_dir), card["artifact"])):
+        raise ExportError(f"{path}: names a format or artifact that is not there ({card.get('format')}, "
+                          f"{card.get('artifact')})")
+    return card
