@@ -1,0 +1,111 @@
+"""Serve a trained model: a page for X-rays and a JSON API, on this machine.
+
+    fracjax serve exported/                  # an export folder (StableHLO or ONNX)
+    fracjax serve runs/mobilenet_v3_small_hybrid --port 8080
+    curl -F files=@xray.png -F explain=true http://127.0.0.1:8000/v1/predict
+
+Binds 127.0.0.1 (this machine only) unless --host says otherwise; the API has
+no authentication. The page at / needs no internet. Stops cleanly on SIGTERM
+or Ctrl-C. Needs the extra "serve": pip install 'fracjax[serve]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import signal
+import socket
+import sys
+
+NEEDS = "fracjax serve needs FastAPI and uvicorn: pip install 'fracjax[serve]'"
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535 (0: any free port), got {text}")
+    return value
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="an export folder (fracjax export) or a run / checkpoint folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--max-upload-mb", type=_positive(float), default=32.0, help="largest request (413 past it)")
+    p.add_argument("--max-pixels", type=_positive(int), default=None,
+                   help="largest decoded image (413 past it; default fracjax's decoder limit)")
+    p.add_argument("--max-batch", type=_positive(int), default=32, help="most images run together")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    return p
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"--host/--port: cannot listen on {host}:{port} ({err.strerror or err})") from None
+    sock.listen(128)
+    return sock
+
+
+def main(argv=None, prog: str = "fracjax serve") -> int:
+    args = parser(prog).parse_args(argv)
+    if not 0 <= args.max_wait_ms <= 1000:
+        print(f"error: --max-wait-ms must be in 0..1000, got {args.max_wait_ms}", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+
+        from fracjax.deploy.server import Limits, create_app
+    except ImportError as err:
+        print(f"error: {NEEDS} ({err})", file=sys.stderr)
+        return 2
+    from fracjax.checkpoint import CheckpointCorruptError
+    from fracjax.deploy import ExportError
+    from fracjax.deploy.served import open_served
+
+    try:
+        sock = _bind(args.host, args.port)  # a port in use is refused before the model is loaded
+        served = open_served(args.model)
+    except (OSError, ValueError, ExportError, CheckpointCorruptError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    app = create_app(served, limits, args.max_batch, args.max_wait_ms / 1000)
+    m = served.card["model"]
+    reach = ("this machine only; --host 0.0.0.0 to accept other machines" if _is_loopback(args.host) else
+             "REACHABLE FROM OTHER MACHINES, with no authentication")
+    port = sock.getsockname()[1]
+    print(f"fracjax serve: {m['model']}/{m['head']} ({served.card['format']}) on http://{args.host}:{port} "
+          f"({reach}); Grad-CAM: {'yes' if served.explainer else 'no (' + served.no_explanation + ')'}", flush=True)
+    stopped_by: list = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # uvicorn shuts down gracefully on these, then re-raises them to the handler it found: this one,
+        # so that the process ends with status 0 and says so (the default handler would kill it).
+        signal.signal(sig, lambda number, frame: stopped_by.append(signal.Signals(number).name))
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    print(f"fracjax serve: stopped ({', '.join(stopped_by) or 'server exited'})", flush=True)
+    return 0

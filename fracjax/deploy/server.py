@@ -1,0 +1,179 @@
+"""The web app of ``fracjax serve``: a page at ``/`` and a JSON API.
+
+    POST /v1/predict   multipart ``files`` (one or more); form fields
+                       ``operating_point`` or ``threshold``, ``explain``
+                       (a Grad-CAM overlay as base64 PNG), ``method``
+                       (gradcam, gradcam++), ``preview`` (the image as PNG)
+    GET  /v1/model     the model card
+    GET  /healthz      liveness, and the batches run so far
+    GET  /docs         FastAPI's OpenAPI page
+
+Each file gets its own result or its own error (413 too many pixels, 415 not
+an image, 422 a damaged image); the response is 200 when any file was
+classified, else the files' common status (422 when they differ). The whole
+request is bounded (413 past ``max_upload_bytes``) and held in memory:
+nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from fracjax.deploy.batcher import DynamicBatcher
+from fracjax.deploy.served import ServedModel, UploadError, decode_upload, overlay_on, png_base64, preview
+from fracjax.evaluation.gradcam import METHODS
+from fracjax.metrics import LABEL_NAMES
+
+PAGE = os.path.join(os.path.dirname(__file__), "page.html")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_pixels: Optional[int] = None  # None: fracjax.data.io.pixel_limit()
+    max_files: int = 64
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _in_memory_parser(limit: int):
+    class InMemoryParser(MultiPartParser):
+        spool_max_size = limit  # uploads stay in memory: never spooled to a temporary file
+    return InMemoryParser
+
+
+async def _bounded(stream, limit: int):
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise TooLarge
+        yield chunk
+
+
+def _flag(value: Optional[str]) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def _number(value: Optional[str]) -> Optional[float]:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"threshold must be a number, got {value!r}") from None
+
+
+def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 32,
+               max_wait_s: float = 0.005) -> FastAPI:
+    batcher = DynamicBatcher(served.run, max_batch, max_wait_s)
+
+    async def lifespan(app):
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="fracjax", description="Bone-fracture classification of X-rays (research use only)",
+                  lifespan=lifespan)
+    app.state.batcher, app.state.served = batcher, served
+    labels = served.card.get("model", {}).get("labels") or list(LABEL_NAMES)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        with open(PAGE, encoding="utf-8") as f:
+            return f.read()
+
+    @app.get("/healthz")
+    def healthz():
+        sizes = batcher.batch_sizes
+        return {"status": "ok", "batches": len(sizes), "images": sum(sizes), "largest_batch": max(sizes, default=0)}
+
+    @app.get("/v1/model")
+    def model():
+        return {**served.card, "explain": served.explainer is not None, "no_explanation": served.no_explanation}
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        try:
+            form = await _read_form(request, limits)
+        except TooLarge:
+            return _error(413, f"the request is larger than {limits.max_upload_bytes:,} bytes")
+        except (MultiPartException, ValueError) as err:
+            return _error(422, str(err))
+        try:
+            options = _options(form, served)
+        except ValueError as err:
+            return _error(422, str(err))
+        results = await asyncio.gather(*(_one(name, data, options) for name, data in form["files"]))
+        return _response(results, options)
+
+    async def _one(name: str, data: bytes, options: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            grey, pixels = await asyncio.to_thread(decode_upload, data, name, served.image_size, limits.max_pixels)
+        except UploadError as err:
+            return {"file": name, "error": {"status": err.status, "detail": err.reason}}
+        probability, logit = await batcher.submit(pixels)
+        result = {"file": name, "probability": probability, "logit": logit,
+                  "decision": labels[int(probability >= options["threshold"])]}
+        if options["preview"] or options["explain"]:
+            picture = preview(grey)
+            if options["preview"]:
+                result["image"] = png_base64(picture)
+            if options["explain"]:
+                cam = await asyncio.to_thread(served.explain, pixels, options["method"])
+                result["gradcam"] = png_base64(overlay_on(picture, cam))
+        return result
+
+    return app
+
+
+async def _read_form(request: Request, limits: Limits) -> Dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes:
+        raise TooLarge
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ValueError(f"expected multipart/form-data with image files under 'files', got {content_type or 'none'}")
+    parser = _in_memory_parser(limits.max_upload_bytes)(
+        request.headers, _bounded(request.stream(), limits.max_upload_bytes), max_files=limits.max_files)
+    form = await parser.parse()
+    files: List = []
+    for upload in form.getlist("files"):
+        if isinstance(upload, str):
+            raise ValueError("'files' must be files, not text fields")
+        files.append((upload.filename or "upload", await upload.read()))
+    if not files:
+        raise ValueError("no files: send one or more images as multipart form field 'files'")
+    options = ("operating_point", "threshold", "explain", "method", "preview")  # form fields or query parameters
+    return {"files": files, **{key: form.get(key, request.query_params.get(key)) for key in options}}
+
+
+def _options(form: Dict[str, Any], served: ServedModel) -> Dict[str, Any]:
+    name, threshold = served.threshold(form.get("operating_point") or None, _number(form.get("threshold")))
+    method = form.get("method") or "gradcam"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    explain = _flag(form.get("explain"))
+    if explain and served.explainer is None:
+        raise ValueError(f"explain: no Grad-CAM for this model: {served.no_explanation}")
+    return {"operating_point": name, "threshold": threshold, "method": method, "explain": explain,
+            "preview": _flag(form.get("preview"))}
+
+
+def _response(results: List[Dict[str, Any]], options: Dict[str, Any]) -> JSONResponse:
+    failed = [r["error"]["status"] for r in results if "error" in r]
+    status = 200 if len(failed) < len(results) else (failed[0] if len(set(failed)) == 1 else 422)
+    body = {"operating_point": options["operating_point"], "threshold": options["threshold"], "results": results}
+    return JSONResponse(body, status_code=status)
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)

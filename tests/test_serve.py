@@ -1,0 +1,237 @@
+"""fracjax serve: the dynamic batcher, the JSON API (through an in-process
+client: good, bad, mixed, oversized and concurrent requests), and the
+command as a real process (a port, SIGTERM)."""
+
+import asyncio
+import base64
+import io
+import signal
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+httpx = pytest.importorskip("httpx", reason="the extra 'serve' (and httpx) is in the test extra")
+pytest.importorskip("fastapi")
+
+from fracjax.deploy.batcher import DynamicBatcher, padded_size  # noqa: E402
+from fracjax.deploy.served import open_served  # noqa: E402
+from fracjax.deploy.server import Limits, create_app  # noqa: E402
+from fracjax.inference import Classifier  # noqa: E402
+from tests.helpers import random_classifier, saved_run  # noqa: E402
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+XRAY = np.random.default_rng(3).integers(0, 256, (90, 60), dtype=np.uint8)
+
+
+# -- the batcher -----------------------------------------------------------------
+
+def test_padded_size_is_the_next_power_of_two_within_the_largest_batch():
+    assert [padded_size(n, 32) for n in (1, 2, 3, 5, 8, 9, 31, 32)] == [1, 2, 4, 8, 8, 16, 32, 32]
+    assert padded_size(9, 12) == 12
+
+
+def test_requests_arriving_together_run_as_one_batch_and_each_gets_its_own_result():
+    shapes = []
+
+    def run(pixels):
+        shapes.append(pixels.shape[0])
+        means = pixels.reshape(len(pixels), -1).mean(axis=1)
+        return means / 255.0, means
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch=16, max_wait_s=0.05)
+        images = [np.full((4, 4, 1), i, np.float32) for i in range(20)]
+        out = await asyncio.gather(*(batcher.submit(image) for image in images))
+        await batcher.stop()
+        return out, batcher.batch_sizes
+
+    out, sizes = asyncio.run(main())
+    assert [logit for _, logit in out] == list(range(20))
+    assert sum(sizes) == 20 and max(sizes) == 16 and len(sizes) < 20
+    assert all(s in (1, 2, 4, 8, 16) for s in shapes)  # padded: few compiled shapes
+
+
+def test_a_model_failure_reaches_every_request_of_its_batch():
+    def run(pixels):
+        raise RuntimeError("device lost")
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch=4, max_wait_s=0.01)
+        out = await asyncio.gather(*(batcher.submit(np.zeros((2, 2, 1))) for _ in range(3)), return_exceptions=True)
+        await batcher.stop()
+        return out
+
+    assert [str(e) for e in asyncio.run(main())] == ["device lost"] * 3
+
+
+# -- the API -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return saved_run(tmp_path_factory.mktemp("serve") / "run", random_classifier(seed=11, batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def classifier(run_dir):
+    return Classifier.from_checkpoint(run_dir)
+
+
+@pytest.fixture(scope="module")
+def app(run_dir):
+    return create_app(open_served(run_dir), Limits(max_upload_bytes=4_000_000, max_pixels=1_000_000),
+                      max_wait_s=0.02)
+
+
+def call(app, method, path, **kwargs):
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fracjax") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_a_good_image_gets_what_classifier_predict_gives(app, classifier, tmp_path):
+    (tmp_path / "x.png").write_bytes(png(XRAY))
+    r = call(app, "POST", "/v1/predict", files=[("files", ("x.png", png(XRAY), "image/png"))],
+             data={"operating_point": "youden", "explain": "true", "preview": "true"})
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    expected = classifier.predict(str(tmp_path / "x.png"))[0]
+    assert result["probability"] == pytest.approx(expected, abs=1e-5)
+    assert r.json()["threshold"] == 0.42
+    assert result["decision"] == ("fractured" if expected >= 0.42 else "not_fractured")
+    for key in ("image", "gradcam"):
+        picture = Image.open(io.BytesIO(base64.b64decode(result[key])))
+        assert picture.size == (60, 90)  # the upload's own shape, not the model's 32 x 32
+
+
+def test_each_file_gets_its_own_result_or_error(app):
+    truncated = png(XRAY)[:200]
+    r = call(app, "POST", "/v1/predict", files=[
+        ("files", ("good.png", png(XRAY), "image/png")), ("files", ("notes.txt", b"not an image", "text/plain")),
+        ("files", ("cut.png", truncated, "image/png")), ("files", ("huge.png", png(np.zeros((1100, 1000), np.uint8)),
+                                                                      "image/png"))])
+    assert r.status_code == 200
+    good, text, cut, huge = r.json()["results"]
+    assert 0 <= good["probability"] <= 1
+    assert text["error"]["status"] == 415 and "not a recognised image format" in text["error"]["detail"]
+    assert cut["error"]["status"] == 422 and cut["file"] == "cut.png"
+    assert huge["error"]["status"] == 413 and "1,100,000 pixels" in huge["error"]["detail"]
+
+
+def test_a_request_whose_only_file_fails_has_that_files_status(app):
+    r = call(app, "POST", "/v1/predict", files=[("files", ("a.txt", b"plain text", "text/plain"))])
+    assert r.status_code == 415
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"operating_point": "best"}, "operating_point 'best' is not one of"),
+    ({"threshold": "1.5"}, r"threshold must be a probability in \[0, 1\]"),
+    ({"threshold": "nan"}, "threshold must be a probability"),
+    ({"threshold": "half"}, "threshold must be a number"),
+    ({"threshold": "0.3", "operating_point": "youden"}, "not both"),
+    ({"method": "lime"}, "method must be one of"),
+])
+def test_bad_options_are_refused_naming_them(app, data, message):
+    r = call(app, "POST", "/v1/predict", files=[("files", ("x.png", png(XRAY), "image/png"))], data=data)
+    assert r.status_code == 422 and __import__("re").search(message, r.json()["detail"])
+
+
+def test_requests_without_files_or_too_large_are_refused(app):
+    assert call(app, "POST", "/v1/predict", data={"explain": "true"}).status_code == 422
+    assert "multipart/form-data" in call(app, "POST", "/v1/predict", json={"a": 1}).json()["detail"]
+    big = np.random.default_rng(0).integers(0, 256, (1000, 1000), dtype=np.uint8)
+    r = call(app, "POST", "/v1/predict", files=[("files", (f"{i}.png", png(big), "image/png")) for i in range(5)])
+    assert r.status_code == 413 and "larger than 4,000,000 bytes" in r.json()["detail"]
+
+
+def test_uploads_are_never_written_to_disk(app, monkeypatch):
+    spilled = []
+
+    def no_disk(*args, **kwargs):
+        spilled.append(args)
+        raise AssertionError("an upload went to a temporary file")
+
+    for name in ("TemporaryFile", "NamedTemporaryFile", "mkstemp"):  # where a spooled upload would go
+        monkeypatch.setattr(tempfile, name, no_disk)
+    noise = np.random.default_rng(1).integers(0, 256, (600, 600, 3), dtype=np.uint8)
+    assert len(png(noise)) > 1024 * 1024  # past the 1 MB at which Starlette's parser spools to disk
+    r = call(app, "POST", "/v1/predict", files=[("files", ("n.png", png(noise), "image/png"))])
+    assert r.status_code == 200 and spilled == []
+
+
+def test_concurrent_requests_are_batched(app):
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fracjax") as client:
+            posts = [client.post("/v1/predict", files=[("files", ("x.png", png(XRAY), "image/png"))])
+                     for _ in range(12)]
+            return await asyncio.gather(*posts), (await client.get("/healthz")).json()
+
+    responses, health = asyncio.run(go())
+    probabilities = {round(r.json()["results"][0]["probability"], 6) for r in responses}
+    assert all(r.status_code == 200 for r in responses) and len(probabilities) == 1
+    assert health["largest_batch"] > 1
+
+
+def test_the_card_and_the_page(app):
+    card = call(app, "GET", "/v1/model").json()
+    assert card["model"]["model"] == "mobilenet_v3_small" and card["explain"] is True
+    assert card["operating_points"]["youden"]["threshold"] == 0.42 and "not a medical device" in card["intended_use"]
+    page = call(app, "GET", "/").text
+    assert "<script>" in page and "http://" not in page and "https://" not in page  # no CDN: works offline
+    assert call(app, "GET", "/openapi.json").json()["paths"]["/v1/predict"]
+
+
+def test_an_export_serves_what_its_checkpoint_computes_and_explains_from_it(run_dir, classifier, tmp_path):
+    exported = classifier.export(str(tmp_path / "exported"))
+    served = open_served(exported)
+    assert served.card["format"] == "stablehlo" and served.explainer is not None
+    pixels = classifier.prepare([XRAY])
+    np.testing.assert_allclose(served.run(pixels.astype(np.float32))[0], classifier.predict([XRAY]), atol=1e-5)
+
+
+# -- the command -----------------------------------------------------------------------
+
+def test_the_command_serves_and_stops_cleanly_on_sigterm(run_dir):
+    process = subprocess.Popen([sys.executable, "-m", "fracjax.cli", "serve", run_dir, "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert "this machine only" in line, line + process.stderr.read()
+        url = line.split(" on ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        r = httpx.post(url + "/v1/predict", files=[("files", ("x.png", png(XRAY), "image/png"))], timeout=120)
+        assert r.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-2000:]
+    assert "fracjax serve: stopped (SIGTERM)" in out
+
+
+def test_the_command_refuses_a_taken_port_and_a_missing_folder(run_dir, tmp_path, capsys):
+    import socket
+
+    from fracjax.commands import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert serve.main([run_dir, "--port", str(port)]) == 2
+    assert f"--host/--port: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert serve.main([str(tmp_path / "nowhere"), "--port", "0"]) == 2
+    assert "nowhere: no such folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve.main([run_dir, "--port", "70000"])
