@@ -12,10 +12,13 @@ from typing import List, Optional
 
 SUBCOMMANDS = {
     "train": ("fracjax.train.cli", "train a classifier (two-phase transfer learning) and report on test"),
+    "evaluate": ("fracjax.commands.evaluate", "a trained run's metrics with intervals on a data set split"),
+    "compare": ("fracjax.commands.compare", "the paper's comparison: the hybrid against the baselines, same budget"),
     "predict": ("fracjax.commands.predict", "fracture probabilities of X-ray files from a trained run"),
     "explain": ("fracjax.commands.explain", "Grad-CAM overlays of X-ray files from a trained run"),
     "audit": ("fracjax.data.audit", "near-duplicate X-rays within and across a data set's splits"),
-    "export": ("fracjax.commands.export", "a trained run as a StableHLO artifact with its model card"),
+    "export": ("fracjax.commands.export", "a trained run as a StableHLO or ONNX artifact with its model card"),
+    "serve": ("fracjax.commands.serve", "a page and a JSON API for X-rays, from an export or a run"),
 }
 
 
@@ -36,7 +39,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"fracjax: unknown subcommand {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    if name == "train":
+    if name in ("train", "compare"):
         from fracjax.hostmem import reexec_with_malloc_hugepages
 
         reexec_with_malloc_hugepages()  # XLA:CPU's per-step scratch memory on huge pages (fracjax/hostmem.py)

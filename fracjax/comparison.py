@@ -1,7 +1,7 @@
 """The paper's comparison: the hybrid MobileNetV3-Small against DenseNet121,
 VGG-16 and ResNet50, trained with the same data, head and budget, evaluated
 on one test set, written as ``comparison.md``, ``comparison.json``,
-``roc.png`` and ``report.html`` (``examples/compare.py`` is the command).
+``roc.png`` and ``report.html`` (``fracjax compare`` is the command).
 
 Each model trains into its own run folder under the comparison folder. A
 model whose run holds ``report.json`` is done and is not trained again; one

@@ -5,7 +5,7 @@ to mail or archive).
   clean test), training curves, ROC and precision-recall, confusion matrix,
   reliability before/after temperature scaling, Grad-CAM overlays of true and
   false positives and negatives.
-* :func:`comparison_report`: the table of ``examples/compare.py`` with the
+* :func:`comparison_report`: the table of ``fracjax compare`` with the
   ROC figure of every model and each model's section.
 """
 

@@ -1,0 +1,99 @@
+"""A trained run's metrics on a data set split, with bootstrap intervals
+(and the clean subset's beside them, given the leakage audit).
+
+    fracjax evaluate runs/mobilenet_v3_small_hybrid                 # the run's own data set, test split
+    fracjax evaluate RUN --dataset fracture_xray --manual-dir M --audit audit.json
+    fracjax evaluate RUN --split validation --operating-point sensitivity_0.95 --json metrics.json
+
+The numbers are those of fracjax.evaluate, the report and Classifier.predict
+(one implementation). Checked before any work: the run, the audit file, the
+output file's folder, the threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, Optional
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder or checkpoint folder")
+    p.add_argument("--dataset", help="TFDS name (default: the run's, from its config.json)")
+    p.add_argument("--data-dir", help="TFDS data_dir (default: the run's)")
+    p.add_argument("--manual-dir", help="the downloaded files, where the set is not prepared yet (fracture_xray)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--audit", help="the leakage audit's JSON (fracjax audit --json): a clean-subset column")
+    point = p.add_mutually_exclusive_group()
+    point.add_argument("--operating-point", help="a threshold chosen on validation: youden, sensitivity_0.95...")
+    point.add_argument("--threshold", type=float, help="a decision threshold in (0, 1]")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals (0: none)")
+    p.add_argument("--uncalibrated", action="store_true", help="without the temperature fitted on validation")
+    p.add_argument("--json", help="write the metrics (and each example's prediction) to this file")
+    return p
+
+
+def run_data(run: str) -> Dict[str, Optional[str]]:
+    """The data set and data_dir a run was trained on, from its config.json (if any)."""
+    for folder in (run, os.path.dirname(os.path.dirname(os.path.normpath(run)))):
+        path = os.path.join(folder, "config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                data = json.load(f).get("train", {}).get("data", {})
+            return {"dataset": data.get("dataset"), "data_dir": data.get("data_dir")}
+    return {"dataset": None, "data_dir": None}
+
+
+def _check(args) -> None:
+    """Every refusal before any data preparation or compilation."""
+    from fracjax.checkpoint import find_model_checkpoint
+
+    find_model_checkpoint(args.run, "best")  # FileNotFoundError naming the folder
+    if args.audit and not os.path.isfile(args.audit):
+        raise FileNotFoundError(f"--audit: no such file {args.audit}")
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise PermissionError(f"--json: cannot write in {folder}")
+    if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if not args.dataset:
+        raise ValueError(f"--dataset: {args.run} has no config.json naming its data set; pass --dataset")
+
+
+def main(argv=None, prog: str = "fracjax evaluate") -> int:
+    from fracjax.metrics import jsonable
+
+    args = parser(prog).parse_args(argv)
+    trained_on = run_data(args.run)
+    args.dataset = args.dataset or trained_on["dataset"]
+    args.data_dir = args.data_dir or trained_on["data_dir"]
+    try:
+        _check(args)
+        result = _evaluate(args)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
+    print(f"{args.run} on {args.dataset} {args.split}:\n{result.table()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(jsonable(result.to_json(with_predictions=True)), f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _evaluate(args):
+    import fracjax
+    from fracjax.data.prepare import prepare_dataset
+
+    classifier = fracjax.Classifier.from_checkpoint(args.run)
+    threshold = classifier.threshold_for(args.operating_point) if args.operating_point else args.threshold
+    prepare_dataset(args.dataset, args.data_dir, args.manual_dir)
+    return fracjax.evaluate(classifier, args.dataset, args.split, data_dir=args.data_dir, audit=args.audit,
+                            threshold=threshold, calibrated=not args.uncalibrated, bootstrap=args.bootstrap)
+

@@ -1,0 +1,79 @@
+"""fracjax evaluate and compare as commands: the same numbers as
+fracjax.evaluate, and every refusal before any data preparation."""
+
+import json
+
+import pytest
+
+import fracjax
+from fracjax import cli
+from fracjax.commands import evaluate
+from tests.helpers import random_classifier, saved_run
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    import tensorflow_datasets as tfds
+
+    import fracjax.data.builders  # noqa: F401
+
+    d = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("synthetic_fracture/tiny", data_dir=d).download_and_prepare()
+    return d
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir):
+    run = saved_run(tmp_path_factory.mktemp("cmd") / "run", random_classifier(seed=2, batch_size=16))
+    with open(f"{run}/config.json", "w") as f:
+        json.dump({"train": {"data": {"dataset": "synthetic_fracture/tiny", "data_dir": data_dir}}}, f)
+    return run
+
+
+def test_evaluate_gives_fracjax_evaluates_numbers_on_the_runs_own_data(run_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert cli.main(["evaluate", run_dir, "--operating-point", "youden", "--bootstrap", "50", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic_fracture/tiny test" in printed and "| accuracy |" in printed
+    written = json.loads(out.read_text())
+    expected = fracjax.evaluate(run_dir, "synthetic_fracture/tiny", "test", data_dir=data_dir, threshold="youden",
+                                bootstrap=50)
+    assert written["threshold"] == 0.42 and written["metrics"]["n"] == expected.metrics["n"]
+    for key in ("accuracy", "auroc", "sensitivity", "specificity"):
+        assert written["metrics"][key] == pytest.approx(expected.metrics[key])
+    assert len(written["predictions"]) == expected.metrics["n"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threshold", "1.5"], r"--threshold must be in \(0, 1\]"),
+    (["--audit", "missing.json"], "--audit: no such file missing.json"),
+    (["--json", "/nonexistent/m.json"], "--json: cannot write in /nonexistent"),
+    (["--bootstrap", "-1"], "--bootstrap must be >= 0"),
+    (["--operating-point", "best"], "no operating point 'best'"),
+])
+def test_evaluate_refuses_before_any_work(run_dir, tmp_path, capsys, extra, message):
+    fresh = tmp_path / "fresh_tfds"
+    assert evaluate.main([run_dir, "--data-dir", str(fresh), *extra]) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not fresh.exists()  # nothing prepared
+
+
+def test_evaluate_names_a_missing_run_or_data_set(tmp_path, capsys):
+    assert evaluate.main([str(tmp_path), "--dataset", "synthetic_fracture/tiny"]) == 2
+    assert "no best checkpoint" in capsys.readouterr().err
+    bare = saved_run(tmp_path / "bare", random_classifier(seed=1, batch_size=4))
+    assert evaluate.main([bare]) == 2
+    assert "has no config.json naming its data set; pass --dataset" in capsys.readouterr().err
+
+
+def test_compare_is_a_subcommand_and_checks_its_models_first(capsys):
+    from fracjax.commands import compare
+
+    with pytest.raises(SystemExit):
+        compare.main(["--help"])
+    assert "the hybrid MobileNetV3-Small against" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        compare.main(["--models", "alexnet"])
+    assert "invalid choice: 'alexnet'" in capsys.readouterr().err
+    assert cli.SUBCOMMANDS["compare"][0] == "fracjax.commands.compare"
+    assert all(name in cli.usage() for name in ("evaluate", "compare", "serve", "export"))
