@@ -10,6 +10,7 @@ from flax import linen as nn
 
 import fracjax
 from fracjax.evaluation import gradcam
+from tests.helpers import random_variables
 
 
 class Detectors(nn.Module):
@@ -80,7 +81,7 @@ def test_the_other_class_gets_an_empty_map():
 def test_every_baseline_has_a_default_layer(name):
     model = fracjax.models.create(name, head="hybrid")
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)), jnp.float32)
-    variables = jax.jit(lambda k: model.init(k, x[:1]))(jax.random.key(0))
+    variables = random_variables(model, 64, seed=0)
     out = gradcam.grad_cam(model, variables, x, method="gradcam++")
     chex.assert_shape(out["maps"], (2, 64, 64))
     chex.assert_tree_all_finite(out)
@@ -90,7 +91,7 @@ def test_every_baseline_has_a_default_layer(name):
 def test_a_named_inner_layer_and_a_wrong_name():
     model = fracjax.models.create("mobilenet_v3_small", head="linear")
     x = jnp.zeros((1, 64, 64, 1))
-    variables = model.init(jax.random.key(0), x)
+    variables = random_variables(model, 64, seed=0)
     out = gradcam.grad_cam(model, variables, x + 100.0, layer="backbone/block3")
     assert out["raw"].shape == (1, 4, 4)  # block3 ends at 1/16
     with pytest.raises(gradcam.LayerNotFoundError, match="no layer 'backbone/blok3' in the model; did you mean 'backbone/block3'") as err:

@@ -13,6 +13,7 @@ import pytest
 
 import fracjax
 from fracjax.train import optim
+from tests.helpers import random_variables
 
 from .conftest import build_oracle, write_legacy_h5
 
@@ -123,7 +124,7 @@ def test_grey_input_is_repeated_to_rgb(name):
     # (DenseNet shares the same preprocess_input; test_layers checks every mode.)
     model = fracjax.models.create(name, head=None)
     grey = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 1)).astype(np.float32)
-    variables = model.init(jax.random.key(0), grey)
+    variables = random_variables(model, 32, seed=0)
     apply = jax.jit(model.apply)
     chex.assert_trees_all_close(apply(variables, grey), apply(variables, np.repeat(grey, 3, axis=-1)), rtol=1e-6)
 

@@ -10,6 +10,7 @@ import pytest
 
 import fracjax
 from fracjax.models import mobilenet_v3
+from tests.helpers import init_once, random_variables
 
 from .conftest import build_oracle, write_legacy_h5
 
@@ -97,7 +98,7 @@ def test_parameter_count_small(small_oracles):
 def test_shapes_batch_one_and_grey_input():
     model = fracjax.models.create("mobilenet_v3_small", head=None)
     rgb_one = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 1)).astype(np.float32)
-    variables = jax.jit(model.init)(jax.random.key(0), rgb_one)
+    variables = random_variables(model, 224, seed=0)
     apply = jax.jit(model.apply)
     grey = apply(variables, rgb_one)
     chex.assert_shape(grey, (1, 7, 7, 576))
@@ -127,7 +128,7 @@ def test_zero_init_residual_starts_residual_blocks_as_identity(name):
     zeroed = {}
     for flag in (True, False):
         model = fracjax.models.create(name, head=None, zero_init_residual=flag)
-        params = jax.jit(lambda k: model.init(k, x))(jax.random.key(0))["params"]
+        params = init_once(model, x)["params"]
         flat = flax.traverse_util.flatten_dict(params)
         zeroed[flag] = sorted("/".join(k[:-1]) for k, v in flat.items() if k[-1] == "scale" and not np.any(v))
         scales = [v for k, v in flat.items() if k[-1] == "scale"]
@@ -165,10 +166,14 @@ def test_train_mode_folds_the_expand_last_and_grey_stem_batch_norms_on_cpu(monke
 def test_kits_change_the_code_not_the_parameters():
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 1)).astype(np.float32)
     models = {name: fracjax.models.create("mobilenet_v3_small", kernels=name) for name in fracjax.models.KITS}
-    v = models["auto"].init(jax.random.key(0), x)
+    v = init_once(models["auto"], x)
+    expected = jax.jit(models["portable"].apply)(v, x)
     for name, model in models.items():
-        chex.assert_trees_all_equal(model.init(jax.random.key(0), x), v)
-        chex.assert_trees_all_close(model.apply(v, x), models["portable"].apply(v, x), rtol=1e-4, atol=1e-4)
+        # The same initialisers in the same order: the same values from one key (checked on one kit pair;
+        # the tree of every kit).
+        chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(lambda: model.init(jax.random.key(0), x)), v)
+        chex.assert_trees_all_close(jax.jit(model.apply)(v, x), expected, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_equal(init_once(models["cpu"], x), v)
     with pytest.raises(ValueError, match="kernels must be one of"):
         fracjax.models.create("mobilenet_v3_small", kernels="gpu")
     with pytest.raises(ValueError, match="Kernels.depthwise"):
