@@ -51,7 +51,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-PEERS = ("torch", "torch-cl", "torch-compile", "keras-jax")
+PEERS = ("torch", "torch-cl", "torch-compile", "keras-jax", "export-stablehlo", "export-onnx")
 TORCHVISION = {
     "mobilenet_v3_small": ("mobilenet_v3_small", 576),
     "mobilenet_v3_large": ("mobilenet_v3_large", 960),
@@ -257,6 +257,38 @@ def bench_keras_jax(model_name: str, batch: int, size: int, reps: int) -> Dict:
     return out
 
 
+def bench_export(model_name: str, batch: int, size: int, reps: int, fmt: str) -> Dict:
+    """The same model exported (fracjax.export) and run as a deployment would: the StableHLO
+    artifact through jax.export alone, the ONNX one through onnxruntime. Inference only."""
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    import fracjax
+    from fracjax.inference import Classifier
+
+    model = fracjax.models.create(model_name, head="hybrid")
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 1)), train=False))(jax.random.key(0))
+    spec = {"model": model_name, "head": "hybrid", "image_size": size, "threshold": 0.5}
+    classifier = Classifier(spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        loaded = fracjax.deploy.load(classifier.export(os.path.join(tmp, "e"), format=fmt))
+        export_s = time.perf_counter() - start
+    x = np.asarray(random_batch(batch, size)[0], np.float32)
+    if fmt == "onnx":
+        import onnxruntime
+        version = f"onnxruntime {onnxruntime.__version__}"
+    else:
+        version = f"jax {jax.__version__}"
+    loaded.run(x[:1])  # the first call of each shape compiles (StableHLO) or plans (onnxruntime)
+    loaded.run(x)
+    return {"name": f"export {fmt}", "version": version, "model": model_name, "first_s": export_s,
+            "train_noaug": None, "infer": repeat_timed(lambda: loaded.run(x), reps),
+            "latency": repeat_timed(lambda: loaded.run(x[:1]), max(reps, 20))}
+
+
 def run_peer(peer: str, model_name: str, args) -> Dict:
     """Run one peer in a subprocess; its JSON result, or why there is none."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", peer, "--models", model_name,
@@ -280,6 +312,8 @@ def worker(peer: str, model_name: str, args) -> None:
             result = bench_torch(model_name, args.batch, args.size, args.reps, peer)
         elif peer == "keras-jax":
             result = bench_keras_jax(model_name, args.batch, args.size, args.reps)
+        elif peer.startswith("export-"):
+            result = bench_export(model_name, args.batch, args.size, args.reps, peer.split("-", 1)[1])
         else:
             raise ValueError(f"unknown peer {peer}")
     except ModuleNotFoundError as err:
@@ -346,8 +380,8 @@ def table(model_name: str, ours: Dict, peers: List[Dict], batch: int, peak: floa
         if "error" in p:
             rows.append(f"{p['name']:<24} {'-- ' + p['error']}")
         else:
-            row(f"{p['name']} {p.get('version', '')}"[:24], p["train_noaug"], p["infer"], p["latency"],
-                p["train_noaug"]["first_s"])
+            first = p["train_noaug"]["first_s"] if p.get("train_noaug") else p["first_s"]  # exports: the export
+            row(f"{p['name']} {p.get('version', '')}"[:24], p["train_noaug"], p["infer"], p["latency"], first)
     flops = ours["forward_flops"]
     train_img_s = batch / median(ours["train_noaug"])
     infer_img_s = batch / median(ours["infer"])
@@ -412,7 +446,8 @@ def main(argv=None):
         everything["models"][model_name] = {"fracjax": ours, "peers": peers}
         print(table(model_name, ours, peers, args.batch, peak), flush=True)
     print("speedup: fracjax's advantage over that row (fracjax / peer images/s; peer / fracjax ms); >1: fracjax faster")
-    print("first call s: compile (fracjax, torch.compile) or warm-up; excluded from the throughputs")
+    print("first call s: compile (fracjax, torch.compile) or warm-up; for the exports, exporting with its parity "
+          "check; excluded from the throughputs. Exports are inference only (no train column)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(everything, f, indent=1)
