@@ -1,10 +1,13 @@
 
+import os
+
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from fracjax.data import io
 from fracjax.data.io import ImageDecodeError, read_image, resize_bilinear
 
 
@@ -188,3 +191,37 @@ def test_resize_bilinear_half_pixel_centres():
     down = resize_bilinear(img, (2, 2))[..., 0]
     # Position 0.5 between rows/cols 0 and 1: the mean of a 2x2 block.
     np.testing.assert_allclose(down, [[2.5, 4.5], [10.5, 12.5]])
+
+
+def test_decode_image_of_bytes_is_read_image_of_the_file(tmp_path):
+    import pydicom.data
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    grey = rng.integers(0, 256, (30, 20), dtype=np.uint8)
+    paths = [str(tmp_path / name) for name in ("a.png", "a.jpg", "a.bmp", "a16.png", "a.tif")]
+    for path, image in zip(paths, [grey, grey, grey, grey.astype(np.uint16) * 257, grey]):
+        Image.fromarray(image).save(path)
+    paths.append(pydicom.data.get_testdata_file("CT_small.dcm"))
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        np.testing.assert_array_equal(io.decode_image(data, "upload" + os.path.splitext(path)[1]), io.read_image(path))
+    with open(paths[-1], "rb") as f:  # DICOM known by its preamble, whatever the name
+        np.testing.assert_array_equal(io.decode_image(f.read(), "noname"), io.read_image(paths[-1]))
+
+
+def test_decode_image_tells_not_an_image_and_too_large_from_damaged():
+    from PIL import Image
+
+    with pytest.raises(io.NotAnImageError, match="notes.txt: not a recognised image format"):
+        io.decode_image(b"just some text", "notes.txt")
+    buffer = __import__("io").BytesIO()
+    Image.new("L", (300, 200)).save(buffer, "PNG")
+    with pytest.raises(io.ImageTooLargeError, match="300 x 200 = 60,000 pixels"):
+        io.decode_image(buffer.getvalue(), "big.png", max_pixels=50_000)
+    with pytest.raises(io.ImageDecodeError, match="cut.png") as damaged:
+        io.decode_image(buffer.getvalue()[:60], "cut.png")
+    assert not isinstance(damaged.value, (io.NotAnImageError, io.ImageTooLargeError))
+    with pytest.raises(io.ImageDecodeError, match="empty file"):
+        io.decode_image(b"", "e.png")
