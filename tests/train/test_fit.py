@@ -9,41 +9,16 @@ import sys
 import time
 
 import chex
-import jax
 import numpy as np
 import pytest
 
 import fracjax
 from fracjax import checkpoint as ckpt
-from fracjax.train import NonFiniteLossError, ResumeError, TrainConfig, fit
+from fracjax.train import ResumeError, TrainConfig, fit
 from fracjax.train.cli import main as cli_main
+from tests.train.fitting import config, flags, latest_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    import tensorflow_datasets as tfds
-
-    import fracjax.data.builders  # noqa: F401  (registers the builders)
-
-    d = str(tmp_path_factory.mktemp("tfds"))
-    tfds.builder("synthetic_fracture/tiny", data_dir=d).download_and_prepare()
-    return d
-
-
-def flags(data_dir, out, name, *extra):
-    return [
-        "--dataset", "synthetic_fracture/tiny", "--data-dir", data_dir, "--out", str(out), "--name", name,
-        "--image-size", "32", "--batch-size", "16", "--train-examples", "64",
-        "--phase1-epochs", "1", "--phase2-epochs", "2", "--no-progress", "--seed", "3", *extra,
-    ]
-
-
-def config(data_dir, out, name, **overrides):
-    from fracjax.train.cli import config_from_args
-
-    return config_from_args(flags(data_dir, out, name)).replace(**overrides)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +26,6 @@ def first_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     report = fit(config(data_dir, out, "a"))
     return out, report
-
-
-def latest_variables(run_dir):
-    folder, step = ckpt.find_model_checkpoint(run_dir, "latest")
-    variables, meta = ckpt.restore_model(folder, step)
-    return step, variables
 
 
 def test_outputs(first_run):
@@ -176,81 +145,6 @@ def test_one_number_per_checkpoint(first_run, data_dir):
     assert clf.predict([str(path)])[0] == probs[0]
 
 
-def test_non_finite_loss_stops_cleanly(data_dir, tmp_path):
-    cfg = config(data_dir, tmp_path, "nan", phase2_lr=1e30, grad_clip=None)
-    with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(phase 2.*last good checkpoint is step 4"):
-        fit(cfg)
-    step, variables = latest_variables(tmp_path / "nan")
-    assert step == 4
-    chex.assert_tree_all_finite(variables)
-
-
-def test_a_training_time_budget_ends_training_and_stays_ended(data_dir, tmp_path, capsys):
-    cfg = config(data_dir, tmp_path, "budget", train_minutes=1e-5, report=False, bootstrap=0)
-    report = fit(cfg)
-    said = capsys.readouterr().out  # the run says what it is doing, stage by stage
-    for line in ("compiling the phase 1 train step", "compiled and ran the first step in", "training budget:",
-                 "evaluating test ...", "test (best checkpoint, step 4)"):
-        assert line in said, line
-    lines = (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and report["budget"] == {"train_minutes": 1e-5, "spent": True}
-    assert report["timing"]["train_steps"] == 4 and report["test"]["n"] == 64
-    again = fit(cfg.replace(resume=True))  # a resumed run does not train past its budget
-    assert again["timing"]["train_steps"] == 4
-    assert (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines() == lines
-
-
-def test_reduce_on_plateau_runs_several_epochs_of_a_phase(data_dir, tmp_path):
-    # The step donates its state; the plateau scale put into it must not share a buffer.
-    report = fit(config(data_dir, tmp_path, "plateau", schedule="plateau", phase2_epochs=3, report=False, bootstrap=0))
-    lines = [json.loads(line) for line in (tmp_path / "plateau" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in lines] == [1, 2, 2, 2] and report["timing"]["train_steps"] == 16
-    assert all(0 < r["lr_scale"] <= 1 for r in lines)
-
-
-def test_bad_flags_are_clear(data_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        cli_main(["--batch-size", "0"])
-    assert e.value.code == 2 and "--batch-size" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli_main(["--unfreeze", "some"])
-    assert "--unfreeze" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli_main(["--dataset", "fracture_xray", "--manual-dir", str(tmp_path / "nowhere")])
-    assert "no such folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli_main(["--pretrained", str(tmp_path / "missing.h5")])
-    assert "no such file" in capsys.readouterr().err
-
-
-def test_weights_for_another_architecture_stop_before_training(data_dir, tmp_path, capsys):
-    import h5py
-
-    bad = tmp_path / "large.h5"
-    with h5py.File(bad, "w") as f:
-        f.attrs["layer_names"] = np.array([b"Conv"])
-        g = f.create_group("Conv")
-        g.attrs["weight_names"] = np.array([b"Conv/kernel:0"])
-        g.create_dataset("Conv/kernel:0", data=np.zeros((3, 3, 3, 16), np.float32))
-    code = cli_main(flags(data_dir, tmp_path, "w", "--pretrained", str(bad)))
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "large.h5" in err and "layers with weights" in err
-    assert not (tmp_path / "w" / "checkpoints").exists()
-
-
-def test_a_checkpoint_of_the_previous_layout_is_refused_clearly(data_dir, tmp_path):
-    cfg = config(data_dir, tmp_path, "old", resume=True)
-    saved = ckpt.RunCheckpoints(cfg.run_dir)  # as fracjax <= 0.1 wrote it: a "book", no layout
-    saved.save_latest(4, {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}},
-                      {"step": np.int32(4), "lr_scale": np.float32(1)}, {"global_step": 4, "phase": 1, "book": {}})
-    saved.close()
-    with pytest.raises(ResumeError, match=r"step 4\) was written by an earlier fracjax.*another --name"):
-        fit(cfg)
-    assert (tmp_path / "old" / "checkpoints" / "latest" / "4").is_dir()  # nothing lost
-    assert not (tmp_path / "old" / "config.json").exists()  # refused before any work
-
-
 def test_existing_run_needs_resume(first_run, data_dir):
     out, _ = first_run
     assert cli_main(flags(data_dir, out, "a")) == 2
@@ -315,82 +209,11 @@ def test_predict_reports_a_bad_file_and_predicts_the_rest(first_run, tmp_path, c
 # -- issue 18: refused before work, never saved when non-finite, one writer --------
 
 
-def test_a_diverged_model_is_never_saved_or_reported(data_dir, tmp_path, monkeypatch):
-    # A step whose loss was finite can still leave NaN parameters behind (the
-    # update comes after the loss): the state the loop reads back is poisoned here.
-    from fracjax.train.parallel import Parallel
-
-    get_state = Parallel.get_state
-
-    def poisoned(self, state):
-        host = get_state(self, state)
-        params = jax.tree_util.tree_map(lambda x: np.full_like(np.asarray(x), np.nan), host.params)
-        return host.replace(params=params)
-
-    monkeypatch.setattr(Parallel, "get_state", poisoned)
-    cfg = config(data_dir, tmp_path, "div", max_steps=1, report=False, bootstrap=0)
-    with pytest.raises(NonFiniteLossError, match=r"variables hold NaN.*after step 1.*nothing of this step is saved"):
-        fit(cfg)
-    run = tmp_path / "div"
-    assert not (run / "report.json").exists()
-    for manager in ("best", "latest"):
-        folder = run / "checkpoints" / manager
-        assert not folder.exists() or not [d for d in os.listdir(folder) if d.isdigit()]
-    assert not (run / ".lock").exists()  # the lock goes however the run ends
-
-
-def test_an_unwritable_out_folder_is_refused_before_any_work(data_dir, tmp_path):
-    if os.geteuid() == 0:
-        blocker = tmp_path / "file"  # root writes anywhere: a file where the folder should be
-        blocker.write_text("x")
-        out = blocker
-    else:
-        out = tmp_path / "ro"
-        out.mkdir()
-        out.chmod(0o500)
-    with pytest.raises(fracjax.train.RunFolderError, match=r"^--out/--name: cannot write in"):
-        fit(config(data_dir, out, "x"))
-
-
-def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(data_dir, tmp_path, capsys):
-    from fracjax.train import run_folder
-
-    cfg = config(data_dir, tmp_path, "locked", phase2_epochs=0, report=False, bootstrap=0)
-    os.makedirs(cfg.run_dir)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        with open(os.path.join(cfg.run_dir, ".lock"), "w") as f:
-            json.dump({"pid": sleeper.pid, "host": __import__("socket").gethostname(), "since": "then"}, f)
-        with pytest.raises(run_folder.RunFolderError, match=rf"another training \(pid {sleeper.pid} on this host"):
-            fit(cfg)
-        assert not (tmp_path / "locked" / "config.json").exists()  # refused before any work
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    fit(cfg)  # its owner is gone: the lock is stale
-    assert "took over the stale lock" in capsys.readouterr().out
-    assert not (tmp_path / "locked" / ".lock").exists()
-
-
 def test_resume_refuses_changed_model_or_data_options_listing_them(first_run, data_dir):
     out, _ = first_run
     cfg = config(data_dir, out, "a", resume=True, image_size=48, head="linear")
     with pytest.raises(ResumeError, match=r'--head "hybrid" -> "linear", --image-size 32 -> 48'):
         fit(cfg)
-
-
-def test_a_validation_split_of_one_class_is_refused_before_compiling(tmp_path):
-    from fracjax.data import prepare
-    from fracjax.data.pipeline import ArraySource
-
-    images = np.zeros((4, 8, 8, 1), np.uint8)
-    splits = {"train": ArraySource(images, [0, 1, 0, 1]), "validation": ArraySource(images, [1, 1, 1, 1]),
-              "test": ArraySource(images, [0, 0, 0, 0])}
-    with pytest.raises(ValueError, match=r"the validation split has no not_fractured examples \(train: 2 "
-                                         r"not_fractured, 2 fractured; validation: 0 not_fractured, 4 fractured"):
-        prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)
-    splits["validation"] = splits["train"]
-    assert prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)["test"] == [4, 0]
 
 
 def test_resume_past_a_damaged_latest_checkpoint_redoes_its_epoch(first_run, data_dir, tmp_path, capsys):
