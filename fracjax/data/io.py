@@ -152,10 +152,14 @@ def _is_dicom(path: PathLike) -> bool:
         return True
     try:
         with open(path, "rb") as f:
-            head = f.read(132)
+            return _dicom_preamble(f.read(132))
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_preamble(head: bytes) -> bool:
+    """A DICOM file's 128-byte preamble and its "DICM" marker."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
 
 
 def _pil_rows(image, convert: Callable) -> np.ndarray:
@@ -396,7 +400,7 @@ def decode_image(data: bytes, name: str, max_pixels: Optional[int] = None) -> np
     with the DICOM preamble, to tell DICOM from other formats."""
     if not data:
         raise ImageDecodeError(name, "empty file")
-    dicom = name.lower().endswith(DICOM_EXTENSIONS) or data[128:132] == b"DICM"
+    dicom = name.lower().endswith(DICOM_EXTENSIONS) or _dicom_preamble(data[:132])
     return _decode(io.BytesIO(data), name, dicom, max_pixels)
 
 
