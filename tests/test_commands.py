@@ -77,3 +77,8 @@ def test_compare_is_a_subcommand_and_checks_its_models_first(capsys):
     assert "invalid choice: 'alexnet'" in capsys.readouterr().err
     assert cli.SUBCOMMANDS["compare"][0] == "fracjax.commands.compare"
     assert all(name in cli.usage() for name in ("evaluate", "compare", "serve", "export"))
+
+
+def test_evaluate_finds_the_runs_data_set_from_any_folder_inside_it(run_dir):
+    for where in (run_dir, f"{run_dir}/checkpoints", f"{run_dir}/checkpoints/best", f"{run_dir}/checkpoints/best/1"):
+        assert evaluate.run_data(where)["dataset"] == "synthetic_fracture/tiny", where

@@ -37,21 +37,17 @@ def parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run_data(run: str) -> Dict[str, Optional[str]]:
-    """The data set and data_dir a run was trained on, from its config.json (if any)."""
-    for folder in (run, os.path.dirname(os.path.dirname(os.path.normpath(run)))):
-        path = os.path.join(folder, "config.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                data = json.load(f).get("train", {}).get("data", {})
-            return {"dataset": data.get("dataset"), "data_dir": data.get("data_dir")}
-    return {"dataset": None, "data_dir": None}
+    """The data set and data_dir a run was trained on, from its config.json (if any);
+    ``run`` is a run folder or any checkpoint folder inside one."""
+    from fracjax.checkpoint import find_model_checkpoint
+    from fracjax.deploy.card import run_folder_of, trained_on
+
+    folder, step = find_model_checkpoint(run, "best")  # FileNotFoundError naming the folder
+    return trained_on(run_folder_of(os.path.join(folder, str(step))))
 
 
 def _check(args) -> None:
     """Every refusal before any data preparation or compilation."""
-    from fracjax.checkpoint import find_model_checkpoint
-
-    find_model_checkpoint(args.run, "best")  # FileNotFoundError naming the folder
     if args.audit and not os.path.isfile(args.audit):
         raise FileNotFoundError(f"--audit: no such file {args.audit}")
     if args.json:
@@ -70,10 +66,10 @@ def main(argv=None, prog: str = "fracjax evaluate") -> int:
     from fracjax.metrics import jsonable
 
     args = parser(prog).parse_args(argv)
-    trained_on = run_data(args.run)
-    args.dataset = args.dataset or trained_on["dataset"]
-    args.data_dir = args.data_dir or trained_on["data_dir"]
     try:
+        data = run_data(args.run)
+        args.dataset = args.dataset or data["dataset"]
+        args.data_dir = args.data_dir or data["data_dir"]
         _check(args)
         result = _evaluate(args)
     except (OSError, ValueError, KeyError) as err:

@@ -48,12 +48,19 @@ def _operating_points(classifier) -> Dict[str, Dict[str, Any]]:
     return points
 
 
-def _data(report: Optional[Dict[str, Any]], config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    data = dict((report or {}).get("data") or {})
+def trained_on(run: Optional[str]) -> Dict[str, Any]:
+    """``dataset``, ``data_dir`` and ``audit`` of a run, from its config.json (None where unknown)."""
+    config = _read_json(os.path.join(run, "config.json")) if run else None
     train = (config or {}).get("train", {})
-    audit = train.get("evaluation", {}).get("audit")
-    data["audited"] = bool(audit) or "clean_test" in (report or {})
-    data.setdefault("dataset", train.get("data", {}).get("dataset"))
+    return {"dataset": train.get("data", {}).get("dataset"), "data_dir": train.get("data", {}).get("data_dir"),
+            "audit": train.get("evaluation", {}).get("audit")}
+
+
+def _data(report: Optional[Dict[str, Any]], run: Optional[str]) -> Dict[str, Any]:
+    data = dict((report or {}).get("data") or {})
+    config = trained_on(run)
+    data["audited"] = bool(config["audit"]) or "clean_test" in (report or {})
+    data.setdefault("dataset", config["dataset"])
     return data
 
 
@@ -62,7 +69,6 @@ def model_card(classifier, artifact: str, sha256: str, fmt: str, details: Dict[s
     own (``platforms``, and for ONNX ``opset`` and ``converter``) and the export's parity check."""
     run = run_folder_of(classifier.checkpoint)
     report = _read_json(os.path.join(run, "report.json")) if run else None
-    config = _read_json(os.path.join(run, "config.json")) if run else None
     spec, size = classifier.spec, classifier.image_size
     contract = spec.get("input_contract") or fracjax.models.input_contract(spec["model"]).to_dict()
     card = {
@@ -79,7 +85,7 @@ def model_card(classifier, artifact: str, sha256: str, fmt: str, details: Dict[s
         "temperature": classifier.temperature,
         "operating_points": _operating_points(classifier),
         "test": (report or {}).get("test"), "clean_test": (report or {}).get("clean_test"),
-        "data": _data(report, config),
+        "data": _data(report, run),
         "checkpoint": classifier.checkpoint,
         "versions": {"fracjax": fracjax.__version__, "jax": jax.__version__, "jaxlib": _jaxlib_version()},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
