@@ -13,7 +13,7 @@ import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import stats as scipy_stats
+from scipy import sparse
 
 from fracjax.metrics import (  # noqa: F401  (apply_temperature, logits_from_probabilities: used through stats too)
     apply_temperature,
@@ -90,15 +90,65 @@ def pr_curve(labels, scores) -> Dict[str, np.ndarray]:
 # --------------------------------------------------------------------------
 
 
-def _bootstrap_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AUROC of each row of (B, N) resampled labels/scores (Mann-Whitney with
-    average ranks for ties); NaN where a row holds one class only."""
-    ranks = scipy_stats.rankdata(scores, axis=1)
-    n_pos = labels.sum(axis=1).astype(np.float64)
-    n_neg = labels.shape[1] - n_pos
-    u = np.sum(ranks * labels, axis=1) - n_pos * (n_pos + 1) / 2.0
+def _weighted_auroc(weights: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUROC of each resample, given as (B, N) counts of each example
+    (Mann-Whitney, ties counted half); NaN where a resample holds one class only.
+    The scores are sorted once for all resamples."""
+    values, inverse = np.unique(scores, return_inverse=True)
+    n = labels.size
+    onehot = sparse.csr_matrix((np.ones(n), (inverse, np.arange(n))), shape=(values.size, n))
+    pos = (onehot @ (weights * labels).T).T  # (B, U): weight of positives at each distinct score
+    neg = (onehot @ (weights * (1 - labels)).T).T
+    below = np.cumsum(neg, axis=1) - neg
+    u = np.sum(pos * (below + 0.5 * neg), axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _resample_counts(rng: np.random.Generator, b: int, groups: np.ndarray, num_groups: int) -> np.ndarray:
+    """(b, N) how often each example is drawn when ``num_groups`` clusters are
+    drawn with replacement and each drawn cluster brings all its examples."""
+    drawn = rng.integers(0, num_groups, size=(b, num_groups))
+    offsets = (np.arange(b) * num_groups)[:, None]
+    per_group = np.bincount((drawn + offsets).ravel(), minlength=b * num_groups).reshape(b, num_groups)
+    return per_group[:, groups].astype(np.float64)
+
+
+def _cluster_index(groups, n: int) -> Tuple[np.ndarray, int]:
+    """Cluster number of each example (numbered by first appearance) and the
+    number of clusters; every example its own cluster without ``groups``."""
+    if groups is None:
+        return np.arange(n), n
+    groups = np.asarray(groups).reshape(-1)
+    if groups.size != n:
+        raise ValueError(f"groups ({groups.size}) and labels ({n}) differ in length")
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    renumber = np.empty(first.size, np.int64)
+    renumber[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return renumber[inverse.reshape(-1)], first.size
+
+
+def _resampled_metrics(w: np.ndarray, labels: np.ndarray, pred: np.ndarray) -> Dict[str, np.ndarray]:
+    """Threshold metrics of each resample from its (B, N) counts."""
+    y, p = labels.astype(np.float64), pred.astype(np.float64)
+    tp, fn = w @ (y * p), w @ (y * (1 - p))
+    fp, tn = w @ ((1 - y) * p), w @ ((1 - y) * (1 - p))
+    n = tp + tn + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {
+            "accuracy": (tp + tn) / n,
+            "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
+            "specificity": np.where(tn + fp > 0, tn / (tn + fp), np.nan),
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
+            "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan),
+        }
+        # Cohen's kappa from the same counts (NaN where chance agreement is total).
+        observed = (tp + tn) / n
+        expected = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / (n * n)
+        out["kappa"] = np.where(expected < 1.0, (observed - expected) / np.where(expected < 1.0, 1.0 - expected, 1.0),
+                                np.nan)
+    return out
 
 
 def bootstrap_intervals(
@@ -110,11 +160,15 @@ def bootstrap_intervals(
     level: float = 0.95,
     seed: int = 0,
     scores=None,
+    groups=None,
 ) -> Dict[str, Tuple[float, float]]:
-    """Percentile bootstrap intervals: resample the examples with replacement
-    ``samples`` times and take the (1 - level) / 2 quantiles of each metric.
-    Resamples where a metric is undefined (no positives for sensitivity) are
-    left out of that metric; with none left the interval is (NaN, NaN).
+    """Percentile bootstrap intervals: resample ``samples`` times and take the
+    (1 - level) / 2 quantiles of each metric. Without ``groups`` the examples
+    are drawn with replacement; with ``groups`` (a patient or study id per
+    example) whole clusters are (the cluster bootstrap: correlated images of one
+    patient are not counted as independent evidence). Resamples where a metric
+    is undefined (no positives for sensitivity) are left out of that metric;
+    with none left the interval is (NaN, NaN).
     ``scores``: what AUROC ranks (the logits; default: the probabilities)."""
     labels, probs = _check(labels, probabilities)
     scores = probs if scores is None else _check(labels, scores)[1]
@@ -125,42 +179,25 @@ def bootstrap_intervals(
         raise ValueError(f"level must be in (0, 1), got {level}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    n = labels.size
-    if n == 0:
+    cluster, num_clusters = _cluster_index(groups, labels.size)
+    if labels.size == 0:
         return {m: (float("nan"), float("nan")) for m in metrics}
     rng = np.random.default_rng(seed)
-    out: Dict[str, Tuple[float, float]] = {}
-    # Chunks keep the (B, N) index matrix small for big test sets.
-    chunk = max(1, min(samples, 4_000_000 // max(n, 1)))
+    # Chunks keep the (B, N) count matrix small for big test sets.
+    chunk = max(1, min(samples, 4_000_000 // max(labels.size, num_clusters)))
     values: Dict[str, list] = {m: [] for m in metrics}
     done = 0
     while done < samples:
         b = min(chunk, samples - done)
-        idx = rng.integers(0, n, size=(b, n))
-        y, p = labels[idx], probs[idx]
-        pred = p >= threshold
-        tp = np.sum(y & pred, axis=1)
-        tn = np.sum((1 - y) & ~pred, axis=1)
-        fp = np.sum((1 - y) & pred, axis=1)
-        fn = np.sum(y & ~pred, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            computed = {
-                "accuracy": (tp + tn) / n,
-                "sensitivity": np.where(tp + fn > 0, tp / (tp + fn), np.nan),
-                "specificity": np.where(tn + fp > 0, tn / (tn + fp), np.nan),
-                "precision": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
-                "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan),
-            }
-            # Cohen's kappa from the same counts (NaN where chance agreement is total).
-            observed = (tp + tn) / n
-            expected = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / float(n * n)
-            computed["kappa"] = np.where(expected < 1.0, (observed - expected) / np.where(expected < 1.0, 1.0 - expected, 1.0), np.nan)
+        w = _resample_counts(rng, b, cluster, num_clusters)
+        computed = _resampled_metrics(w, labels, probs >= threshold)
         if "auroc" in metrics:
-            computed["auroc"] = _bootstrap_auroc(y, scores[idx])
+            computed["auroc"] = _weighted_auroc(w, labels, scores)
         for m in metrics:
             values[m].append(computed[m])
         done += b
     tail = (1.0 - level) / 2.0 * 100.0
+    out: Dict[str, Tuple[float, float]] = {}
     for m in metrics:
         v = np.concatenate(values[m])
         v = v[np.isfinite(v)]
@@ -290,16 +327,18 @@ def metrics_with_intervals(
     bins: int = 10,
     scores=None,
     loss: Optional[float] = None,
+    groups=None,
 ) -> Dict[str, object]:
     """Every metric of :func:`fracjax.metrics.binary_metrics`, plus
     ``intervals`` (bootstrap; none with ``samples=0``), ``ece``, ``brier`` and
     ``average_precision``. ``scores``: what the ranking metrics (AUROC,
-    average precision) rank, the logits; default: the probabilities."""
+    average precision) rank, the logits; default: the probabilities.
+    ``groups``: a patient or study id per example, for cluster-bootstrap intervals."""
     labels, probs = _check(labels, probabilities)
     scores = probs if scores is None else _check(labels, scores)[1]
     out = binary_metrics(labels, probs, threshold, loss=loss, scores=scores)
     out["intervals"] = (bootstrap_intervals(labels, probs, threshold, samples=samples, level=level, seed=seed,
-                                            scores=scores) if samples else {})
+                                            scores=scores, groups=groups) if samples else {})
     out["interval_level"] = level
     out["ece"] = expected_calibration_error(labels, probs, bins)
     out["brier"] = float(np.mean((probs - labels) ** 2)) if labels.size else float("nan")

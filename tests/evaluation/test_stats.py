@@ -38,13 +38,43 @@ def test_constant_predictor():
     assert len(roc["fpr"]) == 2  # one distinct score: (0, 0) -> (1, 1)
 
 
-def test_bootstrap_auroc_matches_the_reference_per_resample():
+def test_resampled_auroc_matches_the_reference_per_resample():
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, (20, 40))
-    scores = np.round(rng.random((20, 40)), 1)  # many ties
-    fast = stats._bootstrap_auroc(labels, scores)
-    slow = [auroc(y, s) for y, s in zip(labels, scores)]
+    labels = rng.integers(0, 2, 40)
+    scores = np.round(rng.random(40), 1)  # many ties
+    idx = rng.integers(0, 40, (20, 40))
+    counts = np.stack([np.bincount(row, minlength=40) for row in idx]).astype(float)
+    fast = stats._weighted_auroc(counts, labels, scores)
+    slow = [auroc(labels[row], scores[row]) for row in idx]
     np.testing.assert_allclose(fast, slow)
+    assert np.isnan(stats._weighted_auroc(np.ones((1, 40)), np.zeros(40, int), scores)).all()
+
+
+def test_cluster_bootstrap_is_wider_on_correlated_images():
+    """Eight images per patient, nearly the same score within a patient: the
+    image-level bootstrap counts them as 8x the evidence, the cluster one not."""
+    rng = np.random.default_rng(4)
+    patients = 60
+    patient_label = rng.integers(0, 2, patients)
+    patient_score = np.clip(patient_label * 0.25 + rng.random(patients) * 0.75, 0, 1)
+    groups = np.repeat(np.arange(patients), 8)
+    labels = patient_label[groups]
+    probs = np.clip(patient_score[groups] + rng.normal(0, 0.01, groups.size), 0, 1)
+    flat = stats.bootstrap_intervals(labels, probs, samples=400, seed=1)
+    clustered = stats.bootstrap_intervals(labels, probs, samples=400, seed=1, groups=[f"p{g}" for g in groups])
+    for key in ("accuracy", "auroc", "sensitivity", "specificity"):
+        width = lambda iv: iv[1] - iv[0]  # noqa: E731
+        assert width(clustered[key]) > 2 * width(flat[key]), (key, flat[key], clustered[key])
+
+
+def test_one_example_per_cluster_is_the_plain_bootstrap():
+    rng = np.random.default_rng(6)
+    labels, probs = rng.integers(0, 2, 80), rng.random(80)
+    plain = stats.bootstrap_intervals(labels, probs, samples=200, seed=2)
+    singletons = stats.bootstrap_intervals(labels, probs, samples=200, seed=2, groups=np.arange(80) * 7)
+    assert plain == singletons
+    with pytest.raises(ValueError, match="groups \\(3\\) and labels \\(80\\)"):
+        stats.bootstrap_intervals(labels, probs, groups=[1, 2, 3])
 
 
 def test_bootstrap_interval_coverage_on_a_simulated_case():
