@@ -65,7 +65,7 @@ def saved_run(run_dir, classifier: Classifier, calibration=CALIBRATION) -> str:
 
 
 def init_once(model, x, seed: int = 0, **kwargs):
-    """``model.init`` jitted with XLA's backend optimisation off: an init runs once, and
-    optimising its ~150 threefry draws costs more (~20 s of a ~24 s compile) than it saves."""
-    return jax.jit(lambda key: model.init(key, x, **kwargs),
-                   compiler_options={"xla_backend_optimization_level": 0})(jax.random.key(seed))
+    """``model.init`` jitted as the library's inits are (any input ``x``, any keyword)."""
+    from fracjax.models.registry import INIT_COMPILER_OPTIONS
+
+    return jax.jit(lambda key: model.init(key, x, **kwargs), compiler_options=INIT_COMPILER_OPTIONS)(jax.random.key(seed))

@@ -22,7 +22,7 @@ def data_dir(tmp_path_factory):
 
 def tiny(data_dir, out, **overrides):
     values = dict(models=("mobilenet_v3_small", "vgg16"), out=str(out), dataset="synthetic_fracture/tiny",
-                  data_dir=data_dir, image_size=32, train_examples=32, phase1_epochs=1, phase2_epochs=1,
+                  data_dir=data_dir, image_size=32, train_examples=32, phase1_epochs=2, phase2_epochs=0,
                   batch_size=16, bootstrap=50, latency_repeats=2)
     values.update(overrides)
     return ComparisonConfig(**values)

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSTITUTIONS = [
     ("np.zeros((4, 224, 224, 1), np.float32)", "np.zeros((4, 64, 64, 1), np.float32)"),
     ("fracjax.train.make_config(phase2_epochs=3)",
-     "fracjax.train.make_config(phase2_epochs=1, dataset='synthetic_fracture/tiny', data_dir=D, image_size=32, "
+     "fracjax.train.make_config(phase2_epochs=0, dataset='synthetic_fracture/tiny', data_dir=D, image_size=32, "
      "train_examples=32, batch_size=16, progress=False, bootstrap=100)"),
 ]
 

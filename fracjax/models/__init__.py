@@ -10,10 +10,19 @@ from fracjax.models.kits import KITS, Kernels
 from fracjax.models.layers import BatchNorm, Conv, ConvBN, DepthwiseConv2D
 from fracjax.models.mobilenet_v3 import MobileNetV3, MobileNetV3Large, MobileNetV3Small
 from fracjax.models.pretrained import WeightsUnavailableError
-from fracjax.models.registry import InputContract, available, create, input_contract, load_keras_weights, register
+from fracjax.models.registry import (
+    InputContract,
+    available,
+    create,
+    init_variables,
+    input_contract,
+    load_keras_weights,
+    register,
+)
 from fracjax.models.weights import KerasWeightsError, with_backbone_variables
 
 __all__ = [
+    "init_variables",
     "BackboneHead",
     "BatchNorm",
     "ConvBlockSpec",

@@ -136,9 +136,21 @@ def _variables_with_weights(model: nn.Module, name: str, head: Optional[str], we
     backbone = load_keras_weights(name, weights, image_size=size, kernels=kit, **backbone_options)
     if head is None:
         return backbone
-    dummy = jnp.zeros((1, size, size, 1), jnp.float32)
-    variables = jax.jit(lambda key: model.init(key, dummy, train=False))(jax.random.key(0))
-    return with_backbone_variables(variables, backbone)
+    return with_backbone_variables(init_variables(model, size, seed=0), backbone)
+
+
+# XLA's backend optimisation off for an init: it runs once, and optimising its
+# per-parameter random draws costs more than it saves (about half the compile;
+# benchmarks/NOTES.md).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def init_variables(model: nn.Module, image_size: int, seed: int, channels: int = 1) -> dict:
+    """``model.init`` on one zero image, jitted with :data:`INIT_COMPILER_OPTIONS`."""
+    dummy = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+    init = jax.jit(lambda key: model.init(key, dummy, train=False),
+                   compiler_options=INIT_COMPILER_OPTIONS)
+    return init(jax.random.key(seed))
 
 
 def load_keras_weights(name: str, path: str, image_size: Optional[int] = None, **options) -> dict:

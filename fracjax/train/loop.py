@@ -325,8 +325,7 @@ def _pretrained_backbone(config: TrainConfig):
 
 
 def _init_variables(model, image_size: int, seed: int, backbone) -> Dict[str, Any]:
-    dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
-    variables = jax.jit(lambda k: model.init(k, dummy, train=False))(jax.random.key(seed))
+    variables = fracjax.models.registry.init_variables(model, image_size, seed)
     if backbone is not None:
         variables = fracjax.models.with_backbone_variables(variables, backbone)
         _log("loaded the pretrained backbone weights")

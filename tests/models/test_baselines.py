@@ -15,7 +15,7 @@ import fracjax
 from fracjax.train import optim
 from tests.helpers import random_variables
 
-from .conftest import build_oracle, write_legacy_h5
+from .conftest import build_oracle, keras_forward, write_legacy_h5
 
 # name -> (Keras application, Keras preprocess module)
 BASELINES = {
@@ -45,7 +45,7 @@ def count(tree) -> int:
 
 def keras_reference(keras, oracle, family_module, x):
     preprocess = getattr(keras.applications, family_module).preprocess_input
-    return np.asarray(oracle(preprocess(np.array(x, copy=True)), training=False))
+    return keras_forward(oracle, preprocess(np.array(x, copy=True)))
 
 
 class Oracle:

@@ -10,6 +10,7 @@ import pytest
 
 import fracjax
 from fracjax.models import hybrid
+from tests.helpers import init_once
 
 SIZE = 96  # small images keep these tests fast; shapes are size-agnostic
 
@@ -18,7 +19,7 @@ SIZE = 96  # small images keep these tests fast; shapes are size-agnostic
 def model_and_vars():
     model = fracjax.models.create("mobilenet_v3_small", head="hybrid")
     x = np.zeros((2, SIZE, SIZE, 1), np.float32)
-    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
+    variables = init_once(model, x, train=False)
     return model, variables
 
 

@@ -8,6 +8,7 @@ import pytest
 
 import fracjax
 from fracjax.models import KerasWeightsError, weights
+from tests.helpers import init_once
 
 from .conftest import build_oracle, write_legacy_h5
 
@@ -71,8 +72,7 @@ def test_other_architecture_is_rejected(files):
 
 
 def test_file_with_keras_top_has_extra_weights(keras, tmp_path):
-    keras.utils.set_random_seed(0)
-    with_top = keras.applications.MobileNetV3Small(weights=None, input_shape=(224, 224, 3), classes=5)
+    with_top = build_oracle("MobileNetV3Small", 224, seed=0, include_top=True, classes=5)
     path = tmp_path / "top.weights.h5"
     with_top.save_weights(path)
     with pytest.raises(KerasWeightsError, match="the model does not have: layers/conv2d_"):
@@ -122,7 +122,7 @@ def test_with_backbone_variables_keeps_the_head(files):
     model = fracjax.models.create("mobilenet_v3_small", head="hybrid")
     # The parameters do not depend on the image size; a small jitted init is cheap.
     x = np.zeros((1, 64, 64, 1), np.float32)
-    variables = jax.jit(lambda key: model.init(key, x, train=False))(jax.random.key(0))
+    variables = init_once(model, x, train=False)
     imported = fracjax.models.load_keras_weights("mobilenet_v3_small", files["keras3"])
     merged = fracjax.models.with_backbone_variables(variables, imported)
     chex.assert_trees_all_equal(merged["params"]["backbone"], imported["params"])

@@ -6,7 +6,6 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -20,9 +19,7 @@ SIZE, BATCH, STEPS = 48, 16, 3
 options = dict(head_blocks=[16], head_dropout=0.0)
 model = fracjax.models.create("mobilenet_v3_small", head="hybrid", **options)
 pmap_model = fracjax.models.create("mobilenet_v3_small", head="hybrid", bn_axis_name=Parallel.AXIS, **options)
-# Backend optimisation off: an init runs once, and optimising its threefry draws costs ~20 s.
-variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, SIZE, SIZE, 1))),
-                    compiler_options={"xla_backend_optimization_level": 0})(jax.random.key(0))
+variables = fracjax.models.registry.init_variables(model, SIZE, seed=0)
 rng = np.random.default_rng(0)
 batches = [
     {"image": rng.integers(0, 255, (BATCH, SIZE, SIZE, 1), dtype=np.uint8), "label": (np.arange(BATCH) % 2).astype(np.int32)}

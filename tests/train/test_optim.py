@@ -10,6 +10,7 @@ import pytest
 import fracjax
 from fracjax.train import optim
 from fracjax.train.steps import StepConfig, make_train_step
+from tests.helpers import init_once
 
 SIZE = 64
 
@@ -18,7 +19,7 @@ SIZE = 64
 def setup():
     model = fracjax.models.create("mobilenet_v3_small", head="hybrid", head_blocks=[32], head_dropout=0.1)
     x = jnp.zeros((1, SIZE, SIZE, 1))
-    variables = jax.jit(lambda k: model.init(k, x))(jax.random.key(0))
+    variables = init_once(model, x)
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.integers(0, 255, (8, SIZE, SIZE, 1), dtype=np.uint8)),
