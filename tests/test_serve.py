@@ -17,7 +17,7 @@ from PIL import Image
 httpx = pytest.importorskip("httpx", reason="the extra 'serve' (and httpx) is in the test extra")
 pytest.importorskip("fastapi")
 
-from fracjax.deploy.batcher import DynamicBatcher, padded_size  # noqa: E402
+from fracjax.deploy.batcher import DynamicBatcher, batch_shapes, padded_size, warm_up  # noqa: E402
 from fracjax.deploy.served import open_served  # noqa: E402
 from fracjax.deploy.server import Limits, create_app  # noqa: E402
 from fracjax.inference import Classifier  # noqa: E402
@@ -38,6 +38,15 @@ XRAY = np.random.default_rng(3).integers(0, 256, (90, 60), dtype=np.uint8)
 def test_padded_size_is_the_next_power_of_two_within_the_largest_batch():
     assert [padded_size(n, 32) for n in (1, 2, 3, 5, 8, 9, 31, 32)] == [1, 2, 4, 8, 8, 16, 32, 32]
     assert padded_size(9, 12) == 12
+
+
+def test_the_warm_up_runs_every_shape_the_batcher_can_send():
+    for largest in (1, 12, 32):
+        padded = {padded_size(n, largest) for n in range(1, largest + 1)}
+        assert set(batch_shapes(largest)) == padded
+    seen = []
+    assert warm_up(lambda x: seen.append(x.shape), 16, 12) == [1, 2, 4, 8, 12]
+    assert seen == [(n, 16, 16, 1) for n in (1, 2, 4, 8, 12)]
 
 
 def test_requests_arriving_together_run_as_one_batch_and_each_gets_its_own_result():
@@ -203,11 +212,12 @@ def test_an_export_serves_what_its_checkpoint_computes_and_explains_from_it(run_
 # -- the command -----------------------------------------------------------------------
 
 def test_the_command_serves_and_stops_cleanly_on_sigterm(run_dir):
-    process = subprocess.Popen([sys.executable, "-m", "fracjax.cli", "serve", run_dir, "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "fracjax.cli", "serve", run_dir, "--port", "0", "--max-batch", "2"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         assert "this machine only" in line, line + process.stderr.read()
+        assert "batch sizes 1, 2 compiled in" in line  # before it said where it listens
         url = line.split(" on ")[1].split()[0]
         assert url.startswith("http://127.0.0.1:")
         r = httpx.post(url + "/v1/predict", files=[("files", ("x.png", png(XRAY), "image/png"))], timeout=120)

@@ -16,6 +16,7 @@ import ipaddress
 import signal
 import socket
 import sys
+import time
 
 NEEDS = "fracjax serve needs FastAPI and uvicorn: pip install 'fracjax[serve]'"
 
@@ -45,6 +46,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=_positive(int), default=None,
                    help="largest decoded image (413 past it; default fracjax's decoder limit)")
     p.add_argument("--max-batch", type=_positive(int), default=32, help="most images run together")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="start without compiling every batch size first (the first requests then wait for compiles)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
     return p
 
@@ -85,6 +88,7 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
         return 2
     from fracjax.checkpoint import CheckpointCorruptError
     from fracjax.deploy import ExportError
+    from fracjax.deploy.batcher import warm_up
     from fracjax.deploy.served import open_served
 
     try:
@@ -93,6 +97,11 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
     except (OSError, ValueError, ExportError, CheckpointCorruptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    warmed = ""
+    if not args.no_warmup:
+        started = time.perf_counter()
+        sizes = warm_up(served.run, served.image_size, args.max_batch)
+        warmed = f"; batch sizes {', '.join(map(str, sizes))} compiled in {time.perf_counter() - started:.1f} s"
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
     app = create_app(served, limits, args.max_batch, args.max_wait_ms / 1000)
     m = served.card["model"]
@@ -100,7 +109,7 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
              "REACHABLE FROM OTHER MACHINES, with no authentication")
     port = sock.getsockname()[1]
     print(f"fracjax serve: {m['model']}/{m['head']} ({served.card['format']}) on http://{args.host}:{port} "
-          f"({reach}); Grad-CAM: {'yes' if served.explainer else 'no (' + served.no_explanation + ')'}", flush=True)
+          f"({reach}); Grad-CAM: {'yes' if served.explainer else 'no (' + served.no_explanation + ')'}{warmed}", flush=True)
     stopped_by: list = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         # uvicorn shuts down gracefully on these, then re-raises them to the handler it found: this one,

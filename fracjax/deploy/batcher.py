@@ -27,6 +27,26 @@ def padded_size(n: int, max_batch: int) -> int:
     return min(size, max_batch)
 
 
+def batch_shapes(max_batch: int) -> List[int]:
+    """Every batch size :func:`padded_size` can give: the powers of two below
+    ``max_batch``, and ``max_batch``."""
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_batch]
+
+
+def warm_up(run: Run, image_size: int, max_batch: int) -> List[int]:
+    """Run ``run`` once at every batch shape the batcher can send it, so that a
+    jitted model is compiled before the first request and none waits for a
+    compile under load. Returns the sizes run."""
+    sizes = batch_shapes(max_batch)
+    for size in sizes:
+        run(np.zeros((size, image_size, image_size, 1), np.float32))
+    return sizes
+
+
 class DynamicBatcher:
     """``await batcher.submit(pixels)`` -> (probability, logit) of one image
     (S, S, 1); ``run`` maps a float32 batch (N, S, S, 1) to (probabilities, logits)."""
