@@ -115,18 +115,27 @@ def _resample_counts(rng: np.random.Generator, b: int, groups: np.ndarray, num_g
     return per_group[:, groups].astype(np.float64)
 
 
+def first_appearance(keys) -> Tuple[np.ndarray, np.ndarray]:
+    """Each key's group number (groups numbered in order of first appearance)
+    and the position of each group's first member."""
+    keys = np.asarray(keys).reshape(-1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    number = np.empty(first.size, np.int64)
+    number[order] = np.arange(first.size)
+    return number[inverse.reshape(-1)], first[order]
+
+
 def _cluster_index(groups, n: int) -> Tuple[np.ndarray, int]:
-    """Cluster number of each example (numbered by first appearance) and the
-    number of clusters; every example its own cluster without ``groups``."""
+    """Cluster number of each example and the number of clusters; every
+    example its own cluster without ``groups``."""
     if groups is None:
         return np.arange(n), n
     groups = np.asarray(groups).reshape(-1)
     if groups.size != n:
         raise ValueError(f"groups ({groups.size}) and labels ({n}) differ in length")
-    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    renumber = np.empty(first.size, np.int64)
-    renumber[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return renumber[inverse.reshape(-1)], first.size
+    cluster, first = first_appearance(groups)
+    return cluster, first.size
 
 
 def _resampled_metrics(w: np.ndarray, labels: np.ndarray, pred: np.ndarray) -> Dict[str, np.ndarray]:

@@ -36,23 +36,19 @@ def study_level(study_ids: Sequence[Hashable], labels, probabilities, how: str =
     if not len(study_ids) == labels.size == probabilities.size:
         raise ValueError(f"{len(study_ids)} study ids, {labels.size} labels, {probabilities.size} probabilities")
     keys = np.asarray([str(s) for s in study_ids], dtype=object)
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")  # studies in order of first appearance
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    study = rank[inverse.reshape(-1)]
-    sizes = np.bincount(study, minlength=order.size)
-    positives = np.bincount(study, weights=labels, minlength=order.size)
+    study, first = stats.first_appearance(keys)
+    sizes = np.bincount(study, minlength=first.size)
+    positives = np.bincount(study, weights=labels, minlength=first.size)
     mixed = np.flatnonzero((positives > 0) & (positives < sizes))
     if mixed.size:
-        raise ValueError(f"study {keys[first[order[mixed[0]]]]!r} holds images labelled both 0 and 1 "
+        raise ValueError(f"study {keys[first[mixed[0]]]!r} holds images labelled both 0 and 1 "
                          f"({mixed.size} such studies)")
     if how == "mean":
-        probs = np.bincount(study, weights=probabilities, minlength=order.size) / sizes
+        probs = np.bincount(study, weights=probabilities, minlength=first.size) / sizes
     else:
-        probs = np.full(order.size, -np.inf)
+        probs = np.full(first.size, -np.inf)
         np.maximum.at(probs, study, probabilities)
-    return Studies([keys[first[k]] for k in order], (positives > 0).astype(np.int64), probs, sizes, first[order])
+    return Studies([keys[k] for k in first], (positives > 0).astype(np.int64), probs, sizes, first)
 
 
 def subgroup_metrics(subgroups: Sequence[Hashable], labels, probabilities, threshold: float = 0.5,
