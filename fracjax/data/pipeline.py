@@ -86,20 +86,29 @@ class TrainOrder:
 
 class ArraySource:
     """A split held in memory: ``images`` (N, S, S, C) uint8, ``labels`` (N,),
-    optional ``filenames``; indexable like a TFDS data source."""
+    optional ``filenames`` and ``fields`` (what else the data set knows of each
+    example: patient, study, body part, boxes; {name: N values}); indexable
+    like a TFDS data source."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, filenames: Optional[Sequence[str]] = None):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, filenames: Optional[Sequence[str]] = None,
+                 fields: Optional[Dict[str, Sequence]] = None):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = np.asarray(labels, np.int32)
         self.filenames = list(filenames) if filenames is not None else [f"{i:05d}" for i in range(len(images))]
+        self.fields = {name: list(values) for name, values in (fields or {}).items()}
+        wrong = {name: len(v) for name, v in self.fields.items() if len(v) != len(images)}
+        if wrong:
+            raise ValueError(f"{len(images)} images but field lengths {wrong}")
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i):
-        return {"image": self.images[i], "label": self.labels[i], "filename": self.filenames[i]}
+        example = {"image": self.images[i], "label": self.labels[i], "filename": self.filenames[i]}
+        example.update((name, values[i]) for name, values in self.fields.items())
+        return example
 
 
 def load_source(dataset: str, split: str, data_dir: Optional[str] = None):
@@ -134,13 +143,30 @@ def load_arrays(source) -> ArraySource:
     images = np.empty((n, *np.shape(first["image"])), np.uint8)
     labels = np.empty((n,), np.int32)
     filenames = []
+    fields: Dict[str, list] = {name: [] for name in first if name not in CORE_FEATURES}
     for i in range(n):
         ex = first if i == 0 else source[i]
         images[i] = ex["image"]
         labels[i] = ex["label"]
-        name = ex.get("filename", f"{i:05d}")
-        filenames.append(name.decode() if isinstance(name, bytes) else str(name))
-    return ArraySource(images, labels, filenames)
+        filenames.append(as_text(ex.get("filename", f"{i:05d}")))
+        for name, values in fields.items():
+            values.append(field_value(ex[name]))
+    return ArraySource(images, labels, filenames, fields)
+
+
+CORE_FEATURES = ("image", "label", "filename")
+
+
+def as_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def field_value(value):
+    """A stored per-example field as Python/numpy: text as str, arrays (boxes) as float32."""
+    if isinstance(value, (bytes, str)):
+        return as_text(value)
+    array = np.asarray(value)
+    return array.astype(np.float32) if array.ndim else array.item()
 
 
 def gather(source, indices: np.ndarray, mask: Optional[np.ndarray] = None) -> Batch:

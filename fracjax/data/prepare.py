@@ -127,4 +127,4 @@ def check_classes(splits: Dict[str, Any], dataset: str, class_names, need=("trai
 
 def _resized(source: pipeline.ArraySource, size: int) -> pipeline.ArraySource:
     images = np.stack([model_input(im, size) for im in source.images])
-    return pipeline.ArraySource(images, source.labels, source.filenames)
+    return pipeline.ArraySource(images, source.labels, source.filenames, source.fields)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from fracjax.checkpoint import find_model_checkpoint
-from fracjax.evaluation import stats
+from fracjax.evaluation import localisation, stats, studies
 from fracjax.evaluation.report import run_report
 from fracjax.inference import Classifier, write_calibration
 from fracjax.metrics import bce_from_logits, probabilities_from_logits
@@ -38,6 +38,11 @@ class EvaluationResult:
     calibrated: bool = False
     logits: Optional[np.ndarray] = None  # the model's raw logits (what AUROC ranks)
     calibration: Optional[Dict[str, Any]] = None  # what the temperature was fitted on, if known
+    fields: Dict[str, list] = dataclasses.field(default_factory=dict)  # patient, study, body part, boxes
+    cluster: Optional[str] = None  # the field the bootstrap resampled (patient, study) or None: images
+    subgroups: Optional[Dict[str, Dict[str, Any]]] = None  # per body part/region, then "all"
+    studies: Optional[Dict[str, Any]] = None  # study-level: {"how", "n", "by": {part or "all": metrics}}
+    localisation: Optional[Dict[str, Dict[str, Any]]] = None  # {method: pointing game, energy inside}
 
     def to_json(self, with_predictions: bool = False) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -49,6 +54,10 @@ class EvaluationResult:
         }
         if self.clean is not None:
             out["clean"] = _jsonable(self.clean)
+        out["cluster"] = self.cluster
+        for name in ("subgroups", "studies", "localisation"):
+            if getattr(self, name) is not None:
+                out[name] = _jsonable(getattr(self, name))
         if with_predictions:
             logits = self.logits if self.logits is not None else [None] * len(self.labels)
             out["predictions"] = [
@@ -81,8 +90,30 @@ class EvaluationResult:
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
         level = int(round(100 * self.metrics.get("interval_level", 0.95)))
         interval = f"[..] = {level}% bootstrap interval" if self.metrics.get("intervals") else "no intervals (bootstrap=0)"
+        if self.cluster and self.metrics.get("intervals"):
+            interval += f" resampling {self.cluster}s (cluster bootstrap)"
         rows.append(f"\nthreshold {stats.format_thresholds([self.threshold])[0]}; {interval}")
+        for title, header, body in self.extra_tables(digits):
+            rows += [f"\n{title}", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            rows += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(rows)
+
+    def extra_tables(self, digits: int = 3):
+        """(title, header, rows) of the per-subgroup, study-level and
+        localisation tables this result has (the report shows the same)."""
+        out = []
+        if self.subgroups:
+            out.append((f"by {self.fields_name('subgroup')}", *studies.summary_table(self.subgroups, digits)))
+        if self.studies:
+            out.append((f"study level ({self.studies['how']} of each study's image probabilities)",
+                        *studies.summary_table(self.studies["by"], digits)))
+        if self.localisation:
+            out.append(("does the saliency map point at the fracture? (true positives with boxes)",
+                        *localisation.summary_table(self.localisation, digits)))
+        return out
+
+    def fields_name(self, role: str) -> str:
+        return "body part" if role == "subgroup" else role
 
 
 def clean_filenames(audit: Any, split: str = "test") -> Optional[set]:
@@ -121,9 +152,18 @@ class _Copied(set):
     complement is clean)."""
 
 
-def _examples(data, split: str, data_dir: Optional[str]):
-    """(images iterable, labels, filenames) from a data set name, a source
-    (indexable dicts with image/label[/filename]) or (images, labels[, filenames])."""
+class Examples(NamedTuple):
+    images: Any  # iterable of (H, W[, C]) arrays
+    labels: np.ndarray
+    filenames: List[str]
+    fields: Dict[str, list]  # what else is known of each example (patient, study, body_part, boxes)
+
+
+def _examples(data, split: str, data_dir: Optional[str]) -> Examples:
+    """The examples of a data set name, a source (indexable dicts with
+    image/label[/filename/fields]) or ``(images, labels[, filenames[, fields]])``."""
+    from fracjax.data.pipeline import CORE_FEATURES, as_text, field_value
+
     if isinstance(data, str):
         from fracjax.data.pipeline import load_source
 
@@ -131,18 +171,26 @@ def _examples(data, split: str, data_dir: Optional[str]):
     if isinstance(data, tuple):
         images, labels = data[0], np.asarray(data[1])
         filenames = list(data[2]) if len(data) > 2 else [f"{i:05d}" for i in range(len(labels))]
-        if len(images) != len(labels) or len(filenames) != len(labels):
-            raise ValueError(f"images ({len(images)}), labels ({len(labels)}) and filenames differ in length")
-        return (images[i] for i in range(len(labels))), labels.astype(np.int64), [str(f) for f in filenames]
+        fields = {k: list(v) for k, v in (data[3] if len(data) > 3 else {}).items()}
+        lengths = {len(images), len(filenames), *(len(v) for v in fields.values())}
+        if lengths != {len(labels)}:
+            raise ValueError(f"images ({len(images)}), labels ({len(labels)}), filenames and fields differ in length")
+        return Examples((images[i] for i in range(len(labels))), labels.astype(np.int64),
+                        [str(f) for f in filenames], fields)
     n = len(data)
-    images, labels, filenames = [], np.empty((n,), np.int64), []
+    images, labels, filenames, fields = [], np.empty((n,), np.int64), [], {}
     for i in range(n):  # decoded once: evaluation splits fit in memory
         ex = data[i]
         images.append(np.asarray(ex["image"]))
         labels[i] = int(ex["label"])
         name = ex.get("filename", f"{i:05d}") if hasattr(ex, "get") else f"{i:05d}"
-        filenames.append(name.decode() if isinstance(name, bytes) else str(name))
-    return images, labels, filenames
+        filenames.append(as_text(name))
+        for key in (k for k in ex if k not in CORE_FEATURES) if hasattr(ex, "keys") else ():
+            fields.setdefault(key, []).append(field_value(ex[key]))
+    return Examples(images, labels, filenames, fields)
+
+
+CLUSTER_BY = ("auto", "patient", "study", "none")
 
 
 def evaluate(
@@ -157,17 +205,33 @@ def evaluate(
     bootstrap: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    cluster_by: str = "auto",
+    study_aggregate: str = "mean",
+    localise: bool = True,
 ) -> EvaluationResult:
     """Evaluate ``classifier`` (a :class:`fracjax.Classifier` or a path to a
     run/checkpoint) on ``data``: a prepared TFDS data set name (with
-    ``split`` and ``data_dir``), a source, or ``(images, labels[, filenames])``.
+    ``split`` and ``data_dir``), a source, or ``(images, labels[, filenames[,
+    fields]])``.
 
     ``threshold``: a number, a named operating point of the checkpoint
     (``"youden"``, ``"sensitivity_0.95"``: chosen on validation), or None for
     the saved decision threshold. ``audit``: the leakage audit (see
     :func:`clean_filenames`); its clean examples get their own metrics.
-    ``calibrated``: use the temperature fitted on validation, if any."""
+    ``calibrated``: use the temperature fitted on validation, if any.
 
+    What the data set knows of each example adds to the result: ``patient``
+    (or ``study``) ids make the bootstrap resample patients (``cluster_by``:
+    ``"auto"`` takes the patient, else the study; ``"none"`` resamples images);
+    ``body_part`` gives a row per part; ``study`` gives study-level metrics
+    (``study_aggregate``: ``"mean"`` or ``"max"`` of the images' probabilities);
+    ``boxes`` give the pointing game and energy inside the boxes of Grad-CAM and
+    Grad-CAM++ on the true positives (``localise=False`` skips it)."""
+
+    if cluster_by not in CLUSTER_BY:
+        raise ValueError(f"cluster_by must be one of {CLUSTER_BY}, got {cluster_by!r}")
+    if study_aggregate not in studies.AGGREGATES:
+        raise ValueError(f"study_aggregate must be one of {studies.AGGREGATES}, got {study_aggregate!r}")
     if isinstance(classifier, (str, os.PathLike)):
         classifier = Classifier.from_checkpoint(classifier)
     if isinstance(threshold, str):
@@ -176,33 +240,110 @@ def evaluate(
         threshold = classifier.threshold
     if not 0.0 < float(threshold) < 1.0 + 1e-9:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    images, labels, filenames = _examples(data, split, data_dir)
+    images, labels, filenames, fields = _examples(data, split, data_dir)
     if len(labels) == 0:
         raise ValueError(f"split {split!r} holds no examples")
-    logits = classifier.logits(list(images)).astype(np.float64)
+    images = list(images)
+    logits = classifier.logits(images).astype(np.float64)
     temperature = classifier.temperature if calibrated else 1.0
+    cluster = _cluster_field(fields, cluster_by)
+    groups = np.asarray(fields[cluster], dtype=object) if cluster else None
 
     def metrics_of(mask):
         return stats.metrics_with_intervals(
             labels[mask], probabilities_from_logits(logits[mask], temperature), float(threshold), samples=bootstrap,
-            level=level, seed=seed, scores=logits[mask], loss=bce_from_logits(labels[mask], logits[mask]))
+            level=level, seed=seed, scores=logits[mask], loss=bce_from_logits(labels[mask], logits[mask]),
+            groups=None if groups is None else groups[mask])
 
     everything = np.ones(len(labels), bool)
-    result = EvaluationResult(split, labels, probabilities_from_logits(logits, temperature), filenames,
+    probabilities = probabilities_from_logits(logits, temperature)
+    result = EvaluationResult(split, labels, probabilities, filenames,
                               float(threshold), metrics_of(everything), calibrated=temperature != 1.0,
-                              logits=logits, calibration=classifier.calibration or None)
-    names = clean_filenames(audit, split)
-    if names is not None:
-        if isinstance(names, _Copied):
-            mask = np.array([f not in names for f in filenames])
-        else:
-            unknown = names - set(filenames)
-            if names and len(unknown) == len(names):
-                raise ValueError(f"audit: none of its {len(names)} clean filenames is in split {split!r}")
-            mask = np.array([f in names for f in filenames])
-        result.clean_mask = mask
-        result.clean = metrics_of(mask) if mask.any() else {"n": 0}
+                              logits=logits, calibration=classifier.calibration or None, fields=fields,
+                              cluster=cluster)
+    _add_clean(result, audit, split, metrics_of)
+    options = dict(threshold=float(threshold), samples=bootstrap, seed=seed)
+    if _known(fields, "body_part"):
+        result.subgroups = studies.subgroup_metrics(fields["body_part"], labels, probabilities, groups=groups, **options)
+    if _known(fields, "study"):
+        result.studies = _study_rows(fields, labels, probabilities, study_aggregate, cluster, options)
+    if localise and _known(fields, "boxes", empty_ok=True):
+        result.localisation = _localisation(classifier, images, fields["boxes"], probabilities >= threshold, labels,
+                                            samples=bootstrap, level=level, seed=seed)
     return result
+
+
+def _known(fields: Dict[str, list], name: str, empty_ok: bool = False) -> bool:
+    """Whether the data set knows ``name`` for its examples (a text field
+    left empty, "", for every example counts as unknown)."""
+    values = fields.get(name)
+    if not values:
+        return False
+    return empty_ok or any(str(v) != "" for v in values)
+
+
+def _cluster_field(fields: Dict[str, list], cluster_by: str) -> Optional[str]:
+    if cluster_by == "none":
+        return None
+    wanted = ("patient", "study") if cluster_by == "auto" else (cluster_by,)
+    for name in wanted:
+        if _known(fields, name):
+            return name
+    if cluster_by != "auto":
+        raise ValueError(f"cluster_by={cluster_by!r}: this data set has no {cluster_by} ids")
+    return None
+
+
+def _add_clean(result: EvaluationResult, audit, split: str, metrics_of) -> None:
+    names = clean_filenames(audit, split)
+    if names is None:
+        return
+    filenames = result.filenames
+    if isinstance(names, _Copied):
+        mask = np.array([f not in names for f in filenames])
+    else:
+        unknown = names - set(filenames)
+        if names and len(unknown) == len(names):
+            raise ValueError(f"audit: none of its {len(names)} clean filenames is in split {result.split!r}")
+        mask = np.array([f in names for f in filenames])
+    result.clean_mask = mask
+    result.clean = metrics_of(mask) if mask.any() else {"n": 0}
+
+
+def _study_rows(fields, labels, probabilities, how: str, cluster: Optional[str], options) -> Dict[str, Any]:
+    """Study-level metrics, overall and per body part (MURA's table)."""
+    rows = studies.study_level(fields["study"], labels, probabilities, how)
+    first = rows.first
+    parts = [str(fields["body_part"][i]) for i in first] if _known(fields, "body_part") else ["all"] * len(first)
+    groups = [str(fields["patient"][i]) for i in first] if cluster == "patient" else None
+    if parts and set(parts) != {"all"}:
+        by = studies.subgroup_metrics(parts, rows.labels, rows.probabilities, groups=groups, **options)
+    else:
+        by = {"all": stats.metrics_with_intervals(rows.labels, rows.probabilities, options["threshold"],
+                                                  samples=options["samples"], seed=options["seed"], groups=groups)}
+    return {"how": how, "n": len(first), "images": int(len(labels)), "by": by}
+
+
+LOCALISATION_METHODS = ("gradcam", "gradcam++")
+LOCALISATION_CHUNK = 16  # images per Grad-CAM call: one compiled shape
+
+
+def _localisation(classifier, images, boxes, predicted, labels, samples: int, level: float, seed: int):
+    """Pointing game and energy inside the boxes for the true positives that
+    have boxes, per saliency method."""
+    from fracjax.evaluation import gradcam
+
+    chosen = [i for i in range(len(labels)) if labels[i] == 1 and predicted[i] and np.size(boxes[i])]
+    out = {}
+    for method in LOCALISATION_METHODS:
+        maps = []
+        for start in range(0, len(chosen), LOCALISATION_CHUNK):
+            part = [images[i] for i in chosen[start:start + LOCALISATION_CHUNK]]
+            padded = part + [part[-1]] * (LOCALISATION_CHUNK - len(part))
+            maps.extend(gradcam.explain_classifier(classifier, padded, method=method)["maps"][: len(part)])
+        out[method] = localisation.localisation_scores(maps, [boxes[i] for i in chosen], samples=samples,
+                                                       level=level, seed=seed)
+    return out
 
 
 def calibrate(labels, logits, sensitivities: Sequence[float] = (0.9, 0.95), bins: int = 10) -> Dict[str, Any]:
@@ -248,7 +389,7 @@ def calibrate_checkpoint(path: str, data, split: str = "validation", data_dir: O
     folder, step = find_model_checkpoint(path, which)
     if classifier is None:
         classifier = Classifier.from_checkpoint(os.path.join(folder, str(step)))
-    images, labels, _ = _examples(data, split, data_dir)
+    images, labels, _, _ = _examples(data, split, data_dir)
     calibration = calibrate(labels, classifier.logits(list(images)), **kwargs)
     calibration["fitted_on"]["split"] = split
     write_calibration(os.path.join(folder, str(step)), calibration)
@@ -287,9 +428,9 @@ def evaluate_run(
         say("fitting temperature scaling and operating points on validation ...")
         calibration = calibrate_checkpoint(run_dir, validation, classifier=classifier)
     say(f"evaluating test with {bootstrap} bootstrap resamples ..." if bootstrap else "evaluating test ...")
-    images, labels, filenames = _examples(test, "test", None)
+    images, labels, filenames, fields = _examples(test, "test", None)
     images = list(images)
-    result = evaluate(classifier, (images, labels, filenames), "test", audit=audit, bootstrap=bootstrap, seed=seed,
+    result = evaluate(classifier, (images, labels, filenames, fields), "test", audit=audit, bootstrap=bootstrap, seed=seed,
                       calibrated=calibrate)
     with open(os.path.join(run_dir, "evaluation.json"), "w") as f:
         json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)

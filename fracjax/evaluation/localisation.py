@@ -73,6 +73,8 @@ def energy_inside(cam, boxes) -> float:
 def _mean_with_interval(values: np.ndarray, samples: int, level: float, seed: int) -> Dict[str, object]:
     if values.size == 0:
         return {"value": float("nan"), "interval": (float("nan"), float("nan"))}
+    if samples <= 0:
+        return {"value": float(values.mean()), "interval": None}
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, values.size, (samples, values.size))].mean(axis=1)
     tail = (1.0 - level) / 2.0 * 100.0
@@ -97,3 +99,16 @@ def localisation_scores(cams: Sequence, boxes: Sequence, tolerance: float = 0.0,
         "tolerance_px": tolerance,
         "interval_level": level,
     }
+
+
+def summary_table(by_method: Dict[str, Dict[str, object]], digits: int = 3):
+    """(header, rows) of localisation scores per saliency method."""
+    from fracjax.evaluation.stats import format_interval
+
+    header = ["method", "n", "pointing game", "energy inside the boxes"]
+    rows = []
+    for method, scores in by_method.items():
+        cells = [format_interval(scores[k]["value"], scores[k]["interval"], digits)
+                 for k in ("pointing_game", "energy_inside")]
+        rows.append([method, str(scores["n"])] + cells)
+    return header, rows

@@ -125,8 +125,10 @@ def run_report(
     body = [f"<p>{html.escape(spec.get('model', '?'))} with the {html.escape(str(spec.get('head')))} head, "
             f"{spec.get('image_size')} px; run folder {html.escape(os.path.abspath(run_dir))}.</p>"]
     body.append(warnings_box(result.warnings()))
+    body.append(data_line(run_dir))
     body.append("<h2>Test metrics</h2>")
     body.append(metrics_section(result))
+    body.extend(extra_sections(result))
     if calibration:
         body.append(operating_points_section(result, calibration))
     if history:
@@ -155,6 +157,40 @@ def run_report(
     with open(path, "w") as f:
         f.write(page(title or f"fracjax report: {os.path.basename(os.path.abspath(run_dir))}", body))
     return path
+
+
+def data_line(run_dir: str) -> str:
+    """Which data set (and so which split: the published one or a grouped
+    re-split) the run trained and was tested on, from its config.json."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            data = json.load(f)["train"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    name = str(data.get("dataset", "?"))
+    grouped = "grouped" in name.split("/")[-1] or name.split("/")[0] in GROUPED_BY_DEFAULT
+    split = ("a grouped split: every near-duplicate group and patient in one split" if grouped
+             else "the data set's published split (which may hold copies across splits: see the leakage audit)")
+    return f"<p>Data set {html.escape(name)}; {split}.</p>"
+
+
+GROUPED_BY_DEFAULT = ("fracatlas", "mura", "image_folder")
+
+
+def extra_sections(result) -> List[str]:
+    """Per body part, study-level and localisation tables, as
+    ``EvaluationResult.table`` gives them; a note where boxes are missing."""
+    out = []
+    for title, header, rows in result.extra_tables():
+        out.append(f"<h2>{html.escape(title[0].upper() + title[1:])}</h2>" + html_table(header, rows))
+    if result.localisation:
+        out.append("<p class='note'>Pointing game: a hit when the map's maximum lies in a fracture box; energy "
+                   "inside: the share of the map's mass inside the boxes. Over the true positives that have "
+                   "boxes.</p>")
+    else:
+        out.append("<p class='note'>No fracture boxes in this data set: whether Grad-CAM points at the fracture "
+                   "is not measured.</p>")
+    return out
 
 
 def warnings_box(warnings: Sequence[str]) -> str:

@@ -71,3 +71,20 @@ def subgroup_metrics(subgroups: Sequence[Hashable], labels, probabilities, thres
             labels[keep], probabilities[keep], threshold, samples=samples, seed=seed,
             groups=None if cluster is None else cluster[keep])
     return out
+
+
+SUMMARY_KEYS = (("auroc", "AUROC"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                ("kappa", "Cohen's kappa"), ("accuracy", "accuracy"))
+
+
+def summary_table(named: Dict[str, Dict[str, object]], digits: int = 3):
+    """(header, rows): one row per subgroup (name, n, positives, then the
+    MURA paper's metrics with their intervals)."""
+    header = ["", "n", "fractured"] + [label for _, label in SUMMARY_KEYS]
+    rows = []
+    for name, m in named.items():
+        confusion = m.get("confusion") or {}
+        positives = confusion.get("tp", 0) + confusion.get("fn", 0)
+        cells = [stats.format_interval(m.get(k), (m.get("intervals") or {}).get(k), digits) for k, _ in SUMMARY_KEYS]
+        rows.append([name, str(m.get("n")), str(positives)] + cells)
+    return header, rows

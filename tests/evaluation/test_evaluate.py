@@ -97,3 +97,52 @@ def test_a_chance_model_is_flagged_and_bootstrap_zero_works(classifier, data):
     scaled = fracjax.evaluate(hot, data, bootstrap=200)
     assert scaled.metrics["auroc"] == flagged.metrics["auroc"]
     assert scaled.metrics["intervals"]["auroc"] == flagged.metrics["intervals"]["auroc"]
+
+
+def _fields(n: int):
+    """Four images per study, two studies per patient, parts alternating by patient; a box on every other image."""
+    study = [f"s{i // 4}" for i in range(n)]
+    patient = [f"p{i // 8}" for i in range(n)]
+    part = ["hand" if (i // 8) % 2 else "wrist" for i in range(n)]
+    boxes = [np.asarray([[0.2, 0.2, 0.6, 0.7]], np.float32) if i % 2 else np.zeros((0, 4), np.float32)
+             for i in range(n)]
+    return {"study": study, "patient": patient, "body_part": part, "boxes": boxes}
+
+
+def test_groups_parts_studies_and_boxes_shape_the_evaluation(classifier, data):
+    images, _, names = data
+    labels = np.asarray([(i // 4) % 2 for i in range(len(names))])  # one label per study
+    fields = _fields(len(names))
+    result = fracjax.evaluate(classifier, (images, labels, names, fields), bootstrap=200)
+    plain = fracjax.evaluate(classifier, (images, labels, names, fields), bootstrap=200, cluster_by="none",
+                             localise=False)
+    assert result.cluster == "patient" and plain.cluster is None
+    assert result.metrics["auroc"] == pytest.approx(plain.metrics["auroc"])
+    assert result.metrics["intervals"]["auroc"] != plain.metrics["intervals"]["auroc"]
+    # Per body part: the metrics of that part's images.
+    hand = np.asarray(fields["body_part"]) == "hand"
+    expected = binary_metrics(labels[hand], result.probabilities[hand], 0.5)
+    assert set(result.subgroups) == {"hand", "wrist", "all"}
+    assert result.subgroups["hand"]["auroc"] == pytest.approx(expected["auroc"])
+    # Study level: the mean probability of each study's four images.
+    study_probs = result.probabilities.reshape(-1, 4).mean(axis=1)
+    expected = binary_metrics(labels[::4], study_probs, 0.5)
+    assert result.studies["n"] == len(names) // 4 and result.studies["how"] == "mean"
+    assert result.studies["by"]["all"]["auroc"] == pytest.approx(expected["auroc"])
+    assert result.studies["by"]["all"]["kappa"] == pytest.approx(expected["kappa"], nan_ok=True)
+    # Localisation: the true positives that have a box, for both saliency methods.
+    scored = int(np.sum((labels == 1) & (result.probabilities >= 0.5) & (np.arange(len(names)) % 2 == 1)))
+    assert set(result.localisation) == {"gradcam", "gradcam++"}
+    for scores in result.localisation.values():
+        assert scores["n"] == scored
+        if scored:
+            assert 0.0 <= scores["pointing_game"]["value"] <= 1.0
+    table = result.table()
+    assert "study level" in table and "pointing game" in table and "| hand |" in table
+    assert "resampling patients" in table
+    saved = json.loads(json.dumps(result.to_json()))
+    assert saved["cluster"] == "patient" and "all" in saved["studies"]["by"]
+    with pytest.raises(ValueError, match="cluster_by"):
+        fracjax.evaluate(classifier, (images, labels, names, fields), cluster_by="ward")
+    with pytest.raises(ValueError, match="no study ids"):
+        fracjax.evaluate(classifier, data, cluster_by="study")
