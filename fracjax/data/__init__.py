@@ -36,6 +36,7 @@ __all__ = [
     "SyntheticFractureConfig",
     "generate_arrays",
     "generate_example",
+    "from_folder",
     "read_image",
     "resize_bilinear",
 ]
@@ -46,6 +47,8 @@ _BUILDER_NAMES = ("FractureXray", "FractureXrayConfig", "SyntheticFracture", "Sy
 def __getattr__(name):
     if name == "audit":
         return importlib.import_module("fracjax.data.audit")
+    if name == "from_folder":
+        return importlib.import_module("fracjax.data.image_folder").from_folder
     if name == "builders" or name in _BUILDER_NAMES:
         builders = importlib.import_module("fracjax.data.builders")
         return builders if name == "builders" else getattr(builders, name)

@@ -32,16 +32,38 @@ SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validatio
 JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 KAGGLE_URL = "https://www.kaggle.com/datasets/bmadushanirodrigo/fracture-multi-region-x-ray-data"
+FRACATLAS_URL = "https://doi.org/10.6084/m9.figshare.22363012"
+MURA_URL = "https://stanfordmlgroup.github.io/competitions/mura/"
+# The data sets read from a folder the user downloaded (TFDS manual_dir): what that folder holds.
+MANUAL_SETS = {
+    "fracture_xray": f"the unzipped Kaggle download ({KAGGLE_URL})",
+    "fracatlas": f"the unzipped FracAtlas archive, with dataset.csv and images/ ({FRACATLAS_URL})",
+    "mura": f"MURA-v1.1/ from the unzipped MURA download ({MURA_URL})",
+}
 
 
-def _features(size: int) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict(
-        {
-            "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8, encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=list(LABEL_NAMES)),
-            "filename": tfds.features.Text(),
-        }
-    )
+# What a data set may know of each example beyond image, label and filename
+# (evaluation reads these: patient/study ids cluster the bootstrap, body parts
+# get their own rows, studies their own metrics, boxes the pointing game).
+EXTRA_FEATURES = {
+    "patient": tfds.features.Text,
+    "study": tfds.features.Text,
+    "body_part": tfds.features.Text,
+    "view": tfds.features.Text,
+    "hardware": lambda: tfds.features.Scalar(dtype=np.int64),
+    # (ymin, xmin, ymax, xmax) in [0, 1] of the image, one row per fracture.
+    "boxes": lambda: tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+}
+
+
+def _features(size: int, extras: Sequence[str] = ()) -> tfds.features.FeaturesDict:
+    features = {
+        "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8, encoding_format="png"),
+        "label": tfds.features.ClassLabel(names=list(LABEL_NAMES)),
+        "filename": tfds.features.Text(),
+    }
+    features.update((name, EXTRA_FEATURES[name]()) for name in extras)
+    return tfds.features.FeaturesDict(features)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -164,12 +186,97 @@ def _decode_for_store(job: Tuple[str, str, int]):
     return rel, encode_png(image), ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One image file of a data set before decoding: its path relative to the
+    data set's root, its label, what else is known of it (``EXTRA_FEATURES``)
+    and, where the data set gives one, its split."""
+
+    path: str
+    label: int
+    fields: Dict[str, object] = dataclasses.field(default_factory=dict)
+    split: Optional[str] = None
+
+
+def decode_records(root: str, records: Sequence[Record], size: int, strict: bool, name: str):
+    """Decode every record's image (in worker processes). Returns the
+    readable records, their PNGs and the skipped files ({path, reason});
+    ``strict`` makes an unreadable file an error."""
+    kept, pngs, skipped = [], [], []
+    jobs = [(root, r.path, size) for r in records]
+    for record, (rel, png, reason) in zip(records, _map_in_processes(_decode_for_store, jobs)):
+        if png is None:
+            if strict:
+                raise ImageDecodeError(os.path.join(root, rel), reason)
+            skipped.append({"path": rel, "reason": reason})
+            continue
+        kept.append(record)
+        pngs.append(png)
+    if records and not kept:
+        first = skipped[0]
+        raise ValueError(f"{name}: none of the {len(records)} image file(s) in {root} is readable "
+                         f"(the first, {first['path']}: {first['reason']})")
+    if skipped:
+        log.warning("%s: skipped %d unreadable file(s) (see info.metadata['skipped']): %s", name, len(skipped),
+                    ", ".join(s["path"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    return kept, pngs, skipped
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)))[..., None]
+
+
+def grouped_splits(records: Sequence[Record], pngs: Sequence[bytes], *, keys=None, fractions=None, given=None,
+                   seed: int = 0, audit: bool = True) -> Tuple[List[str], Dict[str, object]]:
+    """A split name per record such that near-duplicate images (found by the
+    leakage audit) and records sharing a key (a patient) lie in one split;
+    and what was done, for ``info.metadata["split"]``."""
+    from fracjax.data import audit as audit_lib
+    from fracjax.data import splits
+
+    pairs = []
+    if audit:
+        pairs = [(i, j) for i, j, _ in audit_lib.find_duplicates([png_pixels(p) for p in pngs])]
+    groups = splits.connected_groups(len(records), pairs, keys or ())
+    labels = [r.label for r in records]
+    names, moves = splits.grouped_split(labels, groups, fractions=fractions, given=given, seed=seed)
+    sizes = np.bincount(groups)
+    said = {
+        "kind": "grouped",
+        "grouped_by": (["near-duplicates (leakage audit)"] if audit else []) + (["patient"] if keys else []),
+        "near_duplicate_pairs": len(pairs),
+        "groups_of_several": int(np.sum(sizes > 1)),
+        "examples_in_groups_of_several": int(np.sum(sizes[sizes > 1])),
+        "seed": seed,
+        "sizes": splits.split_summary(labels, names),
+        "moves": [{"path": records[m.index].path, "from": m.source, "to": m.target, "reason": m.reason}
+                  for m in moves],
+    }
+    if fractions is not None:
+        said["fractions"] = dict(fractions)
+    return names, said
+
+
+def stored_example(record: Record, png: bytes, extras: Sequence[str]) -> Dict[str, object]:
+    example = {"image": png, "label": record.label, "filename": record.path}
+    for name in extras:
+        example[name] = record.fields.get(name, np.zeros((0, 4), np.float32) if name == "boxes" else
+                                          (-1 if name == "hardware" else ""))
+    return example
+
+
 class _NoOpenCvAdvice(logging.Filter):
-    """TFDS advises installing OpenCV on the first PNG it decodes; PIL
-    decodes our 8-bit grey PNGs exactly, so the advice is noise here."""
+    """TFDS advises installing OpenCV on the first PNG it decodes (PIL
+    decodes our 8-bit grey PNGs exactly), and warns of a "custom data
+    configuration" for every user folder (``image_folder`` is made of them):
+    noise here."""
+
+    NOISE = ("OpenCV is not installed. We recommend", "Using custom data configuration: ImageFolderConfig")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("OpenCV is not installed. We recommend")
+        return not str(record.msg % record.args if record.args else record.msg).startswith(self.NOISE)
 
 
 logging.getLogger("absl").addFilter(_NoOpenCvAdvice())
@@ -190,21 +297,72 @@ class _SaysWhatItPrepares:
         print(f"{self.name}/{self.builder_config.name} is ready in {self.data_dir}", flush=True)
 
 
+SPLITS = ("train", "validation", "test")
+
+
+class _DecodedThenSplit(_SaysWhatItPrepares):
+    """A builder that lists its records, decodes them all, then splits them
+    (grouped: a split can only be drawn once near-duplicates are known).
+    Subclasses give ``EXTRAS``, ``_records`` and ``_assign``."""
+
+    EXTRAS: Sequence[str] = ()
+
+    def _records(self, dl_manager) -> Tuple[str, List[Record], List[Dict[str, str]]]:
+        """(root, records, files skipped while listing as {path, reason})."""
+        raise NotImplementedError
+
+    def _assign(self, records: List[Record], pngs: List[bytes]) -> Tuple[List[str], Dict[str, object]]:
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        root, records, unlisted = self._records(dl_manager)
+        size = self.builder_config.image_size
+        kept, pngs, skipped = decode_records(root, records, size, getattr(self, "strict", False), self.name)
+        names, said = self._assign(kept, pngs)
+        empty = [s for s in SPLITS if s not in names]
+        if empty:
+            raise ValueError(f"{self.name}: no examples for split(s) {empty} in {root} "
+                             f"({len(kept)} readable images): too few to split")
+        self.info.metadata["skipped"] = unlisted + skipped
+        self.info.metadata["split"] = said
+        self.info.metadata["source_root"] = os.path.basename(os.path.normpath(root))
+        return {split: self._examples_of(kept, pngs, names, split) for split in SPLITS}
+
+    def _examples_of(self, records, pngs, names, split):
+        for record, png, name in zip(records, pngs, names):
+            if name == split:
+                yield record.path, stored_example(record, png, self.EXTRAS)
+
+    def _generate_examples(self, records, pngs, names, split):
+        return self._examples_of(records, pngs, names, split)
+
+
 @dataclasses.dataclass
 class FractureXrayConfig(tfds.core.BuilderConfig):
     image_size: int = 224
+    grouped: bool = False  # re-split so that near-duplicates lie in one split
 
 
-class FractureXray(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
+class FractureXray(_DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     """The Kaggle "Fracture Multi-Region X-ray Data" (binary), from a folder the
     user downloaded. Unreadable files are skipped and listed in
-    ``info.metadata["skipped"]`` (``strict=True`` makes them an error)."""
+    ``info.metadata["skipped"]`` (``strict=True`` makes them an error).
+
+    The ``grouped`` configurations re-split it leakage-free: every group of
+    near-duplicate X-rays (the leakage audit) lies in one split; groups
+    already inside one split stay there, those spanning splits move to where
+    the per-split, per-class counts stay closest to the published ones; each
+    moved file and why is in ``info.metadata["split"]["moves"]``."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Grey uint8 images, Keras-style bilinear resize, skipped files in metadata."}
     BUILDER_CONFIGS = [
         FractureXrayConfig(name="224", image_size=224, description="Images resized to 224x224."),
         FractureXrayConfig(name="384", image_size=384, description="Images resized to 384x384."),
+        FractureXrayConfig(name="grouped", image_size=224, grouped=True,
+                           description="224x224, re-split so that near-duplicate X-rays never span splits."),
+        FractureXrayConfig(name="grouped_384", image_size=384, grouped=True,
+                           description="384x384, re-split so that near-duplicate X-rays never span splits."),
     ]
     DEFAULT_CONFIG_NAME = "224"
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
@@ -222,7 +380,8 @@ class FractureXray(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
 
     def _preparing_what(self) -> str:
         size = self.builder_config.image_size
-        return f"decoding the manual_dir's images to {size}x{size} grey (no download)"
+        then = ", auditing near-duplicates and re-splitting by group" if self.builder_config.grouped else ""
+        return f"decoding the manual_dir's images to {size}x{size} grey{then} (no download)"
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
@@ -240,7 +399,17 @@ class FractureXray(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(),
         )
 
+    def _records(self, dl_manager):
+        root = find_split_root(dl_manager.manual_dir)
+        return root, [Record(rel, label, split=split) for split, items in list_split_files(root).items()
+                      for rel, label in items], []
+
+    def _assign(self, records, pngs):
+        return grouped_splits(records, pngs, given=[r.split for r in records])
+
     def _split_generators(self, dl_manager):
+        if self.builder_config.grouped:
+            return super()._split_generators(dl_manager)
         root = find_split_root(dl_manager.manual_dir)
         files = list_split_files(root)
         self.info.metadata["skipped"] = []
@@ -350,3 +519,7 @@ class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
         for index, png, label in _map_in_processes(_synthetic_png, jobs, seconds=seconds):
             name = f"{split}/{LABEL_NAMES[label]}/{index:05d}.png"
             yield name, {"image": png, "label": label, "filename": name}
+
+
+# The builders of the other public sets and of a user's folder register on import.
+from fracjax.data import fracatlas, image_folder, mura  # noqa: E402,F401

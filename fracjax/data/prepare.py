@@ -45,20 +45,28 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optio
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:
         raise ValueError(f"--dataset: cannot load {name!r} ({pipeline.first_line(err)}); fracjax's data sets: "
-                         "synthetic_fracture, fracture_xray (or any TFDS name)") from None
+                         "synthetic_fracture, fracture_xray, fracatlas, mura (or any TFDS name)") from None
     if builder.is_prepared():
         return builder
     download_config = None
-    if name.split("/")[0] == "fracture_xray":
+    download = builders.MANUAL_SETS.get(name.split("/")[0])
+    if download is not None:
         if not manual_dir:
-            raise FileNotFoundError(
-                f"{name} is not prepared in {builder.data_dir}; pass --manual-dir with the folder "
-                "you unzipped the Kaggle download into"
-            )
+            raise FileNotFoundError(f"{name} is not prepared in {builder.data_dir}; pass --manual-dir with the "
+                                    f"folder holding {download}")
         if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
             raise FileNotFoundError(f"--manual-dir {manual_dir} is {'empty' if os.path.isdir(manual_dir) else 'missing'}"
-                                    f": unzip the Kaggle download ({builders.KAGGLE_URL}) there")
+                                    f": it should hold {download}")
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    return prepare_builder(builder, download_config, log)
+
+
+def prepare_builder(builder, download_config=None, log: Callable[[str], None] = print):
+    """Prepare ``builder`` unless it is; return it."""
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        return builder
     start = time.perf_counter()
     # TFDS's own bars (one per split, plus shuffling) say less than the
     # builder's line and flood a notebook; training has its own bars.

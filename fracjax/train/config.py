@@ -415,8 +415,8 @@ def _cross_problems(config: TrainConfig) -> Iterator[Tuple[str, str]]:
         yield "train-examples", f"must be >= the batch size {optim.batch_size}, got {data.train_examples}"
     if model.pretrained in pretrained_weights.WEIGHT_NAMES and model.name not in pretrained_weights.KERAS_NO_TOP:
         yield "pretrained", f"no {model.pretrained} weights are known for {model.name}"
-    if data.dataset.split("/")[0] == "fracture_xray" and data.manual_dir is not None:
+    if data.manual_dir is not None:
         if not os.path.isdir(data.manual_dir):
             yield "manual-dir", f"no such folder: {data.manual_dir}"
         elif not os.listdir(data.manual_dir):
-            yield "manual-dir", f"{data.manual_dir} is empty: unzip the Kaggle download there"
+            yield "manual-dir", f"{data.manual_dir} is empty: unzip the data set's download there"

@@ -147,7 +147,7 @@ def test_an_all_unreadable_split_or_empty_manual_dir_is_a_clear_error(tmp_path):
                                          r"\(the first, val/fractured/x.jpg: "):
         prepare.prepare_dataset("fracture_xray/224", str(tmp_path / "d"), str(root), log=lambda _: None)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"--manual-dir .*empty is empty: unzip the Kaggle download"):
+    with pytest.raises(FileNotFoundError, match=r"--manual-dir .*empty is empty: it should hold the unzipped Kaggle download"):
         prepare.prepare_dataset("fracture_xray/224", str(tmp_path / "d2"), str(tmp_path / "empty"), log=lambda _: None)
 
 

@@ -1,0 +1,243 @@
+"""Your own data: a folder of class subfolders, or a CSV of
+``path,label[,patient][,study][,split]``, as a TFDS data set (``image_folder``).
+
+    builder = fracjax.data.from_folder("xrays/")           # class subfolders
+    builder = fracjax.data.from_folder("xrays/labels.csv")  # a CSV beside the images
+
+Folders: ``<class>/`` or ``<split>/<class>/`` (``train``, ``val``/``validation``,
+``test``, any case); class names such as ``fractured``, ``fracture``,
+``positive``, ``abnormal``, ``1`` mean fractured and ``not fractured``,
+``normal``, ``negative``, ``0`` mean not. Images: PNG, JPEG, BMP, TIFF, DICOM.
+CSV paths are relative to the CSV's folder and must stay inside it.
+
+Splits: as given (the split folders or column), else a seeded, stratified
+70/15/15 split that keeps each patient (the CSV's column, else DICOM
+PatientID) and each group of near-duplicate images (the leakage audit) in one
+split. Unreadable images and rows naming missing files are skipped and listed
+in ``info.metadata["skipped"]``; a malformed CSV row is an error naming the
+file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+import re
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow_datasets as tfds
+
+from fracjax.data import builders
+from fracjax.data.builders import JUNK_FILES, SPLIT_FOLDERS, Record
+from fracjax.data.io import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
+
+POSITIVE_NAMES = ("fractured", "fracture", "fractures", "positive", "abnormal", "yes", "1")
+NEGATIVE_NAMES = ("not fractured", "non fractured", "no fracture", "unfractured", "normal", "negative", "healthy",
+                  "no", "0")
+CSV_COLUMNS = ("path", "label", "patient", "study", "split")
+
+
+def label_of(name: str) -> Optional[int]:
+    """A class folder's or a CSV label's name -> 1 (fractured), 0, or None."""
+    key = re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
+    if key in POSITIVE_NAMES:
+        return 1
+    if key in NEGATIVE_NAMES or key.replace(" ", "") in ("notfractured", "nonfractured"):
+        return 0
+    return None
+
+
+def _images_under(folder: str, root: str) -> List[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower() in JUNK_FILES or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+    return out
+
+
+def _subfolders(folder: str) -> List[str]:
+    return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)) and not n.startswith("."))
+
+
+def _class_records(root: str, folder: str, split: Optional[str]) -> List[Record]:
+    records = []
+    for name in _subfolders(folder):
+        label = label_of(name)
+        path = os.path.join(folder, name)
+        if label is None:
+            raise ValueError(f"{path}: class folder {name!r} is neither fractured ({', '.join(POSITIVE_NAMES)}) "
+                             f"nor not fractured ({', '.join(NEGATIVE_NAMES)})")
+        files = _images_under(path, root)
+        if not files:
+            raise ValueError(f"{path}: the class folder {name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        records.extend(Record(rel, label, {}, split) for rel in files)
+    return records
+
+
+def list_folder(root: str) -> List[Record]:
+    """Records of ``root/<class>/`` or ``root/<split>/<class>/``."""
+    subfolders = _subfolders(root)
+    splits = {n: SPLIT_FOLDERS[n.lower()] for n in subfolders if n.lower() in SPLIT_FOLDERS}
+    if splits:
+        records = [r for n, split in splits.items() for r in _class_records(root, os.path.join(root, n), split)]
+    else:
+        records = _class_records(root, root, None)
+    _need_both_classes(records, root)
+    return records
+
+
+def _need_both_classes(records: List[Record], where: str) -> None:
+    for label, name in ((1, "fractured"), (0, "not fractured")):
+        if not any(r.label == label for r in records):
+            raise ValueError(f"{where}: no {name} images (an empty class); both classes are needed")
+
+
+def _csv_row(row: Dict[str, str], root: str, where: str) -> Tuple[str, Record]:
+    """(the row's path as written, its record); errors name ``where`` (file:line)."""
+    path = (row.get("path") or "").strip()
+    if not path:
+        raise ValueError(f"{where}: empty path")
+    full = os.path.realpath(os.path.join(root, path))
+    if os.path.commonpath([full, os.path.realpath(root)]) != os.path.realpath(root):
+        raise ValueError(f"{where}: path {path!r} is outside the CSV's folder {root}")
+    label = label_of(row.get("label") or "")
+    if label is None:
+        raise ValueError(f"{where}: label must be 0 or 1 (or a class name), got {row.get('label')!r}")
+    split = None
+    if (row.get("split") or "").strip():
+        split = SPLIT_FOLDERS.get(row["split"].strip().lower())
+        if split is None:
+            raise ValueError(f"{where}: split must be train, val/validation or test, got {row['split']!r}")
+    fields = {k: row[k].strip() for k in ("patient", "study") if (row.get(k) or "").strip()}
+    rel = os.path.relpath(full, os.path.realpath(root)).replace(os.sep, "/")
+    return path, Record(rel, label, fields, split)
+
+
+def list_csv(csv_path: str) -> Tuple[str, List[Record], List[Dict[str, str]]]:
+    """(root: the CSV's folder, records, rows naming missing files as {path, reason})."""
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"--data-csv: no such file {csv_path}")
+    root = os.path.dirname(os.path.abspath(csv_path))
+    records, skipped = [], []
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
+        if "path" not in columns or "label" not in columns:
+            raise ValueError(f"{csv_path}:1: the header must name the columns path,label[,patient][,study][,split], "
+                             f"got {','.join(columns) or 'nothing'}")
+        for line, raw in enumerate(reader, start=2):
+            row = {(k or "").strip().lower(): (v or "") for k, v in raw.items() if k is not None}
+            if not any(v.strip() for v in row.values()):
+                continue
+            written, record = _csv_row(row, root, f"{csv_path}:{line}")
+            if os.path.isfile(os.path.join(root, record.path)):
+                records.append(record)
+            else:
+                skipped.append({"path": written, "reason": f"listed in {os.path.basename(csv_path)} line {line} "
+                                                           "but missing"})
+    given = {r.split is not None for r in records}
+    if len(given) > 1:
+        raise ValueError(f"{csv_path}: some rows name a split and some do not; give every row one or none")
+    _need_both_classes(records, csv_path)
+    return root, records, skipped
+
+
+def dicom_patients(root: str, records: List[Record]) -> List[Record]:
+    """Records with the DICOM PatientID (and StudyInstanceUID) of their files,
+    where the row did not give them."""
+    import pydicom
+
+    out = []
+    for r in records:
+        if r.path.lower().endswith(DICOM_EXTENSIONS) and "patient" not in r.fields:
+            try:
+                head = pydicom.dcmread(os.path.join(root, r.path), stop_before_pixels=True)
+            except Exception:  # unreadable: decoding reports it
+                out.append(r)
+                continue
+            fields = dict(r.fields)
+            for key, tag in (("patient", "PatientID"), ("study", "StudyInstanceUID")):
+                if str(getattr(head, tag, "") or "").strip() and key not in fields:
+                    fields[key] = str(getattr(head, tag)).strip()
+            r = dataclasses.replace(r, fields=fields)
+        out.append(r)
+    return out
+
+
+@dataclasses.dataclass
+class ImageFolderConfig(tfds.core.BuilderConfig):
+    source: str = ""  # a folder or a CSV file
+    image_size: int = 224
+    fractions: Tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    audit: bool = True  # group near-duplicates when drawing a split
+
+
+class ImageFolder(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
+    """A user's folder or CSV of X-rays (see the module's docstring); made
+    through :func:`from_folder`, which names the configuration after the source."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Class folders or a CSV; given or grouped splits; patient and study ids."}
+    BUILDER_CONFIGS = [ImageFolderConfig(name="unset", description="made by fracjax.data.from_folder")]
+    EXTRAS = ("patient", "study")
+
+    def __init__(self, *, strict: bool = False, file_format=None, **kwargs):
+        self.strict = strict
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _preparing_what(self) -> str:
+        c = self.builder_config
+        return f"decoding {c.source} to {c.image_size}x{c.image_size} grey"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, description=f"X-rays from {self.builder_config.source}",
+            features=builders._features(self.builder_config.image_size, self.EXTRAS),
+            supervised_keys=("image", "label"), metadata=tfds.core.MetadataDict(),
+        )
+
+    def _records(self, dl_manager):
+        source = self.builder_config.source
+        if os.path.isdir(source):
+            root, records, skipped = source, list_folder(source), []
+        else:
+            root, records, skipped = list_csv(source)
+        return root, dicom_patients(root, records), skipped
+
+    def _assign(self, records, pngs):
+        c = self.builder_config
+        if records[0].split is not None:
+            from fracjax.data import splits
+
+            names = [r.split for r in records]
+            return names, {"kind": "given", "sizes": splits.split_summary([r.label for r in records], names)}
+        keys = [r.fields.get("patient") for r in records]
+        return builders.grouped_splits(records, pngs, keys=keys if any(keys) else None,
+                                       fractions=dict(zip(builders.SPLITS, c.fractions)), seed=c.seed, audit=c.audit)
+
+
+def folder_config(source: str, image_size: int = 224, seed: int = 0, audit: bool = True) -> ImageFolderConfig:
+    """The configuration of ``source``: named after its path, size and seed
+    (one prepared copy per source in the TFDS data_dir)."""
+    path = os.path.abspath(source)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such folder or CSV file: {source}")
+    slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(path.rstrip(os.sep)).lower()).strip("_")[:40] or "data"
+    digest = hashlib.sha256(f"{path}|{image_size}|{seed}|{audit}".encode()).hexdigest()[:10]
+    return ImageFolderConfig(name=f"{slug}_{image_size}_{digest}", source=path, image_size=image_size, seed=seed,
+                             audit=audit, description=f"X-rays from {path}")
+
+
+def from_folder(source: str, image_size: int = 224, data_dir: Optional[str] = None, seed: int = 0,
+                audit: bool = True, strict: bool = False, log=print):
+    """Prepare (once) and return the TFDS builder of a folder or CSV of X-rays."""
+    from fracjax.data.prepare import prepare_builder
+
+    builder = ImageFolder(config=folder_config(source, image_size, seed, audit), data_dir=data_dir, strict=strict)
+    return prepare_builder(builder, None, log)

@@ -1,0 +1,260 @@
+"""The MURA, FracAtlas, image-folder and grouped Kaggle builders, prepared from
+small generated trees in each published layout (with the quirks real
+downloads have) and read back without TensorFlow."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import fracjax.data
+from fracjax.data import image_folder, prepare, synthetic
+
+SPLITS = ("train", "validation", "test")
+
+
+def _xray(seed: int, label: int = 0) -> np.ndarray:
+    """A small synthetic radiograph, different for every seed."""
+    rng = synthetic.example_rng(seed, "train", 0)
+    return synthetic.generate_image(rng, label, synthetic.SyntheticConfig(size=48))[..., 0]
+
+
+def _write(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+def _read(builder):
+    sources = builder.as_data_source()
+    return {s: [sources[s][i] for i in range(len(sources[s]))] for s in SPLITS}
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# ----------------------------------------------------------------------------- MURA
+
+
+@pytest.fixture(scope="module")
+def mura(tmp_path_factory):
+    """MURA-v1.1 with two parts, 10 train and 3 valid patients of two studies
+    of two images; a macOS `._` file, a CSV row naming a missing file, an
+    unreadable image, a README."""
+    top = tmp_path_factory.mktemp("mura")
+    root = top / "MURA-v1.1"
+    seed = 0
+    for split, patients in (("train", range(1, 11)), ("valid", range(11, 14))):
+        paths, studies = [], []
+        for p in patients:
+            part = "XR_WRIST" if p % 2 else "XR_HAND"
+            for s, label in ((1, p % 3 == 0), (2, p % 2 == 0)):
+                study = f"MURA-v1.1/{split}/{part}/patient{p:05d}/study{s}_{'positive' if label else 'negative'}/"
+                studies.append(f"{study},{int(label)}")
+                for i in (1, 2):
+                    seed += 1
+                    _write(top / study / f"image{i}.png", _xray(seed, int(label)))
+                    paths.append(study + f"image{i}.png")
+        (top / study / "._image1.png").write_bytes(b"\x00\x05\x16\x07 mac")
+        paths.append(f"MURA-v1.1/{split}/XR_HAND/patient00002/study1_negative/image9.png")  # missing
+        (root / f"{split}_image_paths.csv").write_text("\n".join(paths) + "\n")
+        (root / f"{split}_labeled_studies.csv").write_text("\n".join(studies) + "\n")
+    (top / "MURA-v1.1/train/XR_HAND/patient00004/study1_negative/image2.png").write_bytes(b"\x89PNG truncated")
+    (root / "README.txt").write_text("MURA v1.1")
+    builder = prepare.prepare_dataset("mura", str(tmp_path_factory.mktemp("tfds")), str(top), log=lambda _: None)
+    return builder, _read(builder)
+
+
+def test_mura_splits_by_patient_with_study_labels(mura):
+    builder, splits = mura
+    patients = {s: {_text(e["patient"]) for e in splits[s]} for s in SPLITS}
+    assert not patients["train"] & patients["validation"]
+    assert patients["test"] == {f"patient{p:05d}" for p in range(11, 14)}  # the public valid set
+    assert all(len(splits[s]) for s in SPLITS)
+    for s in SPLITS:
+        for e in splits[s]:
+            study = _text(e["study"])
+            assert int(e["label"]) == int(study.split("_")[-1] == "positive")
+            assert _text(e["body_part"]) in ("wrist", "hand") and study.endswith(_text(e["filename"]).split("/")[3])
+    assert sum(len(v) for v in splits.values()) == 13 * 4 - 1  # one unreadable image
+    skipped = {os.path.basename(s["path"]): s["reason"] for s in builder.info.metadata["skipped"]}
+    assert "missing" in skipped["image9.png"] and "image2.png" in skipped
+    assert builder.info.metadata["split"]["grouped_by"] == ["patient"]
+
+
+def test_mura_study_level_evaluation_reads_the_fields(mura):
+    builder, _ = mura
+    test = fracjax.data.load_arrays(builder.as_data_source()["test"])
+    assert set(test.fields) == {"patient", "study", "body_part"}
+    assert len(set(test.fields["study"])) == 6 and test.fields["study"][0].startswith("valid/")
+
+
+def test_mura_bad_study_csv_names_the_file_and_line(tmp_path):
+    from fracjax.data import mura as mura_lib
+
+    root = tmp_path / "MURA-v1.1"
+    (root / "train").mkdir(parents=True)
+    (root / "valid").mkdir()
+    (root / "train_labeled_studies.csv").write_text("MURA-v1.1/train/XR_HAND/patient00001/study1_positive/,1\n"
+                                                    "MURA-v1.1/train/XR_HAND/patient00002/study1_positive/,yes\n")
+    with pytest.raises(ValueError, match=r"train_labeled_studies.csv:2: expected"):
+        mura_lib.study_labels(str(root), "train")
+    with pytest.raises(FileNotFoundError, match="no MURA-v1.1 folder"):
+        mura_lib.find_mura_root(str(tmp_path / "MURA-v1.1" / "train"))
+
+
+# ----------------------------------------------------------------------------- FracAtlas
+
+
+@pytest.fixture(scope="module")
+def fracatlas(tmp_path_factory):
+    """FracAtlas with 40 images, 12 fractured with YOLO boxes; two planted
+    copies (an exact one and a mirrored one); a row naming a missing image;
+    an extra file."""
+    top = tmp_path_factory.mktemp("fracatlas") / "FracAtlas"
+    rows = ["image_id,hand,leg,hip,shoulder,mixed,hardware,multiscan,fractured,fracture_count,frontal,lateral,oblique"]
+    for i in range(40):
+        label = int(i < 12)
+        name = f"IMG{i:07d}.jpg"
+        image = _xray(1000 + i, label)
+        if i == 20:
+            image = _xray(1000 + 21, 0)  # the same X-ray as IMG21
+        if i == 22:
+            image = _xray(1000 + 23, 0)[:, ::-1]  # IMG23 mirrored
+        folder = "Fractured" if label else "Non_fractured"
+        Image.fromarray(image).save(_mkdir(top / "images" / folder) / name, quality=98)
+        region = ["hand", "leg", "hip", "shoulder"][i % 4]
+        flags = [int(region == r) for r in ("hand", "leg", "hip", "shoulder")]
+        rows.append(f"{name},{','.join(map(str, flags))},0,{i % 5 == 0},0,{label},{label},1,0,0")
+        if label:
+            text = "0 0.5 0.4 0.2 0.3\n" + ("0 0.25 0.25 0.1 0.1\n" if i == 3 else "")
+            (_mkdir(top / "Annotations" / "YOLO") / name.replace(".jpg", ".txt")).write_text(text)
+    rows.append("IMG9999999.jpg,1,0,0,0,0,0,0,1,1,1,0,0")  # not in images/
+    (top / "dataset.csv").write_text("\n".join(rows).replace("True", "1").replace("False", "0") + "\n")
+    (top / "Utilities").mkdir()
+    (top / "Utilities" / "notes.txt").write_text("x")
+    builder = prepare.prepare_dataset("fracatlas", str(tmp_path_factory.mktemp("tfds")), str(top.parent),
+                                      log=lambda _: None)
+    return builder, _read(builder)
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_fracatlas_grouped_split_fields_and_boxes(fracatlas):
+    builder, splits = fracatlas
+    where = {_text(e["filename"]).split("/")[-1]: s for s in SPLITS for e in splits[s]}
+    assert len(where) == 40
+    assert where["IMG0000020.jpg"] == where["IMG0000021.jpg"]  # an exact copy
+    assert where["IMG0000022.jpg"] == where["IMG0000023.jpg"]  # a mirrored copy
+    sizes = {s: len(splits[s]) for s in SPLITS}
+    assert sizes["train"] >= 24 and sizes["validation"] >= 4 and sizes["test"] >= 4, sizes
+    assert all(any(int(e["label"]) == 1 for e in splits[s]) for s in SPLITS)
+    example = next(e for s in SPLITS for e in splits[s] if _text(e["filename"]).endswith("IMG0000003.jpg"))
+    np.testing.assert_allclose(example["boxes"], [[0.25, 0.4, 0.55, 0.6], [0.2, 0.2, 0.3, 0.3]], atol=1e-6)
+    assert _text(example["body_part"]) == "shoulder" and _text(example["view"]) == "frontal"
+    negative = next(e for s in SPLITS for e in splits[s] if int(e["label"]) == 0)
+    assert np.shape(negative["boxes"]) == (0, 4)
+    said = builder.info.metadata["split"]
+    assert said["near_duplicate_pairs"] >= 2 and said["groups_of_several"] >= 2
+    assert [s["path"] for s in builder.info.metadata["skipped"]] == ["IMG9999999.jpg"]
+
+
+# ----------------------------------------------------------------------------- a user's folder or CSV
+
+
+def _user_tree(root, n=16):
+    for i in range(n):
+        _write(root / ("Fracture" if i % 2 else "normal") / f"x{i}.png", _xray(2000 + i, i % 2))
+
+
+def test_image_folder_class_names_and_a_seeded_grouped_split(tmp_path):
+    _user_tree(tmp_path / "xrays", 24)
+    builder = fracjax.data.from_folder(str(tmp_path / "xrays"), image_size=32, data_dir=str(tmp_path / "d"),
+                                       log=lambda _: None)
+    splits = _read(builder)
+    assert sum(len(v) for v in splits.values()) == 24
+    labels = {_text(e["filename"]): int(e["label"]) for s in SPLITS for e in splits[s]}
+    assert all(labels[name] == int(name.startswith("Fracture/")) for name in labels)
+    again = fracjax.data.from_folder(str(tmp_path / "xrays"), image_size=32, data_dir=str(tmp_path / "d"),
+                                     log=lambda _: None)
+    assert again.info.full_name == builder.info.full_name  # prepared once per source
+
+
+def test_image_folder_csv_patients_stay_in_one_split_and_missing_files_are_skipped(tmp_path):
+    root = tmp_path / "site"
+    lines = ["Path,Label,Patient"]
+    for i in range(30):
+        _write(root / "img" / f"{i}.png", _xray(3000 + i, i % 2))
+        lines.append(f"img/{i}.png,{i % 2},P{i // 3}")
+    lines.append("img/gone.png,1,P99")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    builder = fracjax.data.from_folder(str(root / "labels.csv"), image_size=32, data_dir=str(tmp_path / "d"),
+                                       log=lambda _: None)
+    splits = _read(builder)
+    home = {}
+    for s in SPLITS:
+        for e in splits[s]:
+            assert home.setdefault(_text(e["patient"]), s) == s
+    assert len(home) == 10
+    assert builder.info.metadata["skipped"][0]["path"] == "img/gone.png"
+    assert "line 32" in builder.info.metadata["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["path,label", "a.png,1", "b.png,2"], r"labels.csv:3: label must be 0 or 1"),
+    (["path,label", "a.png,1", "../outside.png,0"], r"labels.csv:3: path '../outside.png' is outside"),
+    (["path,label", "a.png,1", "b.png,1"], r"labels.csv: no not fractured images \(an empty class\)"),
+    (["file,class", "a.png,1"], r"labels.csv:1: the header must name the columns path,label"),
+    (["path,label,split", "a.png,1,train", "b.png,0,holdout"], r"labels.csv:3: split must be train"),
+])
+def test_bad_csv_rows_name_the_file_and_line(tmp_path, rows, message):
+    for name in ("a.png", "b.png"):
+        _write(tmp_path / name, _xray(1))
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=message):
+        image_folder.list_csv(str(tmp_path / "labels.csv"))
+
+
+def test_bad_folders_are_refused_with_their_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file .*missing.csv"):
+        image_folder.list_csv(str(tmp_path / "missing.csv"))
+    _write(tmp_path / "a" / "fractured" / "x.png", _xray(1))
+    (tmp_path / "a" / "normal").mkdir()
+    with pytest.raises(ValueError, match=r"normal: the class folder 'normal' holds no images"):
+        image_folder.list_folder(str(tmp_path / "a"))
+    _write(tmp_path / "b" / "maybe" / "x.png", _xray(1))
+    with pytest.raises(ValueError, match=r"class folder 'maybe' is neither fractured"):
+        image_folder.list_folder(str(tmp_path / "b"))
+    assert [image_folder.label_of(n) for n in ("Fractured", "NOT_fractured", "Abnormal", "0", "x")] == [1, 0, 1, 0, None]
+
+
+# ----------------------------------------------------------------------------- the Kaggle set, re-split
+
+
+def test_fracture_xray_grouped_moves_only_the_leaking_copies(tmp_path):
+    root = tmp_path / "dl" / "train"
+    k = 0
+    for split, n in (("train", 10), ("val", 4), ("test", 4)):
+        for cls, label in (("fractured", 1), ("not fractured", 0)):
+            for i in range(n):
+                k += 1
+                _write(tmp_path / "dl" / split / cls / f"{i}.png", _xray(4000 + k, label))
+    # The same X-ray in train and test: the copy must move.
+    copy = np.asarray(Image.open(root / "fractured" / "0.png"))
+    _write(tmp_path / "dl" / "test" / "fractured" / "copy.png", copy)
+    builder = prepare.prepare_dataset("fracture_xray/grouped", str(tmp_path / "d"), str(tmp_path / "dl"),
+                                      log=lambda _: None)
+    splits = _read(builder)
+    where = {_text(e["filename"]): s for s in SPLITS for e in splits[s]}
+    assert where["test/fractured/copy.png"] == where["train/fractured/0.png"]
+    moves = builder.info.metadata["split"]["moves"]
+    assert len(moves) == 1 and moves[0]["reason"].startswith("its group also held")
+    published = {"train": "train", "val": "validation", "test": "test"}
+    moved = {m["path"] for m in moves}
+    assert all(where[name] == published[name.split("/")[0]] for name in where if name not in moved)
+    assert tfds.builder("fracture_xray/grouped", data_dir=str(tmp_path / "d")).is_prepared()
