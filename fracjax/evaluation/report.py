@@ -167,9 +167,11 @@ def data_line(run_dir: str) -> str:
             data = json.load(f)["train"]["data"]
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-    name = str(data.get("dataset", "?"))
-    grouped = "grouped" in name.split("/")[-1] or name.split("/")[0] in GROUPED_BY_DEFAULT
-    split = ("a grouped split: every near-duplicate group and patient in one split" if grouped
+    own = data.get("data_folder") or data.get("data_csv")
+    name = str(own or data.get("dataset", "?"))
+    grouped = bool(own) or "grouped" in name.split("/")[-1] or name.split("/")[0] in GROUPED_BY_DEFAULT
+    split = ("its own split or a grouped one (every near-duplicate group and patient in one split; "
+             "see the prepared data set's info.metadata['split'])" if grouped
              else "the data set's published split (which may hold copies across splits: see the leakage audit)")
     return f"<p>Data set {html.escape(name)}; {split}.</p>"
 

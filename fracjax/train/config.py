@@ -198,12 +198,17 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = option("synthetic_fracture", "TFDS name: synthetic_fracture (embedded), fracture_xray (the "
-                          "Kaggle set, needs --manual-dir), with an optional /config, e.g. fracture_xray/384")
+    dataset: str = option("synthetic_fracture", "TFDS name: synthetic_fracture (embedded); fracture_xray (the "
+                          "Kaggle set; fracture_xray/grouped: re-split leakage-free), fracatlas, mura (these need "
+                          "--manual-dir), with an optional /config, e.g. fracture_xray/384")
     data_dir: Optional[str] = option(None, "TFDS data_dir", metavar="DIR",
                                      default_text="TFDS's: $TFDS_DATA_DIR or ~/tensorflow_datasets")
-    manual_dir: Optional[str] = option(None, "folder holding the unzipped Kaggle download (fracture_xray)",
+    manual_dir: Optional[str] = option(None, "folder holding the unzipped download (fracture_xray, fracatlas, mura)",
                                        metavar="DIR")
+    data_folder: Optional[str] = option(None, "your own X-rays: a folder of class subfolders (fractured / not "
+                                        "fractured, or [train|val|test]/<class>/); replaces --dataset", metavar="DIR")
+    data_csv: Optional[str] = option(None, "your own X-rays: a CSV of path,label[,patient][,study][,split] (paths "
+                                     "relative to it); replaces --dataset", metavar="FILE")
     image_size: Optional[int] = option(None, "train at this size", check=at_least(32),
                                        default_text="the data set's stored size")
     train_examples: Optional[int] = option(None, "use the first N training examples", check=at_least(1),
@@ -415,6 +420,16 @@ def _cross_problems(config: TrainConfig) -> Iterator[Tuple[str, str]]:
         yield "train-examples", f"must be >= the batch size {optim.batch_size}, got {data.train_examples}"
     if model.pretrained in pretrained_weights.WEIGHT_NAMES and model.name not in pretrained_weights.KERAS_NO_TOP:
         yield "pretrained", f"no {model.pretrained} weights are known for {model.name}"
+    own = [(flag, path) for flag, path in (("data-folder", data.data_folder), ("data-csv", data.data_csv)) if path]
+    if len(own) == 2:
+        yield "data-csv", "give --data-folder or --data-csv, not both"
+    for flag, path in own:
+        if data.dataset != DataConfig.dataset:
+            yield flag, f"replaces --dataset; do not give both (got --dataset {data.dataset})"
+        if flag == "data-folder" and not os.path.isdir(path):
+            yield flag, f"no such folder: {path}"
+        if flag == "data-csv" and not os.path.isfile(path):
+            yield flag, f"no such file: {path}"
     if data.manual_dir is not None:
         if not os.path.isdir(data.manual_dir):
             yield "manual-dir", f"no such folder: {data.manual_dir}"

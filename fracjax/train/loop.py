@@ -260,10 +260,10 @@ def _start(config: TrainConfig) -> _Run:
     # needs the axis only where it computes batch statistics (training).
     model = build_model(config, parallel.axis_name)
     backbone, pretrained_note = _pretrained_backbone(config)  # a bad weights file stops the run before data work
-    builder = prepare.prepare_dataset(config.data.dataset, config.data.data_dir, config.data.manual_dir, log=_log)
+    builder = _prepared_data(config.data)
     image_size = config.data.image_size or prepare.stored_image_size(builder)
     splits = prepare.load_splits(builder, config.data.train_examples, config.data.image_size, config.data.in_memory)
-    counts = prepare.check_classes(splits, config.data.dataset, LABEL_NAMES)  # before anything compiles
+    counts = prepare.check_classes(splits, data_name(config.data), LABEL_NAMES)  # before anything compiles
     _log("data: " + "; ".join(f"{split} {sum(c)} ({c[1]} fractured)" for split, c in counts.items()))
     variables = _init_variables(model, image_size, config.run.seed, backbone)
     order = pipeline.TrainOrder(len(splits["train"]), config.optim.batch_size, config.run.seed, jax.process_index(),
@@ -284,6 +284,22 @@ def _start(config: TrainConfig) -> _Run:
     if resume_meta is None and os.path.exists(run.metrics_path):
         os.remove(run.metrics_path)
     return run
+
+
+def data_name(data) -> str:
+    """What the run trained on, as the user named it."""
+    return data.data_folder or data.data_csv or data.dataset
+
+
+def _prepared_data(data):
+    """The TFDS builder of ``--data-folder``/``--data-csv`` (stored at
+    ``--image-size``, default 224) or of ``--dataset``, prepared once."""
+    own = data.data_folder or data.data_csv
+    if own:
+        from fracjax.data.image_folder import from_folder
+
+        return from_folder(own, image_size=data.image_size or 224, data_dir=data.data_dir, log=_log)
+    return prepare.prepare_dataset(data.dataset, data.data_dir, data.manual_dir, log=_log)
 
 
 def _refuse_overwrite(config: TrainConfig) -> None:
@@ -610,9 +626,11 @@ def _training_report(run: _Run) -> Dict[str, Any]:
         if config.optim.train_minutes else None,
         "model": run.spec,
         "data": {
-            "dataset": config.data.dataset,
+            "dataset": data_name(config.data),
             "examples": {s: len(src) for s, src in run.splits.items()},
             "skipped": metadata.get("skipped", []) if metadata else [],
+            # Which split: the data set's published one, or grouped (and by what), with the moves.
+            "split": (metadata.get("split") if metadata else None) or {"kind": "published"},
         },
         "pretrained": run.pretrained_note,
         "timing": {

@@ -63,12 +63,13 @@ def mura(tmp_path_factory):
         (root / f"{split}_labeled_studies.csv").write_text("\n".join(studies) + "\n")
     (top / "MURA-v1.1/train/XR_HAND/patient00004/study1_negative/image2.png").write_bytes(b"\x89PNG truncated")
     (root / "README.txt").write_text("MURA v1.1")
-    builder = prepare.prepare_dataset("mura", str(tmp_path_factory.mktemp("tfds")), str(top), log=lambda _: None)
-    return builder, _read(builder)
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    builder = prepare.prepare_dataset("mura", data_dir, str(top), log=lambda _: None)
+    return builder, _read(builder), data_dir, str(top)
 
 
 def test_mura_splits_by_patient_with_study_labels(mura):
-    builder, splits = mura
+    builder, splits, _, _ = mura
     patients = {s: {_text(e["patient"]) for e in splits[s]} for s in SPLITS}
     assert not patients["train"] & patients["validation"]
     assert patients["test"] == {f"patient{p:05d}" for p in range(11, 14)}  # the public valid set
@@ -85,10 +86,33 @@ def test_mura_splits_by_patient_with_study_labels(mura):
 
 
 def test_mura_study_level_evaluation_reads_the_fields(mura):
-    builder, _ = mura
+    builder = mura[0]
     test = fracjax.data.load_arrays(builder.as_data_source()["test"])
     assert set(test.fields) == {"patient", "study", "body_part"}
     assert len(set(test.fields["study"])) == 6 and test.fields["study"][0].startswith("valid/")
+
+
+def test_train_on_mura_reports_study_level_rows_per_body_part(mura, tmp_path):
+    """`fracjax train --dataset mura --manual-dir M`, in one phase on 32-px images: the
+    evaluation resamples patients and has study-level rows per body part; the report says so."""
+    import json
+
+    from fracjax.train import fit
+    from fracjax.train.cli import config_from_args
+
+    _, _, data_dir, manual_dir = mura
+    config = config_from_args([
+        "--dataset", "mura", "--manual-dir", manual_dir, "--data-dir", data_dir, "--out", str(tmp_path),
+        "--name", "mura", "--image-size", "32", "--batch-size", "8", "--phase1-epochs", "1", "--phase2-epochs", "0",
+        "--bootstrap", "50", "--no-progress"])
+    report = fit(config)
+    assert report["data"]["dataset"] == "mura" and report["data"]["split"]["grouped_by"] == ["patient"]
+    evaluation = json.loads((tmp_path / "mura" / "evaluation.json").read_text())["test"]
+    assert evaluation["cluster"] == "patient"
+    assert set(evaluation["studies"]["by"]) == {"hand", "wrist", "all"} and evaluation["studies"]["n"] == 6
+    assert set(evaluation["subgroups"]) == {"hand", "wrist", "all"}
+    page = (tmp_path / "mura" / "report.html").read_text()
+    assert "Study level" in page and "Data set mura" in page and "not measured" in page
 
 
 def test_mura_bad_study_csv_names_the_file_and_line(tmp_path):

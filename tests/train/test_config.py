@@ -76,6 +76,8 @@ def test_command_line_values_land_in_their_sections():
     ("label_smoothing", float("nan"), "--label-smoothing"), ("threshold", float("nan"), "--threshold"),
     ("seed", -5, "--seed"), ("seed", 10**23, "--seed"), ("seed", 1.5, "--seed"), ("image_size", 64.5, "--image-size"),
     ("batch_size", True, "--batch-size"), ("lr", "1e-3", "--lr"), ("augment", 0, "--augment"),
+    # Your own data (issue 20): a missing folder or CSV is named before any work.
+    ("data_folder", "/nowhere/xrays", "--data-folder"), ("data_csv", "/nowhere/labels.csv", "--data-csv"),
 ])
 def test_a_bad_value_is_refused_naming_its_flag_and_nothing_changes(option, value, flag):
     options = {option: value}
@@ -122,3 +124,12 @@ def test_dict_round_trips_nested_and_flat():
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert TrainConfig.from_dict(config.flat()) == config  # the flat config.json of earlier runs
     assert config.flat()["model"] == "vgg16" and config.flat()["name"] == "v"
+
+
+def test_own_data_replaces_dataset_and_one_source_only(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with pytest.raises(ValueError, match="^--data-csv: replaces --dataset"):
+        make_config(data_csv=str(tmp_path / "labels.csv"), dataset="fracture_xray").validate()
+    with pytest.raises(ValueError, match="^--data-csv: give --data-folder or --data-csv, not both"):
+        make_config(data_csv=str(tmp_path / "labels.csv"), data_folder=str(tmp_path)).validate()
+    make_config(data_folder=str(tmp_path)).validate()
