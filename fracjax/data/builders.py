@@ -458,8 +458,8 @@ class SyntheticFractureConfig(tfds.core.BuilderConfig):
 
 def _synthetic_png(job: Tuple[int, str, int, int]):
     seed, split, index, size = job
-    image, label = synthetic.generate_example(seed, split, index, synthetic.SyntheticConfig(size=size))
-    return index, encode_png(image), label
+    image, label, boxes = synthetic.generate_example_with_boxes(seed, split, index, synthetic.SyntheticConfig(size=size))
+    return index, encode_png(image), label, boxes
 
 
 class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
@@ -467,8 +467,11 @@ class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
     (:mod:`fracjax.data.synthetic`). Same features and splits as
     ``fracture_xray``; the default main job's data set."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Long bones, joints, fractures (displaced, angulated) and confounders."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Long bones, joints, fractures (displaced, angulated) and confounders.",
+        "1.1.0": "The same images, with each fracture's box (for the pointing game).",
+    }
     BUILDER_CONFIGS = [
         SyntheticFractureConfig(
             name="128", image_size=128, num_train=6000,
@@ -502,7 +505,7 @@ class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
                 "(label 0) a fracture; confounders at equal rates in both classes. Made by "
                 "fracjax.data.synthetic; needs no download."
             ),
-            features=_features(self.builder_config.image_size),
+            features=_features(self.builder_config.image_size, ("boxes",)),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(),
         )
@@ -516,9 +519,9 @@ class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         jobs = [(c.seed, split, i, c.image_size) for i in range(n)]
         seconds = n * c.image_size**2 * SYNTHETIC_SECONDS_PER_PIXEL
-        for index, png, label in _map_in_processes(_synthetic_png, jobs, seconds=seconds):
+        for index, png, label, boxes in _map_in_processes(_synthetic_png, jobs, seconds=seconds):
             name = f"{split}/{LABEL_NAMES[label]}/{index:05d}.png"
-            yield name, {"image": png, "label": label, "filename": name}
+            yield name, {"image": png, "label": label, "filename": name, "boxes": boxes}
 
 
 # The builders of the other public sets and of a user's folder register on import.

@@ -122,7 +122,26 @@ def _draw_polyline(shape, points, width, rng=None) -> np.ndarray:
 def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig = SyntheticConfig()) -> np.ndarray:
     """One (size, size, 1) uint8 radiograph-like image with (label 1) or
     without (label 0) a fracture."""
+    return generate_image_and_boxes(rng, label, config)[0]
+
+
+def _fracture_box(line_band: np.ndarray, intact_bone: np.ndarray) -> np.ndarray:
+    """(1, 4) (ymin, xmin, ymax, xmax) in [0, 1] around the pixels where the
+    fracture line cuts the bone; (0, 4) when it lies outside the image."""
+    rows, cols = np.nonzero((line_band > 0.25) & (intact_bone > 0))
+    if rows.size == 0:
+        return np.zeros((0, 4), np.float32)
+    h, w = line_band.shape
+    return np.asarray([[rows.min() / h, cols.min() / w, (rows.max() + 1) / h, (cols.max() + 1) / w]], np.float32)
+
+
+def generate_image_and_boxes(rng: np.random.Generator, label: int,
+                             config: SyntheticConfig = SyntheticConfig()) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`generate_image` and where its fracture is: boxes (k, 4),
+    (ymin, xmin, ymax, xmax) in [0, 1]; (0, 4) for label 0. Drawing the box
+    takes no random numbers, so the image is the one ``generate_image`` makes."""
     S = config.size
+    boxes = np.zeros((0, 4), np.float32)
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     scale = S / 224.0
 
@@ -167,6 +186,7 @@ def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig
             dv = dv + np.where(distal, rot_v - v, 0.0)
         # Bone is missing in a thin band around the fracture line.
         fracture_band = np.clip(gap / 2 + 0.5 - np.abs(bu - line_u), 0.0, 1.0)
+        boxes = _fracture_box(fracture_band, bone.attenuation(bu, v))
         bone_att = bone.attenuation(bu - du, v - dv)
         bone_att *= 1.0 - rng.uniform(0.85, 1.0) * fracture_band
     else:
@@ -231,7 +251,7 @@ def generate_image(rng: np.random.Generator, label: int, config: SyntheticConfig
         h, w = int(rng.uniform(0.05, 0.09) * S), int(rng.uniform(0.05, 0.09) * S)
         y, x = int(rng.choice([0.04, 0.85]) * S), int(rng.choice([0.04, 0.85]) * S)
         img[y : y + h, x : x + w] = rng.uniform(0.85, 1.0)
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None]
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None], boxes
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -248,8 +268,15 @@ def example_label(seed: int, split: str, index: int) -> int:
 
 def generate_example(seed: int, split: str, index: int, config: SyntheticConfig = SyntheticConfig()):
     """(image (S, S, 1) uint8, label) of example ``index`` of ``split``."""
+    image, label, _ = generate_example_with_boxes(seed, split, index, config)
+    return image, label
+
+
+def generate_example_with_boxes(seed: int, split: str, index: int, config: SyntheticConfig = SyntheticConfig()):
+    """(image, label, fracture boxes (k, 4)) of example ``index`` of ``split``."""
     label = example_label(seed, split, index)
-    return generate_image(example_rng(seed, split, index), label, config), label
+    image, boxes = generate_image_and_boxes(example_rng(seed, split, index), label, config)
+    return image, label, boxes
 
 
 def generate_arrays(

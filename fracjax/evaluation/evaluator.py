@@ -325,7 +325,7 @@ def _study_rows(fields, labels, probabilities, how: str, cluster: Optional[str],
 
 
 LOCALISATION_METHODS = ("gradcam", "gradcam++")
-LOCALISATION_CHUNK = 16  # images per Grad-CAM call: one compiled shape
+POINTING_TOLERANCE_224 = 15.0  # pixels at 224 px (Zhang et al.'s pointing game), scaled to the model's size
 
 
 def _localisation(classifier, images, boxes, predicted, labels, samples: int, level: float, seed: int):
@@ -336,13 +336,10 @@ def _localisation(classifier, images, boxes, predicted, labels, samples: int, le
     chosen = [i for i in range(len(labels)) if labels[i] == 1 and predicted[i] and np.size(boxes[i])]
     out = {}
     for method in LOCALISATION_METHODS:
-        maps = []
-        for start in range(0, len(chosen), LOCALISATION_CHUNK):
-            part = [images[i] for i in chosen[start:start + LOCALISATION_CHUNK]]
-            padded = part + [part[-1]] * (LOCALISATION_CHUNK - len(part))
-            maps.extend(gradcam.explain_classifier(classifier, padded, method=method)["maps"][: len(part)])
-        out[method] = localisation.localisation_scores(maps, [boxes[i] for i in chosen], samples=samples,
-                                                       level=level, seed=seed)
+        maps = gradcam.explain_in_chunks(classifier, [images[i] for i in chosen], method=method)["maps"] if chosen else []
+        tolerance = POINTING_TOLERANCE_224 * classifier.image_size / 224.0
+        out[method] = localisation.localisation_scores(maps, [boxes[i] for i in chosen], tolerance=tolerance,
+                                                       samples=samples, level=level, seed=seed)
     return out
 
 

@@ -105,10 +105,10 @@ def summary_table(by_method: Dict[str, Dict[str, object]], digits: int = 3):
     """(header, rows) of localisation scores per saliency method."""
     from fracjax.evaluation.stats import format_interval
 
-    header = ["method", "n", "pointing game", "energy inside the boxes"]
+    header = ["method", "n", "pointing game", "tolerance (px)", "energy inside the boxes"]
     rows = []
     for method, scores in by_method.items():
         cells = [format_interval(scores[k]["value"], scores[k]["interval"], digits)
                  for k in ("pointing_game", "energy_inside")]
-        rows.append([method, str(scores["n"])] + cells)
+        rows.append([method, str(scores["n"]), cells[0], f"{scores['tolerance_px']:.1f}", cells[1]])
     return header, rows

@@ -96,7 +96,7 @@ def gradcam_grid(classifier, images: np.ndarray, labels: np.ndarray, probs: np.n
     flat = np.concatenate([idx for _, idx in chosen]).astype(np.int64)
     maps = {}
     if flat.size:
-        out = gradcam.explain_classifier(classifier, [images[i] for i in flat], layer=layer)
+        out = gradcam.explain_in_chunks(classifier, [images[i] for i in flat], layer=layer)
         maps = {int(i): (out["images"][k], out["maps"][k]) for k, i in enumerate(flat)}
     rows = []
     for name, idx in chosen:

@@ -124,11 +124,28 @@ def test_synthetic_builder_tiny(tmp_path):
     # Each stored example is exactly what the in-memory generator makes.
     for name, example in by_name.items():
         index = int(os.path.splitext(os.path.basename(name))[0])
-        image, label = synthetic.generate_example(3, "train", index, synthetic.SyntheticConfig(size=64))
+        image, label, boxes = synthetic.generate_example_with_boxes(3, "train", index, synthetic.SyntheticConfig(size=64))
         np.testing.assert_array_equal(example["image"], image)
         assert example["label"] == label
+        np.testing.assert_array_equal(example["boxes"], boxes)
     labels = [e["label"] for e in by_name.values()]
     assert sum(labels) == 5  # balanced
+
+
+def test_synthetic_fracture_boxes_mark_the_fracture_and_change_no_image():
+    config = synthetic.SyntheticConfig(size=96)
+    found = 0
+    for index in range(40):
+        image, label, boxes = synthetic.generate_example_with_boxes(0, "test", index, config)
+        np.testing.assert_array_equal(image, synthetic.generate_example(0, "test", index, config)[0])
+        if label == 0:
+            assert boxes.shape == (0, 4)
+            continue
+        found += len(boxes)
+        for y0, x0, y1, x1 in boxes:
+            assert 0 <= y0 < y1 <= 1 and 0 <= x0 < x1 <= 1
+            assert (y1 - y0) * (x1 - x0) < 0.1  # around the line through the bone, not the whole bone
+    assert found >= 18  # nearly every one of the 20 fractures lies in view
 
 
 def test_an_all_unreadable_split_or_empty_manual_dir_is_a_clear_error(tmp_path):

@@ -52,6 +52,11 @@ def test_outputs(first_run):
     assert "sensitivity_0.95" in saved_calibration["operating_points"]
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5  # curves, ROC/PR, confusion, reliability, Grad-CAM
+    # The synthetic set knows where each fracture is: the report scores Grad-CAM against the boxes.
+    evaluation = json.loads((run / "evaluation.json").read_text())["test"]
+    assert set(evaluation["localisation"]) == {"gradcam", "gradcam++"}
+    assert evaluation["localisation"]["gradcam"]["tolerance_px"] == pytest.approx(15 * 32 / 224)
+    assert "Does the saliency map point at the fracture?" in html and "pointing game" in html
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["image_size"] == 32 and saved["model"]["threshold"] == 0.5
     assert saved["model"]["input_contract"]["preprocessing"] == "tf"
