@@ -82,3 +82,30 @@ def test_compare_is_a_subcommand_and_checks_its_models_first(capsys):
 def test_evaluate_finds_the_runs_data_set_from_any_folder_inside_it(run_dir):
     for where in (run_dir, f"{run_dir}/checkpoints", f"{run_dir}/checkpoints/best", f"{run_dir}/checkpoints/best/1"):
         assert evaluate.run_data(where)["dataset"] == "synthetic_fracture/tiny", where
+
+
+def test_evaluate_on_your_own_csv_resamples_patients(run_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from fracjax.data import synthetic
+
+    rows = ["path,label,patient,split"]
+    for i in range(24):
+        image, label = synthetic.generate_example(0, "test", i, synthetic.SyntheticConfig(size=32))
+        Image.fromarray(image[..., 0]).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label},P{i // 4},{['train', 'val', 'test'][i % 3] if i >= 6 else 'test'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    data_dir = tmp_path / "prepared"
+    assert evaluate.main([run_dir, "--data-csv", str(tmp_path / "labels.csv"), "--data-dir", str(data_dir),
+                          "--bootstrap", "50", "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "labels.csv test" in printed and "resampling patients" in printed
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert written["cluster"] == "patient" and written["metrics"]["n"] == 6 + 6
+    assert np.isfinite(written["metrics"]["accuracy"])
+    assert evaluate.main([run_dir, "--data-folder", str(tmp_path / "nowhere")]) == 2
+    assert "--data-folder: no such file or folder" in capsys.readouterr().err
+    assert evaluate.main([run_dir, "--data-csv", str(tmp_path / "labels.csv"), "--data-dir", str(data_dir),
+                          "--cluster-by", "study"]) == 2
+    assert "has no study ids" in capsys.readouterr().err

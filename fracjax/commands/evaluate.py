@@ -4,6 +4,8 @@
     fracjax evaluate runs/mobilenet_v3_small_hybrid                 # the run's own data set, test split
     fracjax evaluate RUN --dataset fracture_xray --manual-dir M --audit audit.json
     fracjax evaluate RUN --split validation --operating-point sensitivity_0.95 --json metrics.json
+    fracjax evaluate RUN --dataset mura --manual-dir M --study-aggregate max   # study-level rows, per body part
+    fracjax evaluate RUN --data-csv site_b/labels.csv                          # your own X-rays
 
 The numbers are those of fracjax.evaluate, the report and Classifier.predict
 (one implementation). Checked before any work: the run, the audit file, the
@@ -24,7 +26,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder or checkpoint folder")
     p.add_argument("--dataset", help="TFDS name (default: the run's, from its config.json)")
     p.add_argument("--data-dir", help="TFDS data_dir (default: the run's)")
-    p.add_argument("--manual-dir", help="the downloaded files, where the set is not prepared yet (fracture_xray)")
+    p.add_argument("--manual-dir", help="the downloaded files, where the set is not prepared yet "
+                                        "(fracture_xray, fracatlas, mura)")
+    own = p.add_mutually_exclusive_group()
+    own.add_argument("--data-folder", help="your own X-rays: a folder of class subfolders (instead of --dataset)")
+    own.add_argument("--data-csv", help="your own X-rays: a CSV of path,label[,patient][,study][,split]")
     p.add_argument("--split", default="test")
     p.add_argument("--audit", help="the leakage audit's JSON (fracjax audit --json): a clean-subset column")
     point = p.add_mutually_exclusive_group()
@@ -32,6 +38,13 @@ def parser(prog: str) -> argparse.ArgumentParser:
     point.add_argument("--threshold", type=float, help="a decision threshold in (0, 1]")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the intervals (0: none)")
     p.add_argument("--uncalibrated", action="store_true", help="without the temperature fitted on validation")
+    p.add_argument("--cluster-by", default="auto", choices=("auto", "patient", "study", "none"),
+                   help="what the bootstrap resamples: auto (patients, else studies, where the data set knows "
+                        "them), or images (none)")
+    p.add_argument("--study-aggregate", default="mean", choices=("mean", "max"),
+                   help="a study's probability from its images' (data sets with studies: MURA)")
+    p.add_argument("--no-localise", action="store_true",
+                   help="skip the pointing game (Grad-CAM against fracture boxes, where the data set has them)")
     p.add_argument("--json", help="write the metrics (and each example's prediction) to this file")
     return p
 
@@ -58,7 +71,10 @@ def _check(args) -> None:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
-    if not args.dataset:
+    own = args.data_folder or args.data_csv
+    if own and not os.path.exists(own):
+        raise FileNotFoundError(f"--data-{'folder' if args.data_folder else 'csv'}: no such file or folder {own}")
+    if not args.dataset and not own:
         raise ValueError(f"--dataset: {args.run} has no config.json naming its data set; pass --dataset")
 
 
@@ -68,14 +84,18 @@ def main(argv=None, prog: str = "fracjax evaluate") -> int:
     args = parser(prog).parse_args(argv)
     try:
         data = run_data(args.run)
-        args.dataset = args.dataset or data["dataset"]
+        if not (args.dataset or args.data_folder or args.data_csv) and data["data_folder"]:
+            own = data["data_folder"]
+            args.data_folder, args.data_csv = (own, None) if os.path.isdir(own) else (None, own)
+        args.dataset = args.dataset or (None if args.data_folder or args.data_csv else data["dataset"])
         args.data_dir = args.data_dir or data["data_dir"]
+        args.stored_size = data["image_size"] or 224  # the run's own folder is prepared at the size it trained on
         _check(args)
         result = _evaluate(args)
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
-    print(f"{args.run} on {args.dataset} {args.split}:\n{result.table()}")
+    print(f"{args.run} on {args.dataset or args.data_folder or args.data_csv} {args.split}:\n{result.table()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(jsonable(result.to_json(with_predictions=True)), f, indent=1)
@@ -89,7 +109,14 @@ def _evaluate(args):
 
     classifier = fracjax.Classifier.from_checkpoint(args.run)
     threshold = classifier.threshold_for(args.operating_point) if args.operating_point else args.threshold
+    options = dict(audit=args.audit, threshold=threshold, calibrated=not args.uncalibrated, bootstrap=args.bootstrap,
+                   cluster_by=args.cluster_by, study_aggregate=args.study_aggregate, localise=not args.no_localise)
+    own = args.data_folder or args.data_csv
+    if own:
+        from fracjax.data.image_folder import from_folder
+
+        builder = from_folder(own, image_size=args.stored_size, data_dir=args.data_dir)
+        return fracjax.evaluate(classifier, builder.as_data_source()[args.split], args.split, **options)
     prepare_dataset(args.dataset, args.data_dir, args.manual_dir)
-    return fracjax.evaluate(classifier, args.dataset, args.split, data_dir=args.data_dir, audit=args.audit,
-                            threshold=threshold, calibrated=not args.uncalibrated, bootstrap=args.bootstrap)
+    return fracjax.evaluate(classifier, args.dataset, args.split, data_dir=args.data_dir, **options)
 

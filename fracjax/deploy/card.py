@@ -49,11 +49,16 @@ def _operating_points(classifier) -> Dict[str, Dict[str, Any]]:
 
 
 def trained_on(run: Optional[str]) -> Dict[str, Any]:
-    """``dataset``, ``data_dir`` and ``audit`` of a run, from its config.json (None where unknown)."""
+    """``dataset``, ``data_dir``, ``audit`` and ``data_folder`` (a folder or
+    CSV of the user's own X-rays, else None) of a run, from its config.json
+    (None where unknown)."""
     config = _read_json(os.path.join(run, "config.json")) if run else None
     train = (config or {}).get("train", {})
-    return {"dataset": train.get("data", {}).get("dataset"), "data_dir": train.get("data", {}).get("data_dir"),
-            "audit": train.get("evaluation", {}).get("audit")}
+    data = train.get("data", {})
+    own = data.get("data_folder") or data.get("data_csv")
+    return {"dataset": own or data.get("dataset"), "data_dir": data.get("data_dir"),
+            "audit": train.get("evaluation", {}).get("audit"), "data_folder": own,
+            "image_size": data.get("image_size")}
 
 
 def _data(report: Optional[Dict[str, Any]], run: Optional[str]) -> Dict[str, Any]:
