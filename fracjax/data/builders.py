@@ -273,7 +273,8 @@ class _NoOpenCvAdvice(logging.Filter):
     configuration" for every user folder (``image_folder`` is made of them):
     noise here."""
 
-    NOISE = ("OpenCV is not installed. We recommend", "Using custom data configuration: ImageFolderConfig")
+    NOISE = ("OpenCV is not installed. We recommend", "Using custom data configuration: ImageFolderConfig",
+             "Variant folder ")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg % record.args if record.args else record.msg).startswith(self.NOISE)

@@ -7,9 +7,12 @@ import os
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import fracjax.data
+from fracjax.data import fracatlas as fracatlas_lib
 from fracjax.data import image_folder, prepare, synthetic
 
 SPLITS = ("train", "validation", "test")
@@ -282,3 +285,40 @@ def test_fracture_xray_grouped_moves_only_the_leaking_copies(tmp_path):
     moved = {m["path"] for m in moves}
     assert all(where[name] == published[name.split("/")[0]] for name in where if name not in moved)
     assert tfds.builder("fracture_xray/grouped", data_dir=str(tmp_path / "d")).is_prepared()
+
+
+# ----------------------------------------------------------------------------- parsers (hypothesis)
+
+unit = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(unit, unit, unit, unit), max_size=4))
+def test_yolo_rows_become_boxes_inside_the_image(rows):
+    text = "".join(f"0 {cx} {cy} {w} {h}\n" for cx, cy, w, h in rows)
+    boxes = fracatlas_lib.yolo_boxes(text, "a.txt")
+    assert boxes.shape == (len(rows), 4)
+    assert ((boxes >= 0) & (boxes <= 1)).all()
+    assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+    for (cx, cy, w, h), (y0, x0, y1, x1) in zip(rows, boxes):
+        if w / 2 <= cx <= 1 - w / 2 and h / 2 <= cy <= 1 - h / 2:  # inside: no clipping, the centre is kept
+            assert (x0 + x1) / 2 == pytest.approx(cx, abs=1e-6) and (y0 + y1) / 2 == pytest.approx(cy, abs=1e-6)
+
+
+def test_a_bad_yolo_or_voc_file_names_itself():
+    with pytest.raises(ValueError, match=r"a.txt:2: expected 'class cx cy w h'"):
+        fracatlas_lib.yolo_boxes("0 0.5 0.5 0.1 0.1\n0 half 0.5 0.1 0.1\n", "a.txt")
+    with pytest.raises(ValueError, match=r"a.xml: not a PASCAL VOC annotation"):
+        fracatlas_lib.voc_boxes("<annotation><object>", "a.xml")
+    voc = ("<annotation><size><width>200</width><height>100</height></size><object><bndbox><xmin>20</xmin>"
+           "<ymin>10</ymin><xmax>60</xmax><ymax>50</ymax></bndbox></object></annotation>")
+    np.testing.assert_allclose(fracatlas_lib.voc_boxes(voc, "a.xml"), [[0.1, 0.1, 0.5, 0.3]])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(image_folder.POSITIVE_NAMES + image_folder.NEGATIVE_NAMES),
+       st.lists(st.sampled_from([" ", "_", "-"]), min_size=1, max_size=1), st.booleans())
+def test_class_names_any_case_and_separator(name, separator, upper):
+    written = name.replace(" ", separator[0])
+    written = written.upper() if upper else written.title()
+    assert image_folder.label_of(written) == int(name in image_folder.POSITIVE_NAMES)
