@@ -424,8 +424,10 @@ def evaluate_run(
     if calibrate:
         say("fitting temperature scaling and operating points on validation ...")
         calibration = calibrate_checkpoint(run_dir, validation, classifier=classifier)
-    say(f"evaluating test with {bootstrap} bootstrap resamples ..." if bootstrap else "evaluating test ...")
     images, labels, filenames, fields = _examples(test, "test", None)
+    boxes = " and Grad-CAM against the fracture boxes" if _known(fields, "boxes", empty_ok=True) else ""
+    say(f"evaluating test with {bootstrap} bootstrap resamples{boxes} ..." if bootstrap else
+        f"evaluating test{boxes} ...")
     images = list(images)
     result = evaluate(classifier, (images, labels, filenames, fields), "test", audit=audit, bootstrap=bootstrap, seed=seed,
                       calibrated=calibrate)

@@ -82,6 +82,10 @@ def _mean_with_interval(values: np.ndarray, samples: int, level: float, seed: in
     return {"value": float(values.mean()), "interval": (float(low), float(high))}
 
 
+def _mean_share(masks) -> float:
+    return float(np.mean([m.mean() for m in masks])) if masks else float("nan")
+
+
 def localisation_scores(cams: Sequence, boxes: Sequence, tolerance: float = 0.0, samples: int = 1000,
                         level: float = 0.95, seed: int = 0) -> Dict[str, object]:
     """Pointing-game hit rate and mean energy inside the boxes over images
@@ -96,6 +100,13 @@ def localisation_scores(cams: Sequence, boxes: Sequence, tolerance: float = 0.0,
         "n": len(scored),
         "pointing_game": _mean_with_interval(hits, samples, level, seed),
         "energy_inside": _mean_with_interval(energy, samples, level, seed),
+        # What a map with no information scores: its peak at a uniformly random
+        # pixel (the share of pixels within tolerance of a box), its mass spread
+        # evenly (the share of pixels in the boxes).
+        "chance": {
+            "pointing_game": _mean_share([box_mask(b, *_map(c).shape, tolerance) for c, b in scored]),
+            "energy_inside": _mean_share([box_mask(b, *_map(c).shape) for c, b in scored]),
+        },
         "tolerance_px": tolerance,
         "interval_level": level,
     }
@@ -105,10 +116,11 @@ def summary_table(by_method: Dict[str, Dict[str, object]], digits: int = 3):
     """(header, rows) of localisation scores per saliency method."""
     from fracjax.evaluation.stats import format_interval
 
-    header = ["method", "n", "pointing game", "tolerance (px)", "energy inside the boxes"]
+    header = ["method", "n", "pointing game", "(chance)", "tolerance (px)", "energy inside the boxes", "(chance)"]
     rows = []
     for method, scores in by_method.items():
         cells = [format_interval(scores[k]["value"], scores[k]["interval"], digits)
                  for k in ("pointing_game", "energy_inside")]
-        rows.append([method, str(scores["n"]), cells[0], f"{scores['tolerance_px']:.1f}", cells[1]])
+        chance = [f"{scores['chance'][k]:.{digits}f}" for k in ("pointing_game", "energy_inside")]
+        rows.append([method, str(scores["n"]), cells[0], chance[0], f"{scores['tolerance_px']:.1f}", cells[1], chance[1]])
     return header, rows

@@ -54,6 +54,13 @@ def test_scores_over_images_with_intervals():
     low, high = out["pointing_game"]["interval"]
     assert 0.3 < low <= 0.75 <= high <= 1.0
     assert 0.0 < out["energy_inside"]["value"] < 0.75
+    # Chance: the box's share of the map's pixels (grown by the tolerance for the pointing game).
+    share = box_mask(BOX, 64, 64).mean()
+    assert out["chance"]["energy_inside"] == pytest.approx(share)
+    assert out["chance"]["pointing_game"] == pytest.approx(share)
+    grown = localisation_scores(cams, boxes, tolerance=3, samples=0)
+    assert grown["chance"]["pointing_game"] == pytest.approx(box_mask(BOX, 64, 64, tolerance=3).mean())
+    assert grown["chance"]["pointing_game"] > share and grown["pointing_game"]["interval"] is None
 
 
 def test_bad_boxes_and_maps_are_refused():
