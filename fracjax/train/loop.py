@@ -152,7 +152,7 @@ def _train_step(config: TrainConfig, model, params, phase: Phase, steps_per_epoc
 
 # What a resumed run must share with the run it continues: the model, the
 # data and everything that decides the order of steps.
-RESUME_MUST_MATCH = ("model", "head", "head_blocks", "head_dropout", "dtype", "dataset", "image_size",
+RESUME_MUST_MATCH = ("model", "head", "head_blocks", "head_dropout", "dtype", "dataset", "data_folder", "data_csv", "image_size",
                      "train_examples", "batch_size", "seed", "phase1_epochs", "phase2_epochs", "unfreeze")
 
 
