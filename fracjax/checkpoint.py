@@ -191,8 +191,13 @@ class RunCheckpoints:
 
     def _move_aside(self, manager: str, step: int) -> str:
         target = os.path.join(self.directory, "damaged", f"{manager}-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.move(self.step_folder(manager, step), target)
+        if jax.process_index() == 0:  # one mover; every process of a run found the same damage
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(self.step_folder(manager, step), target)
+        if jax.process_count() > 1:
+            from orbax.checkpoint import multihost
+
+            multihost.sync_global_processes(f"fracjax:moved {manager}-{step} aside")
         getattr(self, manager).reload()
         return target
 
@@ -227,6 +232,17 @@ def find_model_checkpoint(path: str, which: str = "best") -> Tuple[str, int]:
     )
 
 
+def _this_process() -> ocp.options.MultiprocessingOptions:
+    """Orbax options for a restore that one process makes on its own (the
+    end-of-run evaluation on process 0, inference): its barriers include
+    only this process, so the others are never waited for."""
+    me = jax.process_index()
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                              barrier_sync_key_prefix=f"fracjax-process-{me}")
+
+
 def restore_model(folder: str, step: int, target=None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(variables, meta) of one step of a manager folder, without optimizer
     state, verified against its checksum. ``target``: abstract variables for
@@ -235,7 +251,7 @@ def restore_model(folder: str, step: int, target=None) -> Tuple[Dict[str, Any], 
     with _restoring(where):
         manager = ocp.CheckpointManager(
             folder,
-            options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False, multiprocessing_options=_this_process()),
             item_handlers={"model": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
         try:

@@ -425,12 +425,13 @@ def evaluate_run(
         say("fitting temperature scaling and operating points on validation ...")
         calibration = calibrate_checkpoint(run_dir, validation, classifier=classifier)
     images, labels, filenames, fields = _examples(test, "test", None)
-    boxes = " and Grad-CAM against the fracture boxes" if _known(fields, "boxes", empty_ok=True) else ""
+    boxes = " and Grad-CAM against the fracture boxes" if report and _known(fields, "boxes", empty_ok=True) else ""
     say(f"evaluating test with {bootstrap} bootstrap resamples{boxes} ..." if bootstrap else
         f"evaluating test{boxes} ...")
     images = list(images)
+    # The pointing game is a report's extra (two Grad-CAM compilations): not without one.
     result = evaluate(classifier, (images, labels, filenames, fields), "test", audit=audit, bootstrap=bootstrap, seed=seed,
-                      calibrated=calibrate)
+                      calibrated=calibrate, localise=report)
     with open(os.path.join(run_dir, "evaluation.json"), "w") as f:
         json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)
     path = None

@@ -134,6 +134,13 @@ def option(default, help: str, *, check: Optional[Check] = None, choices=None, f
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def _host_port(value) -> Optional[str]:
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"must be HOST:PORT (e.g. 10.0.0.1:8476), got {value!r}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = option("mobilenet_v3_small", "backbone architecture", flag="model", check=_known_model,
@@ -284,6 +291,16 @@ class RunConfig:
     progress: bool = option(True, "progress bars", switch="no progress bars")
     max_steps: Optional[int] = option(None, "stop after this many steps in all (smoke runs)", check=at_least(1),
                                       default_text="none")
+    coordinator: Optional[str] = option(None, "several processes: the coordinator's HOST:PORT (process 0 serves it); "
+                                        "with --num-processes and --process-id", check=_host_port,
+                                        metavar="HOST:PORT")
+    num_processes: Optional[int] = option(None, "several processes: how many in all", check=at_least(1), metavar="N")
+    process_id: Optional[int] = option(None, "several processes: this one's index, 0 .. N-1", check=at_least(0),
+                                       metavar="I")
+    distributed: bool = option(False, "several processes, all detected from the environment (SLURM, Open MPI, "
+                               "Cloud TPU, Kubernetes) by jax.distributed.initialize()")
+    heartbeat_timeout: int = option(100, "several processes: seconds without a peer's heartbeat before all stop "
+                                    "(a dead process never hangs the others)", check=at_least(5), metavar="S")
 
 
 SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig), ("evaluation", EvalConfig),
@@ -412,6 +429,19 @@ def _field_problem(f: dataclasses.Field, value) -> Optional[str]:
     return check(value) if check else None
 
 
+def _process_problems(run: "RunConfig") -> Iterator[Tuple[str, str]]:
+    given = {"coordinator": run.coordinator, "num-processes": run.num_processes, "process-id": run.process_id}
+    missing = [f"--{flag}" for flag, value in given.items() if value is None]
+    if 0 < len(missing) < 3:
+        yield missing[0][2:], "--coordinator, --num-processes and --process-id go together; missing " + ", ".join(missing)
+    elif not missing and run.process_id >= run.num_processes:
+        yield "process-id", f"must be below --num-processes {run.num_processes}, got {run.process_id}"
+    if run.distributed and run.coordinator is not None:
+        yield "distributed", "detects the coordinator from the environment; do not give --coordinator too"
+    if run.parallel == "pmap" and (run.distributed or (run.num_processes or 1) > 1):
+        yield "parallel", "pmap runs in one process; several processes use jit (the default) over all their devices"
+
+
 def _cross_problems(config: TrainConfig) -> Iterator[Tuple[str, str]]:
     model, data, optim = config.model, config.data, config.optim
     if optim.phase1_epochs + optim.phase2_epochs == 0:
@@ -420,6 +450,7 @@ def _cross_problems(config: TrainConfig) -> Iterator[Tuple[str, str]]:
         yield "train-examples", f"must be >= the batch size {optim.batch_size}, got {data.train_examples}"
     if model.pretrained in pretrained_weights.WEIGHT_NAMES and model.name not in pretrained_weights.KERAS_NO_TOP:
         yield "pretrained", f"no {model.pretrained} weights are known for {model.name}"
+    yield from _process_problems(config.run)
     own = [(flag, path) for flag, path in (("data-folder", data.data_folder), ("data-csv", data.data_csv)) if path]
     if len(own) == 2:
         yield "data-csv", "give --data-folder or --data-csv, not both"

@@ -35,7 +35,7 @@ from fracjax.data.augment import AugmentConfig
 from fracjax.evaluation import evaluate_run, figures
 from fracjax.evaluation.stats import format_interval
 from fracjax.metrics import LABEL_NAMES
-from fracjax.train import optim, run_folder
+from fracjax.train import distributed, optim, run_folder
 from fracjax.train.config import TrainConfig
 from fracjax.train.parallel import Parallel
 from fracjax.train.state import EpochRecord, Progress, TrainState, history_json
@@ -51,7 +51,10 @@ class ResumeError(RuntimeError):
 
 
 def _log(msg: str) -> None:
-    print(msg, flush=True)
+    # Process 0 speaks for a run of several processes (asking JAX which process
+    # this is before jax.distributed starts would start the backend too early).
+    if not jax.distributed.is_initialized() or distributed.is_primary():
+        print(msg, flush=True)
 
 
 # --------------------------------------------------------------------------
@@ -234,7 +237,10 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
     """Train as ``config`` says; return the report (also in report.json).
     The run folder is claimed first: writable, and one writer at a time."""
     config.validate()
-    with run_folder.claim(config.run_dir, "--out/--name", lock=jax.process_index() == 0, log=_log):
+    if distributed.from_config(config.run):
+        _log(f"{distributed.describe()}; global batch {config.optim.batch_size}, "
+             f"{config.optim.batch_size // jax.process_count()} per process")
+    with run_folder.claim(config.run_dir, "--out/--name", lock=distributed.is_primary(), log=_log):
         run = _start(config)
         for phase in run.phases:
             if not _train_phase(run, phase):
@@ -248,7 +254,10 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
 def _start(config: TrainConfig) -> _Run:
     clock = _Clock()
     _refuse_overwrite(config)
+    distributed.barrier("run folder checked")  # before process 0 makes checkpoints/ in it
     parallel = Parallel(config.run.parallel)
+    if parallel.mode == "pmap" and jax.process_count() > 1:
+        raise ValueError("--parallel pmap runs in one process; several processes use jit (the default)")
     note = hostmem.hugepages_note() if jax.default_backend() == "cpu" else None
     if note:
         _log(note)
@@ -260,7 +269,10 @@ def _start(config: TrainConfig) -> _Run:
     # needs the axis only where it computes batch statistics (training).
     model = build_model(config, parallel.axis_name)
     backbone, pretrained_note = _pretrained_backbone(config)  # a bad weights file stops the run before data work
-    builder = _prepared_data(config.data)
+    # Process 0 prepares the data set (once, into the shared data_dir); the others then find it prepared.
+    builder = _prepared_data(config.data) if distributed.is_primary() else None
+    distributed.barrier("data prepared")
+    builder = builder or _prepared_data(config.data)
     image_size = config.data.image_size or prepare.stored_image_size(builder)
     splits = prepare.load_splits(builder, config.data.train_examples, config.data.image_size, config.data.in_memory)
     counts = prepare.check_classes(splits, data_name(config.data), LABEL_NAMES)  # before anything compiles
@@ -281,7 +293,7 @@ def _start(config: TrainConfig) -> _Run:
         key_data=np.asarray(jax.random.key_data(jax.random.key(config.run.seed + 1))),
         pretrained_note=pretrained_note, resume_meta=resume_meta, clock=clock,
     )
-    if resume_meta is None and os.path.exists(run.metrics_path):
+    if resume_meta is None and os.path.exists(run.metrics_path) and distributed.is_primary():
         os.remove(run.metrics_path)
     return run
 
@@ -349,6 +361,8 @@ def _init_variables(model, image_size: int, seed: int, backbone) -> Dict[str, An
 
 
 def _write_config(config: TrainConfig, spec: Dict[str, Any]) -> None:
+    if not distributed.is_primary():
+        return
     os.makedirs(config.run_dir, exist_ok=True)
     with open(os.path.join(config.run_dir, "config.json"), "w") as f:
         json.dump(_jsonable({"train": config.to_dict(), "model": spec}), f, indent=1, default=str)
@@ -416,13 +430,14 @@ def _log_phase(run: _Run, phase: Phase, train: TrainStep, step_config: StepConfi
 
 def _restore(run: _Run, train: TrainStep) -> TrainState:
     """The resumed state, into this phase's optimizer tree; the run's progress and history with it."""
-    abstract = jax.eval_shape(lambda: run.variables)
-    train_target = {
+    # Restored replicated over this run's devices, whatever process count saved it.
+    abstract = _replicated(jax.eval_shape(lambda: run.variables), run.parallel)
+    train_target = _replicated({
         "opt_state": jax.eval_shape(train.tx.init, run.variables["params"]),
         "step": jax.ShapeDtypeStruct((), jnp.int32),
         "key": jax.ShapeDtypeStruct(run.key_data.shape, run.key_data.dtype),
         "progress": Progress.restore_target(),
-    }
+    }, run.parallel)
     model_vars, train_vars, meta = run.checkpoints.restore_latest(run.checkpoints.latest_step(), abstract,
                                                                   train_target)
     run.variables = {"params": model_vars["params"], "batch_stats": model_vars["batch_stats"]}
@@ -438,6 +453,14 @@ def _restore(run: _Run, train: TrainStep) -> TrainState:
     _log(f"resumed from step {run.step} (its checksums verified)")
     run.resume_meta = None
     return run.parallel.put_state(state)
+
+
+def _replicated(abstract, parallel: Parallel):
+    """Abstract arrays placed replicated over the run's devices (numpy leaves
+    stay numpy: Orbax restores them as numpy)."""
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated)
+        if isinstance(s, jax.ShapeDtypeStruct) else s, abstract)
 
 
 # -- stage 3: one epoch -----------------------------------------------------------
@@ -534,6 +557,8 @@ def _end_epoch(run: _Run, phase: Phase, train: TrainStep, state, tally: _EpochTa
 
 def _record(run: _Run, record: EpochRecord) -> None:
     run.history.append(record)
+    if not distributed.is_primary():
+        return
     with open(run.metrics_path, "a") as f:
         f.write(json.dumps(_jsonable(record.to_json())) + "\n")
 
@@ -593,10 +618,10 @@ def _save_latest(run: _Run, host: TrainState) -> None:
 def _finish(run: _Run) -> Dict[str, Any]:
     run.checkpoints.close()
     history = history_json(run.history)
-    if history:
+    if history and distributed.is_primary():
         figures.training_curves(history, os.path.join(run.run_dir, "curves.png"))
     report = _jsonable(_training_report(run))
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         evaluation_start = time.perf_counter()
         report.update(_final_evaluation(run.run_dir, run.splits, run.config, history))
         report["timing"]["evaluation_seconds"] = round(time.perf_counter() - evaluation_start, 1)
@@ -611,6 +636,7 @@ def _finish(run: _Run) -> Dict[str, Any]:
         )
         for warning in report["warnings"]:
             _log(f"WARNING: {warning}")
+    distributed.barrier("evaluated")  # the others wait for process 0's evaluation and report
     return report
 
 
@@ -670,6 +696,8 @@ def _budget_spent(config: TrainConfig, spent_seconds: float, epoch_seconds: floa
 
 
 def _write_metrics(path: str, history: List[Dict[str, Any]]) -> None:
+    if not distributed.is_primary():
+        return
     with open(path, "w") as f:
         f.writelines(json.dumps(_jsonable(record)) + "\n" for record in history)
 
@@ -689,7 +717,7 @@ class _Throughput:
 
 
 def _progress(config: TrainConfig, total: int, desc: str):
-    if not config.run.progress:
+    if not config.run.progress or not distributed.is_primary():
         return None
     import importlib.util
 

@@ -24,6 +24,18 @@ def replicate_for_pmap(tree, devices: Sequence[jax.Device]):
     return jax.tree_util.tree_map(lambda x: jax.device_put(jnp.stack([x] * len(devices)), sharding), tree)
 
 
+def replicated_global(x, sharding: NamedSharding):
+    """``x`` (the same value in every process) as one array replicated over
+    ``sharding``'s devices, which span processes; PRNG keys stay keys."""
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(replicated_global(jax.random.key_data(x), sharding),
+                                        impl=jax.random.key_impl(x))
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 class Parallel:
     """Places batches and states and compiles steps for one mode."""
 
@@ -56,6 +68,8 @@ class Parallel:
     def put_state(self, state):
         if self.mode == "pmap":
             return replicate_for_pmap(state, [d for d in self.devices if d.process_index == jax.process_index()])
+        if jax.process_count() > 1:  # device_put reaches only this process's devices
+            return jax.tree_util.tree_map(lambda x: replicated_global(x, self.replicated), state)
         return jax.device_put(state, self.replicated)
 
     def get_state(self, state):

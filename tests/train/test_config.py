@@ -76,6 +76,9 @@ def test_command_line_values_land_in_their_sections():
     ("label_smoothing", float("nan"), "--label-smoothing"), ("threshold", float("nan"), "--threshold"),
     ("seed", -5, "--seed"), ("seed", 10**23, "--seed"), ("seed", 1.5, "--seed"), ("image_size", 64.5, "--image-size"),
     ("batch_size", True, "--batch-size"), ("lr", "1e-3", "--lr"), ("augment", 0, "--augment"),
+    # Several processes (issue 21).
+    ("coordinator", "localhost", "--coordinator"), ("coordinator", "host:99999", "--coordinator"),
+    ("heartbeat_timeout", 1, "--heartbeat-timeout"), ("num_processes", 0, "--num-processes"),
     # Your own data (issue 20): a missing folder or CSV is named before any work.
     ("data_folder", "/nowhere/xrays", "--data-folder"), ("data_csv", "/nowhere/labels.csv", "--data-csv"),
 ])
@@ -133,3 +136,18 @@ def test_own_data_replaces_dataset_and_one_source_only(tmp_path):
     with pytest.raises(ValueError, match="^--data-csv: give --data-folder or --data-csv, not both"):
         make_config(data_csv=str(tmp_path / "labels.csv"), data_folder=str(tmp_path)).validate()
     make_config(data_folder=str(tmp_path)).validate()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"coordinator": "127.0.0.1:1234"}, "^--num-processes: --coordinator, --num-processes and --process-id go "
+                                        "together; missing --num-processes, --process-id"),
+    ({"coordinator": "127.0.0.1:1234", "num_processes": 2, "process_id": 2}, "^--process-id: must be below"),
+    ({"coordinator": "127.0.0.1:1234", "num_processes": 2, "process_id": 0, "parallel": "pmap"},
+     "^--parallel: pmap runs in one process"),
+    ({"coordinator": "127.0.0.1:1234", "num_processes": 2, "process_id": 0, "distributed": True},
+     "^--distributed: detects the coordinator"),
+])
+def test_several_process_options_are_checked_together(options, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(**options).validate()
+    make_config(coordinator="10.0.0.1:8476", num_processes=4, process_id=3).validate()
