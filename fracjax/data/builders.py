@@ -112,6 +112,20 @@ def class_label(folder_name: str) -> Optional[int]:
     return None
 
 
+def search_down(top: os.PathLike, wanted, max_depth: int) -> Optional[str]:
+    """The shallowest folder at or below ``top`` (``max_depth`` levels down,
+    the first by name at its level) for which ``wanted(folder, names)`` holds;
+    ``names``: what ``os.listdir`` gives for it."""
+    level = [os.fspath(top)]
+    for _ in range(max_depth + 1):
+        for folder in sorted(level):
+            if wanted(folder, os.listdir(folder)):
+                return folder
+        level = [os.path.join(f, n) for f in level for n in sorted(os.listdir(f))
+                 if os.path.isdir(os.path.join(f, n)) and not n.startswith(".")]
+    return None
+
+
 def find_split_root(manual_dir: os.PathLike, max_depth: int = 4) -> str:
     """The folder that holds ``train/ val/ test/`` (any case): ``manual_dir``
     itself or the shallowest folder below it (the Kaggle zip nests
@@ -119,27 +133,20 @@ def find_split_root(manual_dir: os.PathLike, max_depth: int = 4) -> str:
     manual_dir = os.fspath(manual_dir)
     if not os.path.isdir(manual_dir):
         raise FileNotFoundError(f"manual_dir {manual_dir} is not a folder; download the data set from {KAGGLE_URL}")
-    level = [manual_dir]
-    for _ in range(max_depth + 1):
-        found = []
-        for folder in level:
-            names = {n.lower() for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))}
-            if "train" in names and "test" in names and ("val" in names or "validation" in names):
-                found.append(folder)
-        if found:
-            return sorted(found)[0]
-        level = [
-            os.path.join(folder, n)
-            for folder in level
-            for n in sorted(os.listdir(folder))
-            if os.path.isdir(os.path.join(folder, n)) and not n.startswith(".")
-        ]
-    raise FileNotFoundError(
-        f"no folder with train/, val/ and test/ inside {manual_dir} (searched {max_depth} levels down). "
-        f"Unzip the Kaggle download ({KAGGLE_URL}) there; the expected layout is "
-        "Bone_Fracture_Binary_Classification/Bone_Fracture_Binary_Classification/{train,val,test}/"
-        "{fractured,not fractured}/*.jpg"
-    )
+
+    def holds_splits(folder, names):
+        folders = {n.lower() for n in names if os.path.isdir(os.path.join(folder, n))}
+        return {"train", "test"} <= folders and bool({"val", "validation"} & folders)
+
+    found = search_down(manual_dir, holds_splits, max_depth)
+    if found is None:
+        raise FileNotFoundError(
+            f"no folder with train/, val/ and test/ inside {manual_dir} (searched {max_depth} levels down). "
+            f"Unzip the Kaggle download ({KAGGLE_URL}) there; the expected layout is "
+            "Bone_Fracture_Binary_Classification/Bone_Fracture_Binary_Classification/{train,val,test}/"
+            "{fractured,not fractured}/*.jpg"
+        )
+    return found
 
 
 def list_split_files(root: str) -> Dict[str, List[Tuple[str, int]]]:
@@ -307,6 +314,19 @@ class _DecodedThenSplit(_SaysWhatItPrepares):
     Subclasses give ``EXTRAS``, ``_records`` and ``_assign``."""
 
     EXTRAS: Sequence[str] = ()
+    DESCRIPTION = ""
+    HOMEPAGE: Optional[str] = None
+
+    def __init__(self, *, strict: bool = False, file_format=None, **kwargs):
+        self.strict = strict  # an unreadable image: an error instead of a skipped file
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.DESCRIPTION,
+            features=_features(self.builder_config.image_size, self.EXTRAS),
+            supervised_keys=("image", "label"), homepage=self.HOMEPAGE, metadata=tfds.core.MetadataDict(),
+        )
 
     def _records(self, dl_manager) -> Tuple[str, List[Record], List[Dict[str, str]]]:
         """(root, records, files skipped while listing as {path, reason})."""
@@ -318,7 +338,7 @@ class _DecodedThenSplit(_SaysWhatItPrepares):
     def _split_generators(self, dl_manager):
         root, records, unlisted = self._records(dl_manager)
         size = self.builder_config.image_size
-        kept, pngs, skipped = decode_records(root, records, size, getattr(self, "strict", False), self.name)
+        kept, pngs, skipped = decode_records(root, records, size, self.strict, self.name)
         names, said = self._assign(kept, pngs)
         empty = [s for s in SPLITS if s not in names]
         if empty:
@@ -366,6 +386,12 @@ class FractureXray(_DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
                            description="384x384, re-split so that near-duplicate X-rays never span splits."),
     ]
     DEFAULT_CONFIG_NAME = "224"
+    DESCRIPTION = (
+        "Fracture Multi-Region X-ray Data: 10,580 radiographs (upper and lower limbs, lumbar, hips, knees) "
+        "labelled fractured / not fractured, merged by its authors from three earlier Kaggle sets. It holds "
+        "copies of the same X-ray within and across splits: run fracjax.data.audit before trusting a test score."
+    )
+    HOMEPAGE = KAGGLE_URL
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download the archive from {KAGGLE_URL}, unzip it, and pass the folder as
     manual_dir (the unzipped folder itself, or any folder below it that holds
@@ -375,30 +401,10 @@ class FractureXray(_DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
           download_config=tfds.download.DownloadConfig(manual_dir=M))
     """
 
-    def __init__(self, *, strict: bool = False, file_format=None, **kwargs):
-        self.strict = strict
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
     def _preparing_what(self) -> str:
         size = self.builder_config.image_size
         then = ", auditing near-duplicates and re-splitting by group" if self.builder_config.grouped else ""
         return f"decoding the manual_dir's images to {size}x{size} grey{then} (no download)"
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        size = self.builder_config.image_size
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(
-                "Fracture Multi-Region X-ray Data: 10,580 radiographs (upper and lower limbs, lumbar, "
-                "hips, knees) labelled fractured / not fractured, merged by its authors from three "
-                "earlier Kaggle sets. It holds copies of the same X-ray within and across splits: run "
-                "fracjax.data.audit before trusting a test score."
-            ),
-            features=_features(size),
-            supervised_keys=("image", "label"),
-            homepage=KAGGLE_URL,
-            metadata=tfds.core.MetadataDict(),
-        )
 
     def _records(self, dl_manager):
         root = find_split_root(dl_manager.manual_dir)

@@ -32,15 +32,11 @@ NEEDED_COLUMNS = ("image_id", "fractured")
 
 def find_fracatlas_root(manual_dir: str, max_depth: int = 3) -> str:
     """The folder holding ``dataset.csv`` (any case), ``manual_dir`` or below."""
-    level = [os.fspath(manual_dir)]
-    for _ in range(max_depth + 1):
-        for folder in level:
-            if any(n.lower() == "dataset.csv" for n in os.listdir(folder)):
-                return folder
-        level = [os.path.join(f, n) for f in level for n in sorted(os.listdir(f))
-                 if os.path.isdir(os.path.join(f, n)) and not n.startswith(".")]
-    raise FileNotFoundError(f"no dataset.csv inside {manual_dir}; unzip the FracAtlas archive "
-                            f"({builders.FRACATLAS_URL}) there")
+    found = builders.search_down(manual_dir, lambda _, names: "dataset.csv" in {n.lower() for n in names}, max_depth)
+    if found is None:
+        raise FileNotFoundError(f"no dataset.csv inside {manual_dir}; unzip the FracAtlas archive "
+                                f"({builders.FRACATLAS_URL}) there")
+    return found
 
 
 def _files_by_name(folder: str) -> Dict[str, str]:
@@ -162,30 +158,18 @@ class FracAtlas(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Grouped 70/15/15 split; body part, view, hardware, boxes."}
     BUILDER_CONFIGS = [FracAtlasConfig(name="224", description="224x224; a grouped, stratified 70/15/15 split.")]
     DEFAULT_CONFIG_NAME = "224"
+    DESCRIPTION = ("FracAtlas: musculoskeletal radiographs labelled fractured / not fractured, with fracture "
+                   "boxes. No official classification split: a grouped, stratified one.")
+    HOMEPAGE = builders.FRACATLAS_URL
     EXTRAS = ("body_part", "view", "hardware", "boxes")
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Download FracAtlas.zip from {builders.FRACATLAS_URL}, unzip it, and pass the
     folder holding dataset.csv and images/ (or any folder above it) as manual_dir.
     """
 
-    def __init__(self, *, strict: bool = False, file_format=None, **kwargs):
-        self.strict = strict
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
     def _preparing_what(self) -> str:
         size = self.builder_config.image_size
         return f"decoding FracAtlas to {size}x{size} grey, auditing near-duplicates, a grouped split (no download)"
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=("FracAtlas: musculoskeletal radiographs labelled fractured / not fractured, with "
-                         "fracture boxes. No official classification split: a grouped, stratified one."),
-            features=builders._features(self.builder_config.image_size, self.EXTRAS),
-            supervised_keys=("image", "label"),
-            homepage=builders.FRACATLAS_URL,
-            metadata=tfds.core.MetadataDict(),
-        )
 
     def _records(self, dl_manager):
         root = find_fracatlas_root(dl_manager.manual_dir)

@@ -187,20 +187,13 @@ class ImageFolder(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [ImageFolderConfig(name="unset", description="made by fracjax.data.from_folder")]
     EXTRAS = ("patient", "study")
 
-    def __init__(self, *, strict: bool = False, file_format=None, **kwargs):
-        self.strict = strict
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
     def _preparing_what(self) -> str:
         c = self.builder_config
         return f"decoding {c.source} to {c.image_size}x{c.image_size} grey"
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self, description=f"X-rays from {self.builder_config.source}",
-            features=builders._features(self.builder_config.image_size, self.EXTRAS),
-            supervised_keys=("image", "label"), metadata=tfds.core.MetadataDict(),
-        )
+    @property
+    def DESCRIPTION(self) -> str:  # noqa: N802  (the builders' class attribute, per source here)
+        return f"X-rays from {self.builder_config.source}"
 
     def _records(self, dl_manager):
         source = self.builder_config.source

@@ -29,16 +29,14 @@ STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
 def find_mura_root(manual_dir: str, max_depth: int = 3) -> str:
     """``MURA-v1.1`` inside ``manual_dir`` (or ``manual_dir`` itself): the
     folder holding ``train/`` and ``valid/``."""
-    level = [os.fspath(manual_dir)]
-    for _ in range(max_depth + 1):
-        for folder in level:
-            names = {n.lower() for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n))}
-            if {"train", "valid"} <= names:
-                return folder
-        level = [os.path.join(f, n) for f in level for n in sorted(os.listdir(f))
-                 if os.path.isdir(os.path.join(f, n)) and not n.startswith(".")]
-    raise FileNotFoundError(f"no MURA-v1.1 folder (with train/ and valid/) inside {manual_dir}; "
-                            f"unzip the MURA download ({builders.MURA_URL}) there")
+    def holds_splits(folder, names):
+        return {"train", "valid"} <= {n.lower() for n in names if os.path.isdir(os.path.join(folder, n))}
+
+    found = builders.search_down(manual_dir, holds_splits, max_depth)
+    if found is None:
+        raise FileNotFoundError(f"no MURA-v1.1 folder (with train/ and valid/) inside {manual_dir}; "
+                                f"unzip the MURA download ({builders.MURA_URL}) there")
+    return found
 
 
 def _inside(root: str, listed: str) -> str:
@@ -146,31 +144,19 @@ class Mura(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
         MuraConfig(name="320", image_size=320, description="Images resized to 320x320 (the MURA paper's size)."),
     ]
     DEFAULT_CONFIG_NAME = "224"
+    DESCRIPTION = ("MURA v1.1: upper-extremity radiographs labelled normal/abnormal per study by radiologists "
+                   "(abnormal is stored as label 1). Test = the public valid set; validation = a patient-grouped "
+                   "tenth of train.")
+    HOMEPAGE = builders.MURA_URL
     EXTRAS = ("patient", "study", "body_part")
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Request and download MURA v1.1 from {builders.MURA_URL}, unzip it, and pass
     the folder holding MURA-v1.1/ (or MURA-v1.1/ itself) as manual_dir.
     """
 
-    def __init__(self, *, strict: bool = False, file_format=None, **kwargs):
-        self.strict = strict
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
     def _preparing_what(self) -> str:
         size = self.builder_config.image_size
         return f"decoding MURA-v1.1's images to {size}x{size} grey, splitting train by patient (no download)"
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=("MURA v1.1: upper-extremity radiographs labelled normal/abnormal per study by "
-                         "radiologists (abnormal is stored as label 1). Test = the public valid set; "
-                         "validation = a patient-grouped tenth of train."),
-            features=builders._features(self.builder_config.image_size, self.EXTRAS),
-            supervised_keys=("image", "label"),
-            homepage=builders.MURA_URL,
-            metadata=tfds.core.MetadataDict(),
-        )
 
     def _records(self, dl_manager):
         root = find_mura_root(dl_manager.manual_dir)
