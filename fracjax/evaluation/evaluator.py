@@ -74,6 +74,8 @@ class EvaluationResult:
             out.extend(stats.chance_warnings(m, name))
         if self.calibration:
             out.extend(stats.calibration_warnings(self.calibration))
+        if self.studies and "error" in self.studies:
+            out.append(f"no study-level metrics: {self.studies['error']}")
         return out
 
     def table(self, digits: int = 3) -> str:
@@ -104,7 +106,7 @@ class EvaluationResult:
         out = []
         if self.subgroups:
             out.append((f"by {self.fields_name('subgroup')}", *studies.summary_table(self.subgroups, digits)))
-        if self.studies:
+        if self.studies and "by" in self.studies:
             out.append((f"study level ({self.studies['how']} of each study's image probabilities)",
                         *studies.summary_table(self.studies["by"], digits)))
         if self.localisation:
@@ -312,7 +314,10 @@ def _add_clean(result: EvaluationResult, audit, split: str, metrics_of) -> None:
 
 def _study_rows(fields, labels, probabilities, how: str, cluster: Optional[str], options) -> Dict[str, Any]:
     """Study-level metrics, overall and per body part (MURA's table)."""
-    rows = studies.study_level(fields["study"], labels, probabilities, how)
+    try:
+        rows = studies.study_level(fields["study"], labels, probabilities, how)
+    except ValueError as err:  # a study labelled both ways (a user's CSV may have one): no study rows, said
+        return {"how": how, "error": str(err)}
     first = rows.first
     parts = [str(fields["body_part"][i]) for i in first] if _known(fields, "body_part") else ["all"] * len(first)
     groups = [str(fields["patient"][i]) for i in first] if cluster == "patient" else None

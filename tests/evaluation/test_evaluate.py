@@ -142,6 +142,11 @@ def test_groups_parts_studies_and_boxes_shape_the_evaluation(classifier, data):
     assert "resampling patients" in table
     saved = json.loads(json.dumps(result.to_json()))
     assert saved["cluster"] == "patient" and "all" in saved["studies"]["by"]
+    # A study whose images disagree on the label: no study rows, and the warning says which.
+    mixed = dict(fields, study=["one"] * len(names))
+    odd = fracjax.evaluate(classifier, (images, labels, names, mixed), bootstrap=0, localise=False)
+    assert "error" in odd.studies and any("no study-level metrics: study 'one'" in w for w in odd.warnings())
+    assert "study level" not in odd.table()
     with pytest.raises(ValueError, match="cluster_by"):
         fracjax.evaluate(classifier, (images, labels, names, fields), cluster_by="ward")
     with pytest.raises(ValueError, match="no study ids"):
