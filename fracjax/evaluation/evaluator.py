@@ -105,7 +105,7 @@ class EvaluationResult:
         localisation tables this result has (the report shows the same)."""
         out = []
         if self.subgroups:
-            out.append((f"by {self.fields_name('subgroup')}", *studies.summary_table(self.subgroups, digits)))
+            out.append(("by body part", *studies.summary_table(self.subgroups, digits)))
         if self.studies and "by" in self.studies:
             out.append((f"study level ({self.studies['how']} of each study's image probabilities)",
                         *studies.summary_table(self.studies["by"], digits)))
@@ -113,9 +113,6 @@ class EvaluationResult:
             out.append(("does the saliency map point at the fracture? (true positives with boxes)",
                         *localisation.summary_table(self.localisation, digits)))
         return out
-
-    def fields_name(self, role: str) -> str:
-        return "body part" if role == "subgroup" else role
 
 
 def clean_filenames(audit: Any, split: str = "test") -> Optional[set]:
@@ -245,11 +242,11 @@ def evaluate(
     images, labels, filenames, fields = _examples(data, split, data_dir)
     if len(labels) == 0:
         raise ValueError(f"split {split!r} holds no examples")
+    cluster = _cluster_field(fields, cluster_by)  # before the model runs: a wrong cluster_by is refused first
+    groups = np.asarray(_ids(fields[cluster]), dtype=object) if cluster else None
     images = list(images)
     logits = classifier.logits(images).astype(np.float64)
     temperature = classifier.temperature if calibrated else 1.0
-    cluster = _cluster_field(fields, cluster_by)
-    groups = np.asarray(fields[cluster], dtype=object) if cluster else None
 
     def metrics_of(mask):
         return stats.metrics_with_intervals(
@@ -266,13 +263,20 @@ def evaluate(
     _add_clean(result, audit, split, metrics_of)
     options = dict(threshold=float(threshold), samples=bootstrap, seed=seed)
     if _known(fields, "body_part"):
-        result.subgroups = studies.subgroup_metrics(fields["body_part"], labels, probabilities, groups=groups, **options)
+        parts = [str(p) or "unknown" for p in fields["body_part"]]
+        result.subgroups = studies.subgroup_metrics(parts, labels, probabilities, groups=groups, **options)
     if _known(fields, "study"):
         result.studies = _study_rows(fields, labels, probabilities, study_aggregate, cluster, options)
     if localise and _known(fields, "boxes", empty_ok=True):
         result.localisation = _localisation(classifier, images, fields["boxes"], probabilities >= threshold, labels,
                                             samples=bootstrap, level=level, seed=seed)
     return result
+
+
+def _ids(values: Sequence) -> List[str]:
+    """Group ids with the unknown ones ("") each a group of its own, never one
+    group of every example whose patient or study is unknown."""
+    return [str(v) if str(v) != "" else f"(unknown #{i})" for i, v in enumerate(values)]
 
 
 def _known(fields: Dict[str, list], name: str, empty_ok: bool = False) -> bool:
@@ -315,13 +319,14 @@ def _add_clean(result: EvaluationResult, audit, split: str, metrics_of) -> None:
 def _study_rows(fields, labels, probabilities, how: str, cluster: Optional[str], options) -> Dict[str, Any]:
     """Study-level metrics, overall and per body part (MURA's table)."""
     try:
-        rows = studies.study_level(fields["study"], labels, probabilities, how)
+        rows = studies.study_level(_ids(fields["study"]), labels, probabilities, how)
     except ValueError as err:  # a study labelled both ways (a user's CSV may have one): no study rows, said
         return {"how": how, "error": str(err)}
     first = rows.first
-    parts = [str(fields["body_part"][i]) for i in first] if _known(fields, "body_part") else ["all"] * len(first)
-    groups = [str(fields["patient"][i]) for i in first] if cluster == "patient" else None
-    if parts and set(parts) != {"all"}:
+    parts = [str(fields["body_part"][i]) or "unknown" for i in first] if _known(fields, "body_part") else None
+    patients = _ids(fields["patient"]) if cluster == "patient" else None
+    groups = [patients[i] for i in first] if patients else None
+    if parts:
         by = studies.subgroup_metrics(parts, rows.labels, rows.probabilities, groups=groups, **options)
     else:
         by = {"all": stats.metrics_with_intervals(rows.labels, rows.probabilities, options["threshold"],

@@ -151,3 +151,13 @@ def test_groups_parts_studies_and_boxes_shape_the_evaluation(classifier, data):
         fracjax.evaluate(classifier, (images, labels, names, fields), cluster_by="ward")
     with pytest.raises(ValueError, match="no study ids"):
         fracjax.evaluate(classifier, data, cluster_by="study")
+
+
+def test_unknown_patient_ids_are_each_their_own_cluster(classifier, data):
+    images, labels, names = data
+    fields = {"patient": ["P1"] + [""] * (len(names) - 1)}  # one known patient, the rest unknown
+    clustered = fracjax.evaluate(classifier, (images, labels, names, fields), bootstrap=200, localise=False)
+    plain = fracjax.evaluate(classifier, (images, labels, names, fields), bootstrap=200, cluster_by="none")
+    assert clustered.cluster == "patient"
+    # Every example its own cluster: exactly the image-level bootstrap (not one cluster of the unknowns).
+    assert clustered.metrics["intervals"] == plain.metrics["intervals"]
