@@ -266,11 +266,13 @@ def grouped_splits(records: Sequence[Record], pngs: Sequence[bytes], *, keys=Non
     return names, said
 
 
+# A field a record does not know: no boxes, hardware -1, empty text.
+UNKNOWN_FIELD = {"boxes": np.zeros((0, 4), np.float32), "hardware": -1}
+
+
 def stored_example(record: Record, png: bytes, extras: Sequence[str]) -> Dict[str, object]:
     example = {"image": png, "label": record.label, "filename": record.path}
-    for name in extras:
-        example[name] = record.fields.get(name, np.zeros((0, 4), np.float32) if name == "boxes" else
-                                          (-1 if name == "hardware" else ""))
+    example.update((name, record.fields.get(name, UNKNOWN_FIELD.get(name, ""))) for name in extras)
     return example
 
 
@@ -284,7 +286,7 @@ class _NoOpenCvAdvice(logging.Filter):
              "Variant folder ")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg % record.args if record.args else record.msg).startswith(self.NOISE)
+        return not record.getMessage().startswith(self.NOISE)
 
 
 logging.getLogger("absl").addFilter(_NoOpenCvAdvice())
