@@ -344,8 +344,9 @@ class _DecodedThenSplit(_SaysWhatItPrepares):
         names, said = self._assign(kept, pngs)
         empty = [s for s in SPLITS if s not in names]
         if empty:
-            raise ValueError(f"{self.name}: no examples for split(s) {empty} in {root} "
-                             f"({len(kept)} readable images): too few to split")
+            why = "the given splits hold none" if said.get("kind") == "given" else "too few images to split"
+            raise ValueError(f"{self.name}: no examples for split(s) {empty} in {root} ({len(kept)} readable "
+                             f"images): {why}")
         self.info.metadata["skipped"] = unlisted + skipped
         self.info.metadata["split"] = said
         self.info.metadata["source_root"] = os.path.basename(os.path.normpath(root))
