@@ -70,9 +70,14 @@ def metrics_section(result) -> str:
     level = int(round(100 * result.metrics.get("interval_level", 0.95)))
     note = (f"<p class='note'>Decision threshold {stats.format_thresholds([result.threshold])[0]}; "
             f"[..] = {level}% percentile bootstrap "
-            f"interval; probabilities {'temperature-scaled' if result.calibrated else 'as the model gives them'}."
+            f"interval{_resampling(result)}; probabilities {'temperature-scaled' if result.calibrated else 'as the model gives them'}."
             + ("" if result.clean is not None else " No leakage audit given: no clean-test column.") + "</p>")
     return html_table(header, metrics_rows(result)) + note
+
+
+def _resampling(result) -> str:
+    cluster = getattr(result, "cluster", None)
+    return f" resampling {cluster}s (cluster bootstrap: one {cluster}'s images are not independent)" if cluster else ""
 
 
 def _pick(indices: np.ndarray, probs: np.ndarray, count: int, most_confident: bool) -> np.ndarray:

@@ -116,6 +116,7 @@ def test_train_on_mura_reports_study_level_rows_per_body_part(mura, tmp_path):
     assert set(evaluation["subgroups"]) == {"hand", "wrist", "all"}
     page = (tmp_path / "mura" / "report.html").read_text()
     assert "Study level" in page and "Data set mura" in page and "not measured" in page
+    assert "resampling patients (cluster bootstrap" in page
 
 
 def test_mura_bad_study_csv_names_the_file_and_line(tmp_path):
