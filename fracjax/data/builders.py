@@ -102,14 +102,58 @@ def _map_in_processes(fn, items: Sequence, chunksize: int = 16, seconds: Optiona
 # --------------------------------------------------------------------------
 
 
-def class_label(folder_name: str) -> Optional[int]:
-    """``fractured`` -> 1, ``not fractured`` (any case, ``_``/``-``/space) -> 0."""
-    key = re.sub(r"[\s_\-]+", " ", folder_name.strip().lower())
-    if key == "fractured":
+POSITIVE_NAMES = ("fractured", "fracture", "fractures", "positive", "abnormal", "yes", "1")
+NEGATIVE_NAMES = ("not fractured", "non fractured", "no fracture", "unfractured", "normal", "negative", "healthy",
+                  "no", "0")
+
+
+def class_label(name: str) -> Optional[int]:
+    """A class folder's or a CSV label's name -> 1 (fractured), 0 (not), or
+    None: ``fractured``, ``positive``, ``abnormal``, ``1``...; ``not
+    fractured``, ``normal``, ``0``... in any case, with ``_``/``-``/spaces."""
+    key = re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
+    if key in POSITIVE_NAMES:
         return 1
-    if key in ("not fractured", "notfractured", "non fractured", "unfractured"):
+    if key in NEGATIVE_NAMES or key.replace(" ", "") in ("notfractured", "nonfractured"):
         return 0
     return None
+
+
+def files_under(folder: str, root: str, extensions: Optional[Tuple[str, ...]] = IMAGE_EXTENSIONS) -> List[str]:
+    """The files below ``folder`` as paths relative to ``root`` ("/"-separated,
+    sorted as walked), leaving out hidden files and folders (macOS ``._``
+    copies included), OS junk and, with ``extensions``, other kinds."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name.lower() in JUNK_FILES:
+                continue
+            if extensions is None or name.lower().endswith(extensions):
+                out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+    return out
+
+
+def subfolders(folder: str) -> List[str]:
+    return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)) and not n.startswith("."))
+
+
+def class_files(root: str, folder: str, allow_empty: bool = True) -> List[Tuple[str, int]]:
+    """(path relative to root, label) of the images in ``folder``'s class
+    subfolders; a folder with another name (or, unless ``allow_empty``, one
+    without images) is a ValueError naming it."""
+    out = []
+    for name in subfolders(folder):
+        path = os.path.join(folder, name)
+        label = class_label(name)
+        if label is None:
+            raise ValueError(f"{path}: class folder {name!r} is neither fractured ({', '.join(POSITIVE_NAMES)}) "
+                             f"nor not fractured ({', '.join(NEGATIVE_NAMES)})")
+        files = files_under(path, root)
+        if not files and not allow_empty:
+            raise ValueError(f"{path}: the class folder {name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        out.extend((rel, label) for rel in files)
+    return out
 
 
 def search_down(top: os.PathLike, wanted, max_depth: int) -> Optional[str]:
@@ -157,26 +201,8 @@ def list_split_files(root: str) -> Dict[str, List[Tuple[str, int]]]:
         split_path = os.path.join(root, split_folder)
         if split is None or not os.path.isdir(split_path):
             continue
-        files = out.setdefault(split, [])
-        for class_folder in sorted(os.listdir(split_path)):
-            class_path = os.path.join(split_path, class_folder)
-            if not os.path.isdir(class_path) or class_folder.startswith("."):
-                continue
-            label = class_label(class_folder)
-            if label is None:
-                raise ValueError(
-                    f"{class_path}: unknown class folder {class_folder!r}; expected 'fractured' and 'not fractured'"
-                )
-            for dirpath, dirnames, filenames in os.walk(class_path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if name.startswith(".") or name.lower() in JUNK_FILES:
-                        continue
-                    if not name.lower().endswith(IMAGE_EXTENSIONS):
-                        continue
-                    rel = os.path.relpath(os.path.join(dirpath, name), root)
-                    files.append((rel.replace(os.sep, "/"), label))
-        files.sort()
+        out.setdefault(split, []).extend(class_files(root, split_path))
+        out[split].sort()
     missing = [s for s in ("train", "validation", "test") if not out.get(s)]
     if missing:
         raise FileNotFoundError(f"{root}: no images for split(s) {missing}")

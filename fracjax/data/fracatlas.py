@@ -41,13 +41,9 @@ def find_fracatlas_root(manual_dir: str, max_depth: int = 3) -> str:
 
 def _files_by_name(folder: str) -> Dict[str, str]:
     """{lower-case file name: path relative to ``folder``'s parent}, walking ``folder``."""
-    out = {}
-    parent = os.path.dirname(folder)
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                out.setdefault(name.lower(), os.path.relpath(os.path.join(dirpath, name), parent).replace(os.sep, "/"))
+    out: Dict[str, str] = {}
+    for rel in builders.files_under(folder, os.path.dirname(folder), extensions=None):
+        out.setdefault(rel.rsplit("/", 1)[-1].lower(), rel)
     return out
 
 

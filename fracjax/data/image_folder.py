@@ -30,63 +30,17 @@ from typing import Dict, List, Optional, Tuple
 import tensorflow_datasets as tfds
 
 from fracjax.data import builders
-from fracjax.data.builders import JUNK_FILES, SPLIT_FOLDERS, Record
-from fracjax.data.io import DICOM_EXTENSIONS, IMAGE_EXTENSIONS
+from fracjax.data.builders import SPLIT_FOLDERS, Record, class_files, class_label, subfolders
+from fracjax.data.io import DICOM_EXTENSIONS
 
-POSITIVE_NAMES = ("fractured", "fracture", "fractures", "positive", "abnormal", "yes", "1")
-NEGATIVE_NAMES = ("not fractured", "non fractured", "no fracture", "unfractured", "normal", "negative", "healthy",
-                  "no", "0")
 CSV_COLUMNS = ("path", "label", "patient", "study", "split")
-
-
-def label_of(name: str) -> Optional[int]:
-    """A class folder's or a CSV label's name -> 1 (fractured), 0, or None."""
-    key = re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
-    if key in POSITIVE_NAMES:
-        return 1
-    if key in NEGATIVE_NAMES or key.replace(" ", "") in ("notfractured", "nonfractured"):
-        return 0
-    return None
-
-
-def _images_under(folder: str, root: str) -> List[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name.lower() in JUNK_FILES or not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
-    return out
-
-
-def _subfolders(folder: str) -> List[str]:
-    return sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)) and not n.startswith("."))
-
-
-def _class_records(root: str, folder: str, split: Optional[str]) -> List[Record]:
-    records = []
-    for name in _subfolders(folder):
-        label = label_of(name)
-        path = os.path.join(folder, name)
-        if label is None:
-            raise ValueError(f"{path}: class folder {name!r} is neither fractured ({', '.join(POSITIVE_NAMES)}) "
-                             f"nor not fractured ({', '.join(NEGATIVE_NAMES)})")
-        files = _images_under(path, root)
-        if not files:
-            raise ValueError(f"{path}: the class folder {name!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        records.extend(Record(rel, label, {}, split) for rel in files)
-    return records
 
 
 def list_folder(root: str) -> List[Record]:
     """Records of ``root/<class>/`` or ``root/<split>/<class>/``."""
-    subfolders = _subfolders(root)
-    splits = {n: SPLIT_FOLDERS[n.lower()] for n in subfolders if n.lower() in SPLIT_FOLDERS}
-    if splits:
-        records = [r for n, split in splits.items() for r in _class_records(root, os.path.join(root, n), split)]
-    else:
-        records = _class_records(root, root, None)
+    splits = {n: SPLIT_FOLDERS[n.lower()] for n in subfolders(root) if n.lower() in SPLIT_FOLDERS} or {"": None}
+    records = [Record(rel, label, {}, split) for n, split in splits.items()
+               for rel, label in class_files(root, os.path.join(root, n), allow_empty=False)]
     _need_both_classes(records, root)
     return records
 
@@ -105,7 +59,7 @@ def _csv_row(row: Dict[str, str], root: str, where: str) -> Tuple[str, Record]:
     full = os.path.realpath(os.path.join(root, path))
     if os.path.commonpath([full, os.path.realpath(root)]) != os.path.realpath(root):
         raise ValueError(f"{where}: path {path!r} is outside the CSV's folder {root}")
-    label = label_of(row.get("label") or "")
+    label = class_label(row.get("label") or "")
     if label is None:
         raise ValueError(f"{where}: label must be 0 or 1 (or a class name), got {row.get('label')!r}")
     split = None

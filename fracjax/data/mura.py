@@ -77,13 +77,7 @@ def _listed_images(root: str, split: str) -> Optional[List[Tuple[str, int]]]:
 
 
 def _walked_images(root: str, split: str) -> List[Tuple[str, int]]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, split)):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.lower().endswith(".png") and not name.startswith("."):  # ._image1.png: macOS metadata
-                out.append((os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"), 0))
-    return out
+    return [(rel, 0) for rel in builders.files_under(os.path.join(root, split), root, (".png",))]
 
 
 def _record(rel: str, labels: Optional[Dict[str, int]], split: str) -> Tuple[Optional[Record], str]:

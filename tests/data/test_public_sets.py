@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import fracjax.data
+from fracjax.data import builders, image_folder, prepare, synthetic
 from fracjax.data import fracatlas as fracatlas_lib
-from fracjax.data import image_folder, prepare, synthetic
 
 SPLITS = ("train", "validation", "test")
 
@@ -258,7 +258,7 @@ def test_bad_folders_are_refused_with_their_name(tmp_path):
     _write(tmp_path / "b" / "maybe" / "x.png", _xray(1))
     with pytest.raises(ValueError, match=r"class folder 'maybe' is neither fractured"):
         image_folder.list_folder(str(tmp_path / "b"))
-    assert [image_folder.label_of(n) for n in ("Fractured", "NOT_fractured", "Abnormal", "0", "x")] == [1, 0, 1, 0, None]
+    assert [builders.class_label(n) for n in ("Fractured", "NOT_fractured", "Abnormal", "0", "x")] == [1, 0, 1, 0, None]
 
 
 # ----------------------------------------------------------------------------- the Kaggle set, re-split
@@ -317,9 +317,9 @@ def test_a_bad_yolo_or_voc_file_names_itself():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.sampled_from(image_folder.POSITIVE_NAMES + image_folder.NEGATIVE_NAMES),
+@given(st.sampled_from(builders.POSITIVE_NAMES + builders.NEGATIVE_NAMES),
        st.lists(st.sampled_from([" ", "_", "-"]), min_size=1, max_size=1), st.booleans())
 def test_class_names_any_case_and_separator(name, separator, upper):
     written = name.replace(" ", separator[0])
     written = written.upper() if upper else written.title()
-    assert image_folder.label_of(written) == int(name in image_folder.POSITIVE_NAMES)
+    assert builders.class_label(written) == int(name in builders.POSITIVE_NAMES)
