@@ -274,7 +274,7 @@ def bench_export(model_name: str, batch: int, size: int, reps: int, fmt: str) ->
     classifier = Classifier(spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        loaded = fracjax.deploy.load(classifier.export(os.path.join(tmp, "e"), format=fmt))
+        loaded = fracjax.deploy.load(fracjax.export(classifier, os.path.join(tmp, "e"), format=fmt))
         export_s = time.perf_counter() - start
     x = np.asarray(random_batch(batch, size)[0], np.float32)
     if fmt == "onnx":

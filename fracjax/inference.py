@@ -80,12 +80,6 @@ class Classifier:
         self.set_calibration(calibration)
         self._forward = jax.jit(lambda v, x: self.model.apply(v, x, train=False)[:, 0].astype(jnp.float32))
 
-    def export(self, out_dir: str, format: str = "stablehlo", force: bool = False) -> str:
-        """This classifier as an artifact with its model card (:func:`fracjax.deploy.export`)."""
-        from fracjax.deploy import export
-
-        return export(self, out_dir, format, force=force)
-
     def set_calibration(self, calibration: Optional[Dict[str, Any]]) -> None:
         """Temperature scaling and operating points fitted on validation
         (fracjax.evaluation.calibrate_checkpoint); None: raw probabilities."""

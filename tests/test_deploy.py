@@ -24,7 +24,7 @@ def classifier():
 
 @pytest.fixture(scope="module")
 def exported(classifier, tmp_path_factory):
-    return classifier.export(str(tmp_path_factory.mktemp("e") / "model"))
+    return fracjax.export(classifier, str(tmp_path_factory.mktemp("e") / "model"))
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_an_artifact_that_disagrees_with_fracjax_is_not_written(classifier, tmp_
 @pytest.fixture(scope="module")
 def onnx_export(classifier, tmp_path_factory):
     pytest.importorskip("jax2onnx", reason="the ONNX export needs the extra 'onnx' (in the test extra)")
-    return classifier.export(str(tmp_path_factory.mktemp("o") / "model"), format="onnx")
+    return fracjax.export(classifier, str(tmp_path_factory.mktemp("o") / "model"), format="onnx")
 
 
 def test_onnxruntime_computes_what_predict_does_at_any_batch(onnx_export, classifier, pixels):

@@ -17,6 +17,7 @@ from PIL import Image
 httpx = pytest.importorskip("httpx", reason="the extra 'serve' (and httpx) is in the test extra")
 pytest.importorskip("fastapi")
 
+import fracjax  # noqa: E402
 from fracjax.deploy.batcher import DynamicBatcher, batch_shapes, padded_size, warm_up  # noqa: E402
 from fracjax.deploy.served import open_served  # noqa: E402
 from fracjax.deploy.server import Limits, create_app  # noqa: E402
@@ -202,7 +203,7 @@ def test_the_card_and_the_page(app):
 
 
 def test_an_export_serves_what_its_checkpoint_computes_and_explains_from_it(run_dir, classifier, tmp_path):
-    exported = classifier.export(str(tmp_path / "exported"))
+    exported = fracjax.export(classifier, str(tmp_path / "exported"))
     served = open_served(exported)
     assert served.card["format"] == "stablehlo" and served.explainer is not None
     pixels = classifier.prepare([XRAY])
