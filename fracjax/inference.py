@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +18,10 @@ import numpy as np
 import fracjax
 from fracjax.checkpoint import find_model_checkpoint, restore_model
 from fracjax.data.io import model_input, read_image
+from fracjax.data.screening import Observations, input_check
 from fracjax.metrics import LABEL_NAMES, apply_temperature, probabilities_from_logits
 
-ArrayLike = Union[np.ndarray, jax.Array]
+OUTSIDE = "outside what this model was trained on"
 
 ERRORS = ("raise", "skip")
 MIN_SIDE = 8  # the narrowest image a batch (N, H, W) may hold: (64, 64, 2) is no batch of 64 images
@@ -34,15 +35,33 @@ def _one_image(shape) -> bool:
 class Predictions:
     """``predict(..., errors="skip")``: ``probabilities`` has one entry per
     input, NaN where the input failed; ``failed`` maps those inputs'
-    positions to why."""
+    positions to why. ``flagged`` maps the inputs that the input checks
+    (:mod:`fracjax.data.screening`) found outside what the model was trained
+    on to the reason: they have a probability, but no label by default."""
 
     probabilities: np.ndarray
     failed: Dict[int, str]
+    flagged: Dict[int, str] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> np.ndarray:
         """A boolean mask of the inputs that were predicted."""
         return _predicted(len(self.probabilities), self.failed)
+
+    @property
+    def in_distribution(self) -> np.ndarray:
+        """A boolean mask of the inputs that were predicted and passed the input checks."""
+        return _predicted(len(self.probabilities), {**self.failed, **self.flagged})
+
+
+def label_of(probability: float, threshold: float, labels=LABEL_NAMES) -> str:
+    """The one labelling rule (the CLI, the API and the server): fractured at or above the threshold."""
+    return labels[int(probability >= threshold)]
+
+
+def format_threshold(threshold: float) -> str:
+    """A threshold with the digits that tell it from its neighbours (0.499776, not 0.5)."""
+    return f"{threshold:.6g}"
 
 
 def _predicted(count: int, failed: Dict[int, str]) -> np.ndarray:
@@ -105,9 +124,11 @@ class Classifier:
         classifier.checkpoint = os.path.abspath(where)  # a model card names it: from any folder
         return classifier
     # -- inputs ---------------------------------------------------------------
-    def _items(self, inputs) -> List[Tuple[str, Callable[[], np.ndarray]]]:
+    def _items(self, inputs) -> List[Tuple[str, Callable[[], Tuple[np.ndarray, Optional[str]]]]]:
         """(name, load) for each input image; ``load()`` decodes and
-        preprocesses it (errors are the item's own, raised when loaded)."""
+        preprocesses it and runs the input checks: (model input, the reason
+        it is not a radiograph or None). Errors are the item's own, raised
+        when loaded."""
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
         if isinstance(inputs, (list, tuple)):
@@ -120,20 +141,31 @@ class Classifier:
         raise ValueError(f"expected pixels (H, W), (H, W, C) with C in 1, 3, 4, or a batch (N, H, W) / (N, H, W, C); "
                          f"got shape {array.shape}")
 
-    def _item(self, name: str, item) -> Tuple[str, Callable[[], np.ndarray]]:
-        if isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
-            return path, lambda: model_input(read_image(path), self.image_size, path)
-        return name, lambda: model_input(item, self.image_size, name)
+    def _item(self, name: str, item) -> Tuple[str, Callable[[], Tuple[np.ndarray, Optional[str]]]]:
+        def load():
+            seen = Observations()
+            if isinstance(item, (str, os.PathLike)):
+                pixels = model_input(read_image(item, seen=seen), self.image_size, os.fspath(item))
+            else:
+                pixels = model_input(item, self.image_size, name, seen)
+            return pixels, input_check(seen, pixels)
 
-    def _batches(self, items, errors: str, failed: Dict[int, str]) -> Iterable[Tuple[List[int], np.ndarray]]:
+        return (os.fspath(item) if isinstance(item, (str, os.PathLike)) else name), load
+
+    def _batches(self, items, errors: str, failed: Dict[int, str],
+                 flagged: Optional[Dict[int, str]] = None) -> Iterable[Tuple[List[int], np.ndarray]]:
         """(item indices, batch) of the items that load; a failure raises
-        (``errors="raise"``) or is recorded in ``failed`` ("skip")."""
+        (``errors="raise"``) or is recorded in ``failed`` ("skip"); the input
+        checks' reasons go to ``flagged``."""
         indices: List[int] = []
         batch: List[np.ndarray] = []
+        flagged = {} if flagged is None else flagged
         for i, (name, load) in enumerate(items):
             try:
-                batch.append(load())
+                pixels, reason = load()
+                batch.append(pixels)
+                if reason:
+                    flagged[i] = reason
             except (ValueError, OSError, MemoryError) as err:  # ImageDecodeError is a ValueError
                 said = str(err) if name in str(err) else f"{name}: {err}"
                 if errors == "raise":
@@ -160,12 +192,13 @@ class Classifier:
         with ``errors="skip"`` NaN for the items that fail (``predict`` says why)."""
         return self._logits(inputs, errors, {})
 
-    def _logits(self, inputs, errors: str, failed: Dict[int, str]) -> np.ndarray:
+    def _logits(self, inputs, errors: str, failed: Dict[int, str],
+                flagged: Optional[Dict[int, str]] = None) -> np.ndarray:
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
         items = self._items(inputs)
         out = np.full((len(items),), np.nan, np.float32)
-        for indices, batch in self._batches(items, errors, failed):
+        for indices, batch in self._batches(items, errors, failed, flagged):
             n = len(batch)
             if n < self.batch_size:  # pad to one shape: one compile
                 batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
@@ -189,16 +222,20 @@ class Classifier:
         validation, when the checkpoint has one.
         ``errors``: "raise" (default) stops at the first item that cannot be
         read, naming it; "skip" returns a :class:`Predictions` with NaN for
-        the items that failed and why in ``failed``.
+        the items that failed and why in ``failed``, and the input checks'
+        findings in ``flagged`` (a photograph, a CT slice, a blank frame:
+        :mod:`fracjax.data.screening`), which plain arrays do not carry: use
+        ``errors="skip"`` or :meth:`classify` where inputs may not be X-rays.
         """
         failed: Dict[int, str] = {}
-        logits = self._logits(inputs, errors, failed)
+        flagged: Dict[int, str] = {}
+        logits = self._logits(inputs, errors, failed, flagged)
         probabilities = np.full(logits.shape, np.nan)
         read = _predicted(len(logits), failed)
         probabilities[read] = probabilities_from_logits(logits[read], self.temperature if calibrated else 1.0)
         if errors == "raise":
             return probabilities
-        return Predictions(probabilities, failed)
+        return Predictions(probabilities, failed, flagged)
 
     def calibrate(self, probabilities) -> np.ndarray:
         """Raw model probabilities -> calibrated ones (identity without a temperature)."""
@@ -216,11 +253,18 @@ class Classifier:
                 f"no operating point {operating_point!r}; this checkpoint has {sorted(self.operating_points) or 'none'}"
             )
         return float(self.operating_points[operating_point])
-    def classify(self, inputs, operating_point: Optional[str] = None) -> List[str]:
-        """Labels at the saved decision threshold, or at a named operating point."""
+    def classify(self, inputs, operating_point: Optional[str] = None, force_label: bool = False) -> List[Optional[str]]:
+        """Labels at the saved decision threshold, or at a named operating point;
+        None for an input outside what the model was trained on (the input
+        checks), unless ``force_label``."""
         labels = self.spec.get("labels", list(LABEL_NAMES))
         threshold = self.threshold_for(operating_point)
-        return [labels[int(p >= threshold)] for p in self.predict(inputs)]
+        predicted = self.predict(inputs, errors="skip")
+        if predicted.failed:
+            first = min(predicted.failed)
+            raise ValueError(predicted.failed[first])
+        return [None if (k in predicted.flagged and not force_label) else label_of(p, threshold, labels)
+                for k, p in enumerate(predicted.probabilities)]
 
 CALIBRATION_FILE = "calibration.json"
 

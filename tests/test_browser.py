@@ -104,3 +104,23 @@ def test_the_page_classifies_an_uploaded_xray_as_predict_does(server, browser, t
     browser.find_element(By.ID, "overlay").click()
     assert image.get_attribute("src") != plain and image.get_attribute("src").startswith("data:image/png;base64,")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 50
+
+
+def test_the_page_says_a_photograph_is_outside_what_the_model_was_trained_on(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, _ = server
+    photo = np.zeros((60, 80, 3), np.uint8)
+    photo[..., 0], photo[..., 2] = 230, np.arange(80, dtype=np.uint8)[None, :] * 3
+    path = str(tmp_path / "portrait.png")
+    Image.fromarray(photo).save(path)
+    browser.get(url)
+    wait = WebDriverWait(browser, 120)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    browser.find_element(By.ID, "files").send_keys(path)
+    decision = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result .decision"))[0]
+    assert decision.text.startswith("outside what this model was trained on: a colour picture")
+    Select(browser.find_element(By.ID, "point")).select_by_value("youden")  # no threshold gives it a label
+    assert decision.text.startswith("outside what this model was trained on")
+    assert "fractured" not in decision.text

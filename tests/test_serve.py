@@ -125,6 +125,23 @@ def test_a_good_image_gets_what_classifier_predict_gives(app, classifier, tmp_pa
         assert picture.size == (60, 90)  # the upload's own shape, not the model's 32 x 32
 
 
+def test_inputs_that_are_not_radiographs_get_a_reason_no_decision_and_no_gradcam(app):
+    colour = np.zeros((90, 60, 3), np.uint8)
+    colour[..., 0], colour[..., 1] = 220, np.arange(60, dtype=np.uint8)[None, :] * 3  # a warm gradient: a picture
+    files = [("files", ("x.png", png(XRAY), "image/png")), ("files", ("photo.png", png(colour), "image/png")),
+             ("files", ("blank.png", png(np.full((90, 60), 7, np.uint8)), "image/png"))]
+    r = call(app, "POST", "/v1/predict", files=files, data={"explain": "true", "preview": "true"})
+    assert r.status_code == 200, r.text
+    xray, photo, blank = r.json()["results"]
+    assert xray["in_distribution"] is True and xray["reason"] is None and xray["decision"] and "gradcam" in xray
+    for flagged, start in ((photo, "a colour picture"), (blank, "a (nearly) uniform image")):
+        assert flagged["in_distribution"] is False and flagged["reason"].startswith(start)
+        assert flagged["decision"] is None and "gradcam" not in flagged and "image" in flagged
+        assert 0.0 <= flagged["probability"] <= 1.0
+    forced = call(app, "POST", "/v1/predict", files=files[1:2], data={"force_label": "true"}).json()["results"][0]
+    assert forced["decision"] in ("fractured", "not_fractured") and forced["in_distribution"] is False
+
+
 def test_each_file_gets_its_own_result_or_error(app):
     truncated = png(XRAY)[:200]
     r = call(app, "POST", "/v1/predict", files=[

@@ -6,6 +6,9 @@
 Decisions at the saved threshold, a validation operating point
 (``--operating-point youden``...) or ``--threshold``. An unreadable file is
 reported and skipped; the others are still predicted (exit status 1 then).
+A file the input checks find outside what the model was trained on (a
+photograph, a CT or MR slice, a blank frame) gets its probability but no
+label, with the reason; ``--force-label`` labels it anyway.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import List, Optional
 
 import fracjax
 from fracjax.checkpoint import CheckpointCorruptError
+from fracjax.inference import OUTSIDE, format_threshold, label_of
+
+COLUMNS = ["file", "probability", "label", "in_distribution", "reason", "error"]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -32,6 +38,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     decision.add_argument("--threshold", type=float, help="decide at this fracture probability, in (0, 1)")
     parser.add_argument("--csv", metavar="FILE", help="also write the results as CSV")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--force-label", action="store_true",
+                        help="label the files the input checks find outside what the model was trained on too")
     return parser
 
 
@@ -44,23 +52,28 @@ def _check_outputs(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"{flag}: cannot write in {folder}")
 
 
-def results(clf, files: List[str], threshold: float) -> List[dict]:
-    """One row per file: its probability and label, or why it was not read."""
+def results(clf, files: List[str], threshold: float, force_label: bool = False) -> List[dict]:
+    """One row per file (``COLUMNS``): its probability and label, whether it passed the input checks
+    and why not, or why it was not read."""
     predicted = clf.predict(files, errors="skip")
+    labels = clf.spec.get("labels") or None
     rows = []
     for k, (path, p) in enumerate(zip(files, predicted.probabilities)):
         if k in predicted.failed:
-            rows.append({"file": path, "probability": None, "label": None, "error": predicted.failed[k]})
-        else:
-            rows.append({"file": path, "probability": float(p), "label": "fractured" if p >= threshold
-                         else "not fractured", "error": None})
+            rows.append({"file": path, "probability": None, "label": None, "in_distribution": None, "reason": None,
+                         "error": predicted.failed[k]})
+            continue
+        reason = predicted.flagged.get(k)
+        label = None if reason and not force_label else label_of(p, threshold, *([labels] if labels else []))
+        rows.append({"file": path, "probability": float(p), "label": label, "in_distribution": reason is None,
+                     "reason": reason, "error": None})
     return rows
 
 
 def _write(rows: List[dict], csv_path: Optional[str], json_path: Optional[str], threshold: float) -> None:
     if csv_path:
         with open(csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, ["file", "probability", "label", "error"])
+            writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
     if json_path:
@@ -78,12 +91,15 @@ def main(argv=None, prog: str = "fracjax predict") -> int:
     except (FileNotFoundError, CheckpointCorruptError, KeyError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
-    rows = results(clf, args.files, threshold)
+    rows = results(clf, args.files, threshold, args.force_label)
     width = max(len(f) for f in args.files)
-    print(f"{'file':<{width}}  p(fractured)  label (threshold {threshold:g})")
+    print(f"{'file':<{width}}  p(fractured)  label (threshold {format_threshold(threshold)})")
     for row in rows:
         if row["error"]:
             print(f"{row['file']:<{width}}  {'-':>12}  unreadable: {row['error']}")
+        elif row["reason"]:
+            said = f"{row['label']}, though " if row["label"] else ""
+            print(f"{row['file']:<{width}}  {row['probability']:12.4f}  {said}{OUTSIDE}: {row['reason']}")
         else:
             print(f"{row['file']:<{width}}  {row['probability']:12.4f}  {row['label']}")
     _write(rows, args.csv, args.json, threshold)

@@ -17,12 +17,15 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
 from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
+
+from fracjax.data.screening import Observations
 
 PathLike = Union[str, os.PathLike]
 
@@ -176,9 +179,18 @@ def _round_u8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
 
 
-def _rgba_grey(block) -> np.ndarray:
+def _rgba_grey(block, seen: Optional[Observations] = None) -> np.ndarray:
     arr = np.asarray(block.convert("RGBA")).astype(np.float64)
+    if seen is not None:
+        seen.count_colour(arr[..., :3] * (arr[..., 3:] / 255.0))  # as seen over black
     return _round_u8(luminance(arr[..., :3]) * arr[..., 3] / 255.0)
+
+
+def _rgb_grey(block, seen: Optional[Observations] = None) -> np.ndarray:
+    rgb = np.asarray(block.convert("RGB"))
+    if seen is not None:
+        seen.count_colour(rgb)
+    return _round_u8(luminance(rgb))
 
 
 def _la_grey(block) -> np.ndarray:
@@ -198,13 +210,14 @@ _EIGHT_BIT = {
 _COLOUR = ("RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
-def _pil_to_grey(image, path: PathLike) -> np.ndarray:
-    """A loaded PIL image -> (H, W) uint8, without clamping high bit depths."""
+def _pil_to_grey(image, path: PathLike, seen: Optional[Observations] = None) -> np.ndarray:
+    """A loaded PIL image -> (H, W) uint8, without clamping high bit depths; colour counted into ``seen``."""
     mode = image.mode
     if mode in _EIGHT_BIT:
-        return _pil_rows(image, _EIGHT_BIT[mode])
+        convert = _EIGHT_BIT[mode]
+        return _pil_rows(image, functools.partial(convert, seen=seen) if convert is _rgba_grey else convert)
     if mode in _COLOUR:
-        return _pil_rows(image, lambda block: _round_u8(luminance(np.asarray(block.convert("RGB")))))
+        return _pil_rows(image, functools.partial(_rgb_grey, seen=seen))
     # High bit depth: I;16 (16-bit PNG), I;16B, I (32-bit int), F (float): one
     # scaling from the whole image's extremes, applied block by block.
     if mode.startswith("I;16") or mode in ("I", "F"):
@@ -244,7 +257,7 @@ def _check_pixel_count(path: PathLike, width: int, height: int, limit: int) -> N
         )
 
 
-def _read_pil(source, path: PathLike, limit: int) -> np.ndarray:
+def _read_pil(source, path: PathLike, limit: int, seen: Optional[Observations] = None) -> np.ndarray:
     """``source``: a path or a binary file object; ``path``: its name in errors."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -257,7 +270,7 @@ def _read_pil(source, path: PathLike, limit: int) -> np.ndarray:
             _check_pixel_count(path, *image.size, limit)  # from the header, before decoding
             image.load()  # decode now: a truncated file fails here, not later
             ImageOps.exif_transpose(image, in_place=True)  # (not a copy: it would double the memory)
-            grey = _pil_to_grey(image, path)
+            grey = _pil_to_grey(image, path, seen)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
@@ -330,12 +343,14 @@ def _dicom_pixels(source, path: PathLike, limit: int):
         raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
 
 
-def _read_dicom(source, path: PathLike, limit: int) -> np.ndarray:
+def _read_dicom(source, path: PathLike, limit: int, seen: Optional[Observations] = None) -> np.ndarray:
     try:
         from pydicom.pixels import apply_modality_lut
     except ImportError as err:  # pragma: no cover - pydicom is a declared dependency
         raise ImageDecodeError(path, f"DICOM support needs pydicom ({err})") from None
     ds, pixels = _dicom_pixels(source, path, limit)
+    if seen is not None:
+        seen.modality = str(ds.get("Modality", "") or "").strip().upper() or None
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if pixels.ndim == 3 and pixels.shape[-1] == 3:
@@ -344,7 +359,13 @@ def _read_dicom(source, path: PathLike, limit: int) -> np.ndarray:
 
                 pixels = convert_color_space(pixels, photometric, "RGB")
             full = (0.0, float(2 ** int(ds.BitsStored) - 1))
-            return _by_rows(pixels, lambda block: scale_block(luminance(block), full), pixels.shape[:2])
+
+            def convert(block):
+                if seen is not None:
+                    seen.count_colour(block * (255.0 / full[1]))
+                return scale_block(luminance(block), full)
+
+            return _by_rows(pixels, convert, pixels.shape[:2])
         raise ImageDecodeError(path, f"DICOM photometric interpretation {photometric} is not supported")
     try:
         grey = _dicom_grey(pixels, ds, lambda block: apply_modality_lut(block, ds).astype(np.float64))
@@ -382,32 +403,34 @@ def _dicom_grey(pixels: np.ndarray, ds, modality: Callable) -> np.ndarray:
     return _by_rows(pixels, lambda block: scale_block(modality(block), (low, high)))
 
 
-def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
+def read_image(path: PathLike, max_pixels: Optional[int] = None, seen: Optional[Observations] = None) -> np.ndarray:
     """Decode ``path`` to an (H, W, 1) uint8 grey image (see the module doc).
     ``max_pixels``: refuse larger images from their header, before decoding
-    (default: :func:`pixel_limit`)."""
+    (default: :func:`pixel_limit`). ``seen``: filled with what the input
+    checks need (:mod:`fracjax.data.screening`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageDecodeError(path, "no such file")
     if os.path.getsize(path) == 0:
         raise ImageDecodeError(path, "empty file")
-    return _decode(path, path, _is_dicom(path), max_pixels)
+    return _decode(path, path, _is_dicom(path), max_pixels, seen)
 
 
-def decode_image(data: bytes, name: str, max_pixels: Optional[int] = None) -> np.ndarray:
+def decode_image(data: bytes, name: str, max_pixels: Optional[int] = None,
+                 seen: Optional[Observations] = None) -> np.ndarray:
     """:func:`read_image` of a file's bytes held in memory (an upload):
     ``name`` (the file's name) is used in errors and, by its extension,
     with the DICOM preamble, to tell DICOM from other formats."""
     if not data:
         raise ImageDecodeError(name, "empty file")
     dicom = name.lower().endswith(DICOM_EXTENSIONS) or _dicom_preamble(data[:132])
-    return _decode(io.BytesIO(data), name, dicom, max_pixels)
+    return _decode(io.BytesIO(data), name, dicom, max_pixels, seen)
 
 
-def _decode(source, path: PathLike, dicom: bool, max_pixels: Optional[int]) -> np.ndarray:
+def _decode(source, path: PathLike, dicom: bool, max_pixels: Optional[int], seen: Optional[Observations]) -> np.ndarray:
     limit = pixel_limit() if max_pixels is None else max_pixels
     try:
-        grey = _read_dicom(source, path, limit) if dicom else _read_pil(source, path, limit)
+        grey = _read_dicom(source, path, limit, seen) if dicom else _read_pil(source, path, limit, seen)
     except MemoryError:  # one hostile file must not stop a build: it is one more unreadable file
         raise ImageDecodeError(path, "out of memory while decoding") from None
     if grey.ndim != 2 or min(grey.shape) < 1:
@@ -454,11 +477,11 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def grey_pixels(image, source: str = "the array") -> np.ndarray:
+def grey_pixels(image, source: str = "the array", seen: Optional[Observations] = None) -> np.ndarray:
     """Pixels as (H, W, 1) float64 on the 0..255 scale: (H, W) and (H, W, 1)
     as they are, RGB as luminance, RGBA as luminance over black (as
     :func:`read_image` does for files); values of any dtype by
-    :func:`pixel_values`."""
+    :func:`pixel_values`; colour counted into ``seen``."""
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
@@ -466,19 +489,21 @@ def grey_pixels(image, source: str = "the array") -> np.ndarray:
         raise ValueError(f"{source}: expected an image (H, W) or (H, W, C) with C in 1, 3, 4; got shape "
                          f"{array.shape}")
     array = pixel_values(array, source).astype(np.float64)
+    if array.shape[-1] == 1:
+        return array
+    if seen is not None:
+        seen.count_colour(array[..., :3] * (array[..., 3:] / 255.0) if array.shape[-1] == 4 else array)
     if array.shape[-1] == 4:
         return (luminance(array[..., :3]) * array[..., 3] / 255.0)[..., None]
-    if array.shape[-1] == 3:
-        return luminance(array)[..., None]
-    return array
+    return luminance(array)[..., None]
 
 
-def model_input(image, size: int, source: str = "the array") -> np.ndarray:
+def model_input(image, size: int, source: str = "the array", seen: Optional[Observations] = None) -> np.ndarray:
     """The one preprocessing between decoded pixels and every model: grey,
     bilinear resize to ``size`` x ``size`` (aspect ratio not kept), rounded to
     uint8 as the stored data sets are. Training, evaluation, ``Classifier``
     and the exports all go through here, so one image gives one number."""
-    grey = grey_pixels(image, source)
+    grey = grey_pixels(image, source, seen)
     if grey.shape[:2] != (size, size):
         grey = resize_bilinear(grey, (size, size))
     return to_uint8(grey)

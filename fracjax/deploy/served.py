@@ -23,6 +23,7 @@ from fracjax.data.io import (
     resize_bilinear,
     to_uint8,
 )
+from fracjax.data.screening import Observations, input_check
 from fracjax.deploy.common import CARD, ExportError
 
 PREVIEW_SIDE = 512  # the longest side of the pictures sent back to the page
@@ -115,17 +116,21 @@ class UploadError(ValueError):
         super().__init__(f"{name}: {reason}")
 
 
-def decode_upload(data: bytes, name: str, image_size: int, max_pixels: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
-    """(the decoded grey image (H, W, 1) uint8, the model's input (S, S, 1) uint8) of one upload."""
+def decode_upload(data: bytes, name: str, image_size: int,
+                  max_pixels: Optional[int]) -> Tuple[np.ndarray, np.ndarray, Optional[str]]:
+    """(the decoded grey image (H, W, 1) uint8, the model's input (S, S, 1) uint8, the reason the input
+    checks give for it not being a radiograph or None) of one upload."""
+    seen = Observations()
     try:
-        grey = decode_image(data, name, max_pixels)
+        grey = decode_image(data, name, max_pixels, seen)
     except ImageTooLargeError as err:
         raise UploadError(name, 413, err.reason) from None
     except NotAnImageError as err:
         raise UploadError(name, 415, f"{err.reason} (PNG, JPEG, BMP, TIFF or DICOM)") from None
     except ImageDecodeError as err:
         raise UploadError(name, 422, err.reason) from None
-    return grey, model_input(grey, image_size, name)
+    pixels = model_input(grey, image_size, name)
+    return grey, pixels, input_check(seen, pixels)
 
 
 def preview(grey: np.ndarray) -> np.ndarray:

@@ -3,13 +3,17 @@
     POST /v1/predict   multipart ``files`` (one or more); form fields
                        ``operating_point`` or ``threshold``, ``explain``
                        (a Grad-CAM overlay as base64 PNG), ``method``
-                       (gradcam, gradcam++), ``preview`` (the image as PNG)
+                       (gradcam, gradcam++), ``preview`` (the image as PNG),
+                       ``force_label`` (label inputs the checks flag too)
     GET  /v1/model     the model card
     GET  /healthz      liveness, and the batches run so far
     GET  /docs         FastAPI's OpenAPI page
 
 Each file gets its own result or its own error (413 too many pixels, 415 not
-an image, 422 a damaged image); the response is 200 when any file was
+an image, 422 a damaged image). A result carries ``in_distribution`` and, when
+the input checks (:mod:`fracjax.data.screening`) find the file outside what the
+model was trained on, the ``reason``: then ``decision`` is null (unless
+``force_label``) and no Grad-CAM is drawn; the response is 200 when any file was
 classified, else the files' common status (422 when they differ). The whole
 request is bounded (413 past ``max_upload_bytes``) and held in memory:
 nothing is written to disk.
@@ -29,6 +33,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from fracjax.deploy.batcher import DynamicBatcher
 from fracjax.deploy.served import ServedModel, UploadError, decode_upload, overlay_on, png_base64, preview
 from fracjax.evaluation.gradcam import METHODS
+from fracjax.inference import label_of
 from fracjax.metrics import LABEL_NAMES
 
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
@@ -117,17 +122,19 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
 
     async def _one(name: str, data: bytes, options: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            grey, pixels = await asyncio.to_thread(decode_upload, data, name, served.image_size, limits.max_pixels)
+            grey, pixels, reason = await asyncio.to_thread(decode_upload, data, name, served.image_size,
+                                                           limits.max_pixels)
         except UploadError as err:
             return {"file": name, "error": {"status": err.status, "detail": err.reason}}
         probability, logit = await batcher.submit(pixels)
-        result = {"file": name, "probability": probability, "logit": logit,
-                  "decision": labels[int(probability >= options["threshold"])]}
+        labelled = reason is None or options["force_label"]
+        result = {"file": name, "probability": probability, "logit": logit, "in_distribution": reason is None,
+                  "reason": reason, "decision": label_of(probability, options["threshold"], labels) if labelled else None}
         if options["preview"] or options["explain"]:
             picture = preview(grey)
             if options["preview"]:
                 result["image"] = png_base64(picture)
-            if options["explain"]:
+            if options["explain"] and reason is None:  # no map over a face or a CT slice
                 cam = await asyncio.to_thread(served.explain, pixels, options["method"])
                 result["gradcam"] = png_base64(overlay_on(picture, cam))
         return result
@@ -152,7 +159,7 @@ async def _read_form(request: Request, limits: Limits) -> Dict[str, Any]:
         files.append((upload.filename or "upload", await upload.read()))
     if not files:
         raise ValueError("no files: send one or more images as multipart form field 'files'")
-    options = ("operating_point", "threshold", "explain", "method", "preview")  # form fields or query parameters
+    options = ("operating_point", "threshold", "explain", "method", "preview", "force_label")  # fields or query
     return {"files": files, **{key: form.get(key, request.query_params.get(key)) for key in options}}
 
 
@@ -165,7 +172,7 @@ def _options(form: Dict[str, Any], served: ServedModel) -> Dict[str, Any]:
     if explain and served.explainer is None:
         raise ValueError(f"explain: no Grad-CAM for this model: {served.no_explanation}")
     return {"operating_point": name, "threshold": threshold, "method": method, "explain": explain,
-            "preview": _flag(form.get("preview"))}
+            "preview": _flag(form.get("preview")), "force_label": _flag(form.get("force_label"))}
 
 
 def _response(results: List[Dict[str, Any]], options: Dict[str, Any]) -> JSONResponse:
