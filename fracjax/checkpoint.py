@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -266,3 +267,47 @@ def restore_model(folder: str, step: int, target=None) -> Tuple[Dict[str, Any], 
             manager.close()
     verify({"model": restored["model"]}, restored["meta"], where)
     return restored["model"], restored["meta"]
+
+
+# -- files beside a checkpoint's variables, in its step folder -------------------------------------
+
+CALIBRATION_FILE = "calibration.json"  # temperature and operating points fitted on validation
+WARNINGS_FILE = "warnings.json"  # what the run's evaluation warned of: it travels with the model
+
+
+def _write_json_atomically(path: str, value) -> str:
+    """A killed run leaves the old file or the new one, never half of one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def read_calibration(step_folder: str) -> Optional[Dict[str, Any]]:
+    """The calibration saved inside a checkpoint's step folder, if any."""
+    path = os.path.join(step_folder, CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_calibration(step_folder: str, calibration: Dict[str, Any]) -> str:
+    return _write_json_atomically(os.path.join(step_folder, CALIBRATION_FILE), calibration)
+
+
+def read_run_warnings(step_folder: str) -> List[str]:
+    """The warnings saved with a checkpoint (none for one never evaluated)."""
+    path = os.path.join(step_folder, WARNINGS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict) or not all(isinstance(w, str) for w in saved.get("warnings", [])):
+        raise CheckpointCorruptError(f"{path}: not a list of warnings")
+    return list(saved.get("warnings", []))
+
+
+def write_run_warnings(step_folder: str, warnings: List[str]) -> str:
+    return _write_json_atomically(os.path.join(step_folder, WARNINGS_FILE), {"warnings": list(warnings)})

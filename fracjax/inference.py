@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fracjax
-from fracjax.checkpoint import find_model_checkpoint, restore_model
+from fracjax.checkpoint import find_model_checkpoint, read_calibration, read_run_warnings, restore_model
 from fracjax.data.io import model_input, read_image
 from fracjax.data.screening import Observations, input_check
 from fracjax.metrics import LABEL_NAMES, apply_temperature, probabilities_from_logits
@@ -91,6 +91,7 @@ class Classifier:
     ):
         self.spec = dict(spec)
         self.checkpoint: Optional[str] = None  # the step folder it was restored from
+        self.warnings: List[str] = []  # what its run's evaluation warned of (saved beside the checkpoint)
         self.model = build_model(spec)
         self.variables = variables
         self.image_size = int(spec["image_size"])
@@ -122,6 +123,7 @@ class Classifier:
             spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size, calibration
         )
         classifier.checkpoint = os.path.abspath(where)  # a model card names it: from any folder
+        classifier.warnings = read_run_warnings(where)
         return classifier
     # -- inputs ---------------------------------------------------------------
     def _items(self, inputs) -> List[Tuple[str, Callable[[], Tuple[np.ndarray, Optional[str]]]]]:
@@ -265,25 +267,3 @@ class Classifier:
             raise ValueError(predicted.failed[first])
         return [None if (k in predicted.flagged and not force_label) else label_of(p, threshold, labels)
                 for k, p in enumerate(predicted.probabilities)]
-
-CALIBRATION_FILE = "calibration.json"
-
-def read_calibration(step_folder: str) -> Optional[Dict[str, Any]]:
-    """The calibration saved inside a checkpoint's step folder, if any."""
-    import json
-    path = os.path.join(step_folder, CALIBRATION_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-def write_calibration(step_folder: str, calibration: Dict[str, Any]) -> str:
-    """Write atomically (a temporary file renamed into place), so a killed
-    run leaves the old file or the new one, never half of one."""
-    import json
-    path = os.path.join(step_folder, CALIBRATION_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(calibration, f, indent=1)
-    os.replace(tmp, path)
-    return path

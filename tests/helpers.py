@@ -53,8 +53,7 @@ def saved_run(run_dir, classifier: Classifier, calibration=CALIBRATION) -> str:
     """A run folder holding ``classifier`` as its best checkpoint (step 1), with ``calibration``."""
     import os
 
-    from fracjax.checkpoint import RunCheckpoints
-    from fracjax.inference import write_calibration
+    from fracjax.checkpoint import RunCheckpoints, write_calibration
 
     checkpoints = RunCheckpoints(str(run_dir))
     checkpoints.save_best(1, classifier.variables, {"model": classifier.spec, "step": 1})

@@ -109,3 +109,15 @@ def test_evaluate_on_your_own_csv_resamples_patients(run_dir, tmp_path, capsys):
     assert evaluate.main([run_dir, "--data-csv", str(tmp_path / "labels.csv"), "--data-dir", str(data_dir),
                           "--cluster-by", "study"]) == 2
     assert "has no study ids" in capsys.readouterr().err
+    # Every image of the CSV, and joined splits; n and the small-sample warning printed with them.
+    assert evaluate.main([run_dir, "--data-csv", str(tmp_path / "labels.csv"), "--data-dir", str(data_dir),
+                          "--split", "all", "--bootstrap", "20", "--json", str(tmp_path / "all.json")]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads((tmp_path / "all.json").read_text())["metrics"]["n"] == 24
+    assert "(n=24)" in printed and "too few to say much" in printed
+    assert evaluate.main([run_dir, "--data-csv", str(tmp_path / "labels.csv"), "--data-dir", str(data_dir),
+                          "--split", "validation+test", "--bootstrap", "0", "--json", str(tmp_path / "vt.json")]) == 0
+    assert json.loads((tmp_path / "vt.json").read_text())["metrics"]["n"] == 6 + 12
+    capsys.readouterr()
+    assert evaluate.main([run_dir, "--data-csv", str(tmp_path / "labels.csv"), "--split", "everything"]) == 2
+    assert "the splits are train, validation, test; or 'all'" in capsys.readouterr().err

@@ -31,7 +31,8 @@ def parser(prog: str) -> argparse.ArgumentParser:
     own = p.add_mutually_exclusive_group()
     own.add_argument("--data-folder", help="your own X-rays: a folder of class subfolders (instead of --dataset)")
     own.add_argument("--data-csv", help="your own X-rays: a CSV of path,label[,patient][,study][,split]")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test",
+                   help="train, validation, test (default), several joined with '+', or all (every image)")
     p.add_argument("--audit", help="the leakage audit's JSON (fracjax audit --json): a clean-subset column")
     point = p.add_mutually_exclusive_group()
     point.add_argument("--operating-point", help="a threshold chosen on validation: youden, sensitivity_0.95...")
@@ -74,6 +75,11 @@ def _check(args) -> None:
     own = args.data_folder or args.data_csv
     if own and not os.path.exists(own):
         raise FileNotFoundError(f"--data-{'folder' if args.data_folder else 'csv'}: no such file or folder {own}")
+    if own:  # a folder or CSV is always split three ways: the name is checked before it is prepared
+        from fracjax.data.pipeline import split_names
+        from fracjax.data.prepare import SPLITS
+
+        split_names(args.split, SPLITS)
     if not args.dataset and not own:
         raise ValueError(f"--dataset: {args.run} has no config.json naming its data set; pass --dataset")
 
@@ -116,7 +122,7 @@ def _evaluate(args):
         from fracjax.data.image_folder import from_folder
 
         builder = from_folder(own, image_size=args.stored_size, data_dir=args.data_dir)
-        return fracjax.evaluate(classifier, builder.as_data_source()[args.split], args.split, **options)
+        return fracjax.evaluate(classifier, dict(builder.as_data_source()), args.split, **options)
     prepare_dataset(args.dataset, args.data_dir, args.manual_dir)
     return fracjax.evaluate(classifier, args.dataset, args.split, data_dir=args.data_dir, **options)
 

@@ -70,7 +70,8 @@ def results(clf, files: List[str], threshold: float, force_label: bool = False) 
     return rows
 
 
-def _write(rows: List[dict], csv_path: Optional[str], json_path: Optional[str], threshold: float) -> None:
+def _write(rows: List[dict], csv_path: Optional[str], json_path: Optional[str], threshold: float,
+           warnings: List[str]) -> None:
     if csv_path:
         with open(csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
@@ -78,7 +79,7 @@ def _write(rows: List[dict], csv_path: Optional[str], json_path: Optional[str], 
             writer.writerows(rows)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"threshold": threshold, "results": rows}, f, indent=1)
+            json.dump({"threshold": threshold, "warnings": warnings, "results": rows}, f, indent=1)
 
 
 def main(argv=None, prog: str = "fracjax predict") -> int:
@@ -92,6 +93,9 @@ def main(argv=None, prog: str = "fracjax predict") -> int:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
     rows = results(clf, args.files, threshold, args.force_label)
+    if clf.warnings:  # the run's own warnings travel with its model
+        more = f" (and {len(clf.warnings) - 1} more: see the run's report)" if len(clf.warnings) > 1 else ""
+        print(f"WARNING from this model's evaluation: {clf.warnings[0]}{more}")
     width = max(len(f) for f in args.files)
     print(f"{'file':<{width}}  p(fractured)  label (threshold {format_threshold(threshold)})")
     for row in rows:
@@ -102,5 +106,5 @@ def main(argv=None, prog: str = "fracjax predict") -> int:
             print(f"{row['file']:<{width}}  {row['probability']:12.4f}  {said}{OUTSIDE}: {row['reason']}")
         else:
             print(f"{row['file']:<{width}}  {row['probability']:12.4f}  {row['label']}")
-    _write(rows, args.csv, args.json, threshold)
+    _write(rows, args.csv, args.json, threshold, clf.warnings)
     return 1 if any(row["error"] for row in rows) else 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -124,6 +124,29 @@ def load_source(dataset: str, split: str, data_dir: Optional[str] = None):
         raise FileNotFoundError(
             f"data set {dataset!r} split {split!r} is not prepared under {where} ({first_line(err)})"
         ) from None
+
+
+def available_splits(dataset: str, data_dir: Optional[str] = None) -> List[str]:
+    """The splits a prepared data set holds (train, validation, test for fracjax's builders)."""
+    import tensorflow_datasets as tfds
+
+    import fracjax.data.builders  # noqa: F401  (registers our builders)
+
+    try:
+        return list(tfds.builder(dataset, data_dir=data_dir).info.splits)
+    except Exception as err:
+        raise FileNotFoundError(f"data set {dataset!r} is not prepared ({first_line(err)})") from None
+
+
+def split_names(split: str, available: Sequence[str]) -> List[str]:
+    """The splits ``split`` names: one (``test``), several joined with ``+``
+    (``validation+test``), or ``all``; refused with the valid names otherwise."""
+    names = list(available) if split == "all" else split.split("+")
+    unknown = [name for name in names if name not in available]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"--split {split!r}: the splits are {', '.join(available)}; or 'all', or several joined "
+                         "with '+' (validation+test)")
+    return names
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:

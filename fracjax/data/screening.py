@@ -83,3 +83,13 @@ def input_check(seen: Optional[Observations], pixels: np.ndarray) -> Optional[st
     ``seen``: what decoding observed (None for nothing); ``pixels``: the model input."""
     seen = seen or Observations()
     return modality_reason(seen.modality) or colour_reason(seen.colour_share) or uniform_reason(pixels)
+
+
+def input_check_rules() -> dict:
+    """The rules above as data, for a model card: a deployment without fracjax can apply them."""
+    return {
+        "dicom_modalities_accepted": sorted(RADIOGRAPH_MODALITIES) + ["(absent)"],
+        "colour_picture": {"channel_spread_levels_over": COLOUR_SPREAD, "share_of_pixels_over": COLOUR_SHARE},
+        "uniform_image": {"model_input_p99_minus_p1_under": UNIFORM_LEVELS},
+        "flagged": "no label: outside what this model was trained on (the probability is still given)",
+    }

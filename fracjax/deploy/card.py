@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 import fracjax
+from fracjax.data.screening import input_check_rules
 from fracjax.metrics import jsonable
 
 INTENDED_USE = (
@@ -88,6 +89,8 @@ def model_card(classifier, artifact: str, sha256: str, fmt: str, details: Dict[s
         "outputs": {"probability": "calibrated fracture probability, sigmoid(logit / temperature)",
                     "logit": "the model's raw fracture logit"},
         "temperature": classifier.temperature,
+        "warnings": list(classifier.warnings),  # the run's evaluation: read before trusting any output
+        "input_checks": input_check_rules(),
         "operating_points": _operating_points(classifier),
         "test": (report or {}).get("test"), "clean_test": (report or {}).get("clean_test"),
         "data": _data(report, run),

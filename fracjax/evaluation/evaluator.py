@@ -15,10 +15,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from fracjax.checkpoint import find_model_checkpoint
+from fracjax.checkpoint import find_model_checkpoint, write_calibration, write_run_warnings
 from fracjax.evaluation import localisation, stats, studies
 from fracjax.evaluation.report import run_report
-from fracjax.inference import Classifier, write_calibration
+from fracjax.inference import Classifier
 from fracjax.metrics import bce_from_logits, probabilities_from_logits
 from fracjax.metrics import jsonable as _jsonable
 
@@ -72,6 +72,7 @@ class EvaluationResult:
         columns = [(self.split, self.metrics)] + ([(f"clean {self.split}", self.clean)] if self.clean else [])
         for name, m in columns:
             out.extend(stats.chance_warnings(m, name))
+            out.extend(stats.sample_warnings(m, name))
         if self.calibration:
             out.extend(stats.calibration_warnings(self.calibration))
         if self.studies and "error" in self.studies:
@@ -159,14 +160,16 @@ class Examples(NamedTuple):
 
 
 def _examples(data, split: str, data_dir: Optional[str]) -> Examples:
-    """The examples of a data set name, a source (indexable dicts with
-    image/label[/filename/fields]) or ``(images, labels[, filenames[, fields]])``."""
-    from fracjax.data.pipeline import CORE_FEATURES, as_text, field_value
+    """The examples of a data set name or a mapping of split -> source (``split``: one split, several
+    joined with ``+``, or ``all``), a source (indexable dicts with image/label[/filename/fields]) or
+    ``(images, labels[, filenames[, fields]])``."""
+    from fracjax.data.pipeline import CORE_FEATURES, as_text, available_splits, field_value, load_source, split_names
 
     if isinstance(data, str):
-        from fracjax.data.pipeline import load_source
-
-        data = load_source(data, split, data_dir)
+        names = split_names(split, available_splits(data, data_dir))
+        return _joined([_examples(load_source(data, name, data_dir), name, None) for name in names])
+    if isinstance(data, dict):  # as a builder's as_data_source() gives
+        return _joined([_examples(data[name], name, None) for name in split_names(split, list(data))])
     if isinstance(data, tuple):
         images, labels = data[0], np.asarray(data[1])
         filenames = list(data[2]) if len(data) > 2 else [f"{i:05d}" for i in range(len(labels))]
@@ -187,6 +190,17 @@ def _examples(data, split: str, data_dir: Optional[str]) -> Examples:
         for key in (k for k in ex if k not in CORE_FEATURES) if hasattr(ex, "keys") else ():
             fields.setdefault(key, []).append(field_value(ex[key]))
     return Examples(images, labels, filenames, fields)
+
+
+def _joined(parts: List[Examples]) -> Examples:
+    """Several splits' examples as one (the fields every part has)."""
+    if len(parts) == 1:
+        return parts[0]
+    images = [image for part in parts for image in part.images]
+    keys = set.intersection(*(set(part.fields) for part in parts))
+    return Examples(images, np.concatenate([part.labels for part in parts]),
+                    [name for part in parts for name in part.filenames],
+                    {key: [value for part in parts for value in part.fields[key]] for key in sorted(keys)})
 
 
 CLUSTER_BY = ("auto", "patient", "study", "none")
@@ -444,6 +458,9 @@ def evaluate_run(
                       calibrated=calibrate, localise=report)
     with open(os.path.join(run_dir, "evaluation.json"), "w") as f:
         json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)
+    # The warnings travel with the model: predict, export and serve read them from the checkpoint.
+    classifier.warnings = result.warnings()
+    write_run_warnings(classifier.checkpoint, classifier.warnings)
     path = None
     if report:
 

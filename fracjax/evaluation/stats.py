@@ -376,8 +376,9 @@ def format_thresholds(values: Sequence[float], digits: int = 3, most: int = 12) 
 
 
 def chance_warnings(metrics: Dict[str, object], name: str) -> List[str]:
-    """A warning when the AUROC of ``name`` cannot be told from chance: its
-    bootstrap interval holds 0.5, or it is undefined."""
+    """A warning when the AUROC of ``name`` cannot be told from chance (its
+    bootstrap interval holds 0.5, or it is undefined) or is worse than chance
+    (the interval lies below 0.5)."""
     value = metrics.get("auroc")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return [f"{name}: AUROC is undefined (one class only, or no examples)."] if metrics.get("n") else []
@@ -389,7 +390,28 @@ def chance_warnings(metrics: Dict[str, object], name: str) -> List[str]:
         return [f"{name}: the AUROC interval [{low:.3f}, {high:.3f}] holds 0.5: on these data the model is not "
                 "shown to rank fractured above not-fractured images better than chance. Read every other "
                 "metric in that light."]
+    if high < 0.5:
+        return [f"{name}: the AUROC interval [{low:.3f}, {high:.3f}] lies below 0.5: the model ranks not-fractured "
+                "images above fractured ones, worse than chance. Check the labels (swapped classes?) before "
+                "reading any other metric."]
     return []
+
+
+SMALL_CLASS = 30  # fewer images of either class than this, and no metric says much
+
+
+def sample_warnings(metrics: Dict[str, object], name: str, smallest: int = SMALL_CLASS) -> List[str]:
+    """A warning when ``name`` holds fewer than ``smallest`` images of either class: an
+    interval from so few images is wide, and a perfect score proves little."""
+    cm = metrics.get("confusion") or {}
+    if not cm:
+        return []
+    positives, negatives = cm["tp"] + cm["fn"], cm["tn"] + cm["fp"]
+    if min(positives, negatives) >= smallest:
+        return []
+    return [f"{name}: only {positives} fractured and {negatives} not-fractured images (n = {positives + negatives}; "
+            f"fewer than {smallest} of a class): too few to say much. Read the intervals, not the values, and "
+            "test on more images before trusting any figure."]
 
 
 def calibration_warnings(calibration: Dict[str, object]) -> List[str]:

@@ -207,6 +207,22 @@ def test_chance_warning_only_when_the_interval_holds_one_half():
     assert "undefined" in stats.chance_warnings({"n": 4, "auroc": float("nan")}, "test")[0]
 
 
+@pytest.mark.parametrize("interval", [(0.262, 0.487), (0.0, 0.0)])
+def test_an_interval_below_one_half_warns_of_worse_than_chance(interval):
+    m = {"n": 40, "auroc": interval[1] - 0.01, "intervals": {"auroc": interval}}
+    (warning,) = stats.chance_warnings(m, "test")
+    assert "lies below 0.5" in warning and "swapped" in warning
+
+
+def test_a_class_of_fewer_than_30_images_warns_of_a_small_sample():
+    labels = np.array([1] * 5 + [0] * 3)
+    m = binary_metrics(labels, labels.astype(float))  # perfect: accuracy 1.000
+    (warning,) = stats.sample_warnings(m, "test")
+    assert "only 5 fractured and 3 not-fractured images (n = 8" in warning
+    labels = np.array([1] * 30 + [0] * 30)
+    assert stats.sample_warnings(binary_metrics(labels, labels * 0.9), "test") == []
+
+
 def test_thresholds_print_with_enough_digits_to_differ():
     assert stats.format_thresholds([0.500031, 0.500012, 0.5]) == ["0.50003", "0.50001", "0.50000"]
     assert stats.format_thresholds([0.25, 0.75]) == ["0.250", "0.750"]
