@@ -311,3 +311,26 @@ def read_run_warnings(step_folder: str) -> List[str]:
 
 def write_run_warnings(step_folder: str, warnings: List[str]) -> str:
     return _write_json_atomically(os.path.join(step_folder, WARNINGS_FILE), {"warnings": list(warnings)})
+
+
+OOD_FILE = "ood.npz"  # the OOD detector's arrays (fracjax.ood), fitted at the end of a run
+
+
+def read_ood(step_folder: str) -> Optional[Dict[str, np.ndarray]]:
+    """The OOD detector's arrays saved in a checkpoint's step folder, if any (never pickles)."""
+    path = os.path.join(step_folder, OOD_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {name: np.asarray(saved[name]) for name in saved.files}
+    except (OSError, ValueError) as err:
+        raise CheckpointCorruptError(f"{path}: not a readable OOD detector ({err})") from None
+
+
+def write_ood(step_folder: str, detector: Dict[str, np.ndarray]) -> str:
+    path = os.path.join(step_folder, OOD_FILE)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **{name: np.asarray(value) for name, value in detector.items()})
+    os.replace(tmp, path)
+    return path

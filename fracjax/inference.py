@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import fracjax
-from fracjax.checkpoint import find_model_checkpoint, read_calibration, read_run_warnings, restore_model
+from fracjax import ood
+from fracjax.checkpoint import find_model_checkpoint, read_calibration, read_ood, read_run_warnings, restore_model
 from fracjax.data.io import model_input, read_image
 from fracjax.data.screening import Observations, input_check
 from fracjax.metrics import LABEL_NAMES, apply_temperature, probabilities_from_logits
@@ -42,6 +43,7 @@ class Predictions:
     probabilities: np.ndarray
     failed: Dict[int, str]
     flagged: Dict[int, str] = dataclasses.field(default_factory=dict)
+    ood_scores: Optional[np.ndarray] = None  # higher: more unusual; NaN where failed; None: no detector
 
     @property
     def ok(self) -> np.ndarray:
@@ -62,6 +64,22 @@ def label_of(probability: float, threshold: float, labels=LABEL_NAMES) -> str:
 def format_threshold(threshold: float) -> str:
     """A threshold with the digits that tell it from its neighbours (0.499776, not 0.5)."""
     return f"{threshold:.6g}"
+
+
+def _backbone_stage(module, method_name: str) -> bool:
+    return method_name == "__call__" and len(module.scope.path) == 2 and module.scope.path[0] == "backbone"
+
+
+def logits_and_stages(model, variables, x):
+    """(fracture logits (N,) float32, [the global average (N, C_j) of each backbone stage the OOD
+    detector reads]): one forward pass, the stages' outputs captured on the way (in execution
+    order; :func:`fracjax.ood.stage_indices` chooses which)."""
+    logits, state = model.apply(variables, x, train=False, capture_intermediates=_backbone_stage,
+                                mutable=["intermediates"])
+    outputs = [called["__call__"][0] for called in state["intermediates"]["backbone"].values()]
+    outputs = [out for out in outputs if getattr(out, "ndim", 0) == 4]
+    pooled = [jnp.mean(outputs[i].astype(jnp.float32), axis=(1, 2)) for i in ood.stage_indices(len(outputs))]
+    return logits[:, 0].astype(jnp.float32), pooled
 
 
 def _predicted(count: int, failed: Dict[int, str]) -> np.ndarray:
@@ -98,7 +116,9 @@ class Classifier:
         self.threshold = float(spec.get("threshold", 0.5))
         self.batch_size = batch_size
         self.set_calibration(calibration)
-        self._forward = jax.jit(lambda v, x: self.model.apply(v, x, train=False)[:, 0].astype(jnp.float32))
+        self.detector: Optional[Dict[str, np.ndarray]] = None  # the OOD detector (fracjax.ood), if fitted
+        self._forward = jax.jit(lambda variables, x: logits_and_stages(self.model, variables, x))
+        self._ood = jax.jit(ood.scores)
 
     def set_calibration(self, calibration: Optional[Dict[str, Any]]) -> None:
         """Temperature scaling and operating points fitted on validation
@@ -124,6 +144,7 @@ class Classifier:
         )
         classifier.checkpoint = os.path.abspath(where)  # a model card names it: from any folder
         classifier.warnings = read_run_warnings(where)
+        classifier.detector = ood.from_arrays(read_ood(where), where)
         return classifier
     # -- inputs ---------------------------------------------------------------
     def _items(self, inputs) -> List[Tuple[str, Callable[[], Tuple[np.ndarray, Optional[str]]]]]:
@@ -192,20 +213,43 @@ class Classifier:
     def logits(self, inputs, errors: str = "raise") -> np.ndarray:
         """The model's fracture logits (float32, before temperature scaling);
         with ``errors="skip"`` NaN for the items that fail (``predict`` says why)."""
-        return self._logits(inputs, errors, {})
+        return self._run(inputs, errors, {})[0]
 
-    def _logits(self, inputs, errors: str, failed: Dict[int, str],
-                flagged: Optional[Dict[int, str]] = None) -> np.ndarray:
+    def features(self, inputs) -> List[np.ndarray]:
+        """The pooled backbone stage features the OOD detector reads: one (N, C_j) float32 array per stage."""
+        return self._run(inputs, "raise", {})[1]
+
+    def ood_scores(self, stages: List[np.ndarray]) -> Optional[np.ndarray]:
+        """OOD scores (N,) of per-stage features (higher: more unusual; rows with NaN stay NaN);
+        None without a detector."""
+        if self.detector is None or not stages:
+            return None
+        stages = [np.asarray(s, np.float32) for s in stages]
+        out = np.full(len(stages[0]), np.nan, np.float32)
+        finite = np.all([np.all(np.isfinite(s), axis=1) for s in stages], axis=0)
+        if finite.any():
+            out[finite] = np.asarray(self._ood(self.detector, [s[finite] for s in stages]))
+        return out
+
+    def _run(self, inputs, errors: str, failed: Dict[int, str],
+             flagged: Optional[Dict[int, str]] = None) -> Tuple[np.ndarray, List[np.ndarray]]:
+        """(logits (N,), per-stage pooled features [(N, C_j)]), NaN for the items that failed."""
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
         items = self._items(inputs)
-        out = np.full((len(items),), np.nan, np.float32)
+        logits = np.full((len(items),), np.nan, np.float32)
+        stages: List[np.ndarray] = []
         for indices, batch in self._batches(items, errors, failed, flagged):
             n = len(batch)
             if n < self.batch_size:  # pad to one shape: one compile
                 batch = np.concatenate([batch, np.zeros((self.batch_size - n, *batch.shape[1:]), batch.dtype)])
-            out[indices] = np.asarray(self._forward(self.variables, jnp.asarray(batch)))[:n]
-        return out
+            batch_logits, pooled = jax.device_get(self._forward(self.variables, jnp.asarray(batch)))
+            if not stages:
+                stages = [np.full((len(items), p.shape[1]), np.nan, np.float32) for p in pooled]
+            logits[indices] = batch_logits[:n]
+            for stage, p in zip(stages, pooled, strict=True):
+                stage[indices] = p[:n]
+        return logits, stages
 
     def predict(self, inputs, calibrated: bool = True, errors: str = "raise"):
         """Fracture probabilities (float64), one per image.
@@ -231,13 +275,20 @@ class Classifier:
         """
         failed: Dict[int, str] = {}
         flagged: Dict[int, str] = {}
-        logits = self._logits(inputs, errors, failed, flagged)
+        logits, features = self._run(inputs, errors, failed, flagged)
         probabilities = np.full(logits.shape, np.nan)
         read = _predicted(len(logits), failed)
         probabilities[read] = probabilities_from_logits(logits[read], self.temperature if calibrated else 1.0)
         if errors == "raise":
             return probabilities
-        return Predictions(probabilities, failed, flagged)
+        scores = self.ood_scores(features)
+        if scores is not None:
+            for k in np.flatnonzero(read & (scores > self.detector["threshold"])):
+                flagged.setdefault(int(k), self._unlike(float(scores[k])))
+        return Predictions(probabilities, failed, flagged, scores)
+
+    def _unlike(self, score: float) -> str:
+        return ood.unlike_reason(score, float(self.detector["threshold"]))
 
     def calibrate(self, probabilities) -> np.ndarray:
         """Raw model probabilities -> calibrated ones (identity without a temperature)."""

@@ -24,7 +24,7 @@ import fracjax
 from fracjax.checkpoint import CheckpointCorruptError
 from fracjax.inference import OUTSIDE, format_threshold, label_of
 
-COLUMNS = ["file", "probability", "label", "in_distribution", "reason", "error"]
+COLUMNS = ["file", "probability", "label", "in_distribution", "ood_score", "reason", "error"]
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -60,13 +60,14 @@ def results(clf, files: List[str], threshold: float, force_label: bool = False) 
     rows = []
     for k, (path, p) in enumerate(zip(files, predicted.probabilities)):
         if k in predicted.failed:
-            rows.append({"file": path, "probability": None, "label": None, "in_distribution": None, "reason": None,
-                         "error": predicted.failed[k]})
+            rows.append({"file": path, "probability": None, "label": None, "in_distribution": None,
+                         "ood_score": None, "reason": None, "error": predicted.failed[k]})
             continue
         reason = predicted.flagged.get(k)
         label = None if reason and not force_label else label_of(p, threshold, *([labels] if labels else []))
+        score = None if predicted.ood_scores is None else float(predicted.ood_scores[k])  # None: no detector
         rows.append({"file": path, "probability": float(p), "label": label, "in_distribution": reason is None,
-                     "reason": reason, "error": None})
+                     "ood_score": score, "reason": reason, "error": None})
     return rows
 
 

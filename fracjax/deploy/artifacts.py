@@ -27,6 +27,9 @@ import numpy as np
 
 from fracjax.deploy.common import CARD, PARITY_TOLERANCE, ExportError, probe_pixels, sha256_of
 
+OUTPUTS = ("probability", "logit", "ood_score")  # the third only where the model has an OOD detector
+OOD_PARITY_TOLERANCE = 1e-4
+
 FORMATS = {"stablehlo": "fracjax.deploy.stablehlo", "onnx": "fracjax.deploy.onnx_model"}
 
 
@@ -55,12 +58,21 @@ def _classifier(source):
 def parity(classifier, run) -> Dict[str, float]:
     """How far ``run`` (an artifact's runner) is from ``classifier`` on seeded images; refused past the tolerance."""
     pixels = probe_pixels(classifier.image_size)
-    probability, _ = run(pixels)
-    difference = float(np.max(np.abs(np.asarray(probability, np.float64) - classifier.predict(pixels))))
+    outputs = run(pixels)
+    expected = classifier.predict(pixels, errors="skip")
+    difference = float(np.max(np.abs(np.asarray(outputs[0], np.float64) - expected.probabilities)))
     if not difference <= PARITY_TOLERANCE:  # NaN fails too
         raise ExportError(f"the exported model's probabilities differ from fracjax's by {difference:.3g} "
                           f"(more than {PARITY_TOLERANCE:g}); nothing written")
-    return {"images": len(pixels), "max_probability_difference": difference, "tolerance": PARITY_TOLERANCE}
+    checked = {"images": len(pixels), "max_probability_difference": difference, "tolerance": PARITY_TOLERANCE}
+    if expected.ood_scores is not None:  # a sum over hundreds of squares: compared relative to its size
+        scale = np.maximum(1.0, np.abs(expected.ood_scores))
+        relative = float(np.max(np.abs(np.asarray(outputs[2], np.float64) - expected.ood_scores) / scale))
+        if len(outputs) != 3 or not relative <= OOD_PARITY_TOLERANCE:
+            raise ExportError(f"the exported model's OOD scores differ from fracjax's by {relative:.3g} (relative; "
+                              f"more than {OOD_PARITY_TOLERANCE:g}); nothing written")
+        checked["max_ood_score_relative_difference"] = relative
+    return checked
 
 
 def export(source, out_dir: str, format: str = "stablehlo", *, force: bool = False, **options) -> str:
@@ -111,8 +123,8 @@ class ExportedModel:
         if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, 1):
             raise ValueError(f"expected grey pixels (N, {self.image_size}, {self.image_size}[, 1]); got shape "
                              f"{np.shape(pixels)} (resize with fracjax.data.io.model_input first)")
-        probability, logit = self.run(x.astype(np.float32))
-        return {"probability": np.asarray(probability), "logit": np.asarray(logit)}
+        outputs = self.run(x.astype(np.float32))
+        return dict(zip(OUTPUTS, (np.asarray(output) for output in outputs)))
 
 
 def load(out_dir: Union[str, os.PathLike]) -> ExportedModel:

@@ -99,7 +99,7 @@ class DynamicBatcher:
         while True:
             batch = await self._gather()
             try:
-                probabilities, logits = await asyncio.get_running_loop().run_in_executor(
+                outputs = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self._run_padded, np.stack([pixels for pixels, _ in batch]))
             except Exception as err:  # the model failed: every request of this batch hears why
                 for _, done in batch:
@@ -109,12 +109,11 @@ class DynamicBatcher:
             self.batch_sizes.append(len(batch))
             for i, (_, done) in enumerate(batch):
                 if not done.done():  # a client that went away
-                    done.set_result((float(probabilities[i]), float(logits[i])))
+                    done.set_result(tuple(float(output[i]) for output in outputs))
 
     def _run_padded(self, pixels: np.ndarray):
         n = len(pixels)
         size = padded_size(n, self.max_batch)
         if size > n:
             pixels = np.concatenate([pixels, np.zeros((size - n, *pixels.shape[1:]), pixels.dtype)])
-        probabilities, logits = self.run(pixels)
-        return np.asarray(probabilities)[:n], np.asarray(logits)[:n]
+        return tuple(np.asarray(output)[:n] for output in self.run(pixels))

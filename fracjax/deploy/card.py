@@ -49,6 +49,19 @@ def _operating_points(classifier) -> Dict[str, Dict[str, Any]]:
     return points
 
 
+def _ood(classifier, report: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The OOD detector's rule and how it was measured (None: the model has no detector)."""
+    if classifier.detector is None:
+        return None
+    from fracjax import ood
+
+    measured = (report or {}).get("ood") or {}
+    return {"method": ood.METHOD, "threshold": float(classifier.detector["threshold"]),
+            "accepts_of_validation": ood.ACCEPT, "auroc_vs_generated_non_radiographs": measured.get("auroc_vs_probes"),
+            "test_flagged": (measured.get("test") or {}).get("detector"),
+            "rule": "ood_score > threshold: no label; say the input is outside what this model was trained on"}
+
+
 def trained_on(run: Optional[str]) -> Dict[str, Any]:
     """``dataset``, ``data_dir``, ``audit`` and ``data_folder`` (a folder or
     CSV of the user's own X-rays, else None) of a run, from its config.json
@@ -87,7 +100,11 @@ def model_card(classifier, artifact: str, sha256: str, fmt: str, details: Dict[s
                   "another size: fracjax.data.io.model_input (bilinear, half-pixel centres, aspect ratio not "
                   "kept, rounded to uint8), as in training"},
         "outputs": {"probability": "calibrated fracture probability, sigmoid(logit / temperature)",
-                    "logit": "the model's raw fracture logit"},
+                    "logit": "the model's raw fracture logit",
+                    **({"ood_score": "how unlike the training X-rays the input is (higher: more unusual); above "
+                                     "ood.threshold the input is outside what this model was trained on"}
+                       if classifier.detector is not None else {})},
+        "ood": _ood(classifier, report),
         "temperature": classifier.temperature,
         "warnings": list(classifier.warnings),  # the run's evaluation: read before trusting any output
         "input_checks": input_check_rules(),

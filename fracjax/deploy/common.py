@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fracjax import ood
 from fracjax.hashing import file_digest
+from fracjax.inference import logits_and_stages
 
 CARD = "model.json"
 PARITY_TOLERANCE = 1e-5  # on probabilities: an artifact further from fracjax than this is not written
@@ -20,17 +22,24 @@ def sha256_of(path: str) -> str:
     return file_digest(path, "sha256")
 
 
+def output_names(classifier):
+    """What the served function returns: the OOD score too where the classifier has a detector."""
+    return ("probability", "logit") + (("ood_score",) if classifier.detector is not None else ())
+
+
 def serving_function(classifier, model=None):
-    """pixels (N, S, S, 1) float32 -> (calibrated probability, logit), float32.
-    ``model``: the classifier's architecture built with another kernel kit
+    """pixels (N, S, S, 1) float32 -> (calibrated probability, logit[, ood score]), float32:
+    :func:`output_names`. ``model``: the classifier's architecture built with another kernel kit
     (same parameters); default the classifier's own."""
     model = classifier.model if model is None else model
     variables, temperature = classifier.variables, float(classifier.temperature)
+    detector = classifier.detector
 
     def serve(pixels):
         x = jnp.clip(jnp.round(pixels), 0.0, 255.0)  # what model_input's rounding to uint8 does
-        logit = model.apply(variables, x, train=False)[:, 0].astype(jnp.float32)
-        return jax.nn.sigmoid(logit / temperature), logit
+        logit, stages = logits_and_stages(model, variables, x)  # as Classifier runs it
+        outputs = (jax.nn.sigmoid(logit / temperature), logit)
+        return outputs + ((ood.scores(detector, stages),) if detector is not None else ())
 
     return serve
 

@@ -14,10 +14,9 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-from fracjax.deploy.common import ExportError, serving_function
+from fracjax.deploy.common import ExportError, output_names, serving_function
 
 ARTIFACT = "model.onnx"
-JAX2ONNX_VERSION = "0.17.1"  # the converter the parity tests ran with (pyproject's extra "onnx" pins it)
 OPSET = 18  # onnxruntime 1.14 and newer run it (ReduceMean with axes as an input needs 18)
 NEEDS = "pip install 'fracjax[onnx]' (jax2onnx and onnxruntime)"
 
@@ -40,14 +39,14 @@ def serialize(classifier) -> Tuple[bytes, Dict]:
     size = classifier.image_size
     fn = serving_function(classifier, build_model(classifier.spec, kernels="portable"))
     proto = to_onnx(fn, inputs=[("batch", size, size, 1)], input_names=["pixels"],
-                    output_names=["probability", "logit"], opset=OPSET, model_name="fracjax_classifier")
+                    output_names=list(output_names(classifier)), opset=OPSET, model_name="fracjax_classifier")
     del proto.graph.value_info[:]
     converter = f"jax2onnx {version('jax2onnx')}"
     return proto.SerializeToString(), {"platforms": ["onnxruntime"], "opset": OPSET, "converter": converter}
 
 
-def runner(blob: bytes) -> Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]:
-    """float32 pixels (N, S, S, 1) -> (probability, logit), by onnxruntime on the CPU."""
+def runner(blob: bytes) -> Callable[[np.ndarray], Tuple[np.ndarray, ...]]:
+    """float32 pixels (N, S, S, 1) -> (probability, logit[, ood score]), by onnxruntime on the CPU."""
     try:
         import onnxruntime
     except ImportError as err:
@@ -56,8 +55,9 @@ def runner(blob: bytes) -> Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise
     session = onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
 
+    names = [output.name for output in session.get_outputs()]
+
     def run(pixels: np.ndarray):
-        probability, logit = session.run(["probability", "logit"], {"pixels": np.asarray(pixels, np.float32)})
-        return probability, logit
+        return tuple(session.run(names, {"pixels": np.asarray(pixels, np.float32)}))
 
     return run

@@ -35,6 +35,7 @@ from fracjax.deploy.served import ServedModel, UploadError, decode_upload, overl
 from fracjax.evaluation.gradcam import METHODS
 from fracjax.inference import label_of
 from fracjax.metrics import LABEL_NAMES
+from fracjax.ood import unlike_reason
 
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
 
@@ -90,6 +91,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
                   lifespan=lifespan)
     app.state.batcher, app.state.served = batcher, served
     labels = served.card.get("model", {}).get("labels") or list(LABEL_NAMES)
+    ood_threshold = float((served.card.get("ood") or {}).get("threshold", float("inf")))
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -126,10 +128,14 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
                                                            limits.max_pixels)
         except UploadError as err:
             return {"file": name, "error": {"status": err.status, "detail": err.reason}}
-        probability, logit = await batcher.submit(pixels)
+        probability, logit, *score = await batcher.submit(pixels)
+        ood_score = score[0] if score else None
+        if reason is None and ood_score is not None and ood_score > ood_threshold:
+            reason = unlike_reason(ood_score, ood_threshold)
         labelled = reason is None or options["force_label"]
         result = {"file": name, "probability": probability, "logit": logit, "in_distribution": reason is None,
-                  "reason": reason, "decision": label_of(probability, options["threshold"], labels) if labelled else None}
+                  "ood_score": ood_score, "reason": reason,
+                  "decision": label_of(probability, options["threshold"], labels) if labelled else None}
         if options["preview"] or options["explain"]:
             picture = preview(grey)
             if options["preview"]:

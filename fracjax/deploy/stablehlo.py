@@ -32,14 +32,13 @@ def serialize(classifier, platforms: Sequence[str] = PLATFORMS) -> Tuple[bytes, 
     return bytes(exported.serialize()), {"platforms": list(exported.platforms)}
 
 
-def runner(blob: bytes) -> Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]:
-    """float32 pixels (N, S, S, 1) -> (probability, logit), on this process's default platform."""
+def runner(blob: bytes) -> Callable[[np.ndarray], Tuple[np.ndarray, ...]]:
+    """float32 pixels (N, S, S, 1) -> (probability, logit[, ood score]), on this process's default platform."""
     from jax import export as jax_export
 
     exported = jax_export.deserialize(bytearray(blob))
 
     def run(pixels: np.ndarray):
-        probability, logit = exported.call(jnp.asarray(pixels, jnp.float32))
-        return np.asarray(probability), np.asarray(logit)
+        return tuple(np.asarray(out) for out in exported.call(jnp.asarray(pixels, jnp.float32)))
 
     return run

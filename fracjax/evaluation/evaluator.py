@@ -16,7 +16,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from fracjax.checkpoint import find_model_checkpoint, write_calibration, write_run_warnings
-from fracjax.evaluation import localisation, stats, studies
+from fracjax.evaluation import detector, localisation, stats, studies
 from fracjax.evaluation.report import run_report
 from fracjax.inference import Classifier
 from fracjax.metrics import bce_from_logits, probabilities_from_logits
@@ -38,6 +38,7 @@ class EvaluationResult:
     calibrated: bool = False
     logits: Optional[np.ndarray] = None  # the model's raw logits (what AUROC ranks)
     calibration: Optional[Dict[str, Any]] = None  # what the temperature was fitted on, if known
+    ood: Optional[Dict[str, Any]] = None  # the OOD detector measured against the probe set (evaluation.detector)
     fields: Dict[str, list] = dataclasses.field(default_factory=dict)  # patient, study, body part, boxes
     cluster: Optional[str] = None  # the field the bootstrap resampled (patient, study) or None: images
     subgroups: Optional[Dict[str, Dict[str, Any]]] = None  # per body part/region, then "all"
@@ -55,7 +56,7 @@ class EvaluationResult:
         if self.clean is not None:
             out["clean"] = _jsonable(self.clean)
         out["cluster"] = self.cluster
-        for name in ("subgroups", "studies", "localisation"):
+        for name in ("subgroups", "studies", "localisation", "ood"):
             if getattr(self, name) is not None:
                 out[name] = _jsonable(getattr(self, name))
         if with_predictions:
@@ -77,7 +78,7 @@ class EvaluationResult:
             out.extend(stats.calibration_warnings(self.calibration))
         if self.studies and "error" in self.studies:
             out.append(f"no study-level metrics: {self.studies['error']}")
-        return out
+        return out + detector.warnings(self.ood)
 
     def table(self, digits: int = 3) -> str:
         """A markdown table: metric | this split [| clean subset], values with
@@ -431,13 +432,16 @@ def evaluate_run(
     seed: int = 0,
     gradcam_per_group: int = 4,
     log=None,
+    train=None,
 ) -> Dict[str, Any]:
     """The end of a run, through the same ``Classifier`` that users restore
     (so its numbers are the ones ``fracjax.evaluate`` gives): fit temperature
     scaling and operating points on ``validation`` (saved in the best
-    checkpoint; ``calibrate=False`` skips it), evaluate ``test`` with intervals
+    checkpoint; ``calibrate=False`` skips it), fit the OOD detector on
+    ``train`` (given) with its threshold on ``validation`` (saved there too)
+    and measure it against the probe set, evaluate ``test`` with intervals
     (and clean test, given an audit), write ``evaluation.json`` and, with
-    ``report``, ``report.html``. ``validation``/``test``: sources or
+    ``report``, ``report.html``. ``validation``/``test``/``train``: sources or
     (images, labels[, filenames]). ``log``: called with a line per stage.
     Returns {"result", "calibration", "classifier", "report"}."""
 
@@ -448,6 +452,9 @@ def evaluate_run(
     if calibrate:
         say("fitting temperature scaling and operating points on validation ...")
         calibration = calibrate_checkpoint(run_dir, validation, classifier=classifier)
+    if train is not None:
+        say("fitting the out-of-distribution detector on train, its threshold on validation ...")
+        fit_run_detector(classifier, train, validation, seed)
     images, labels, filenames, fields = _examples(test, "test", None)
     boxes = " and Grad-CAM against the fracture boxes" if report and _known(fields, "boxes", empty_ok=True) else ""
     say(f"evaluating test with {bootstrap} bootstrap resamples{boxes} ..." if bootstrap else
@@ -456,6 +463,9 @@ def evaluate_run(
     # The pointing game is a report's extra (two Grad-CAM compilations): not without one.
     result = evaluate(classifier, (images, labels, filenames, fields), "test", audit=audit, bootstrap=bootstrap, seed=seed,
                       calibrated=calibrate, localise=report)
+    if classifier.detector is not None:
+        say("measuring the detector against generated non-radiographs ...")
+        result.ood = detector.measure(classifier, images, seed=seed)
     with open(os.path.join(run_dir, "evaluation.json"), "w") as f:
         json.dump({"test": result.to_json(with_predictions=True), "calibration": _jsonable(calibration)}, f, indent=1)
     # The warnings travel with the model: predict, export and serve read them from the checkpoint.
@@ -469,3 +479,17 @@ def evaluate_run(
                           raw_probabilities=probabilities_from_logits(result.logits), calibration=calibration,
                           gradcam_per_group=gradcam_per_group)
     return {"result": result, "calibration": calibration, "classifier": classifier, "report": path}
+
+
+def fit_run_detector(classifier, train, validation, seed: int = 0):
+    """The OOD detector of ``classifier`` fitted on (a seeded sample of) ``train``, its threshold on
+    ``validation``, saved beside its checkpoint."""
+    count = len(train[1]) if isinstance(train, tuple) else len(train)
+    chosen = detector.sample(count, seed=seed)
+    if isinstance(train, tuple):
+        subset = ([train[0][int(i)] for i in chosen], np.asarray(train[1])[chosen])
+    else:
+        subset = [train[int(i)] for i in chosen]
+    images, labels, _, _ = _examples(subset, "train", None)
+    validation_images = _examples(validation, "validation", None).images
+    return detector.fit_detector(classifier, list(images), labels, list(validation_images))

@@ -136,6 +136,8 @@ def run_report(
     body.extend(extra_sections(result))
     if calibration:
         body.append(operating_points_section(result, calibration))
+    if result.ood:
+        body.append(ood_section(result.ood))
     if history:
         body.append("<h2>Training curves</h2>")
         body.append(png_tag(figures.training_curves(history), "training curves"))
@@ -198,6 +200,30 @@ def extra_sections(result) -> List[str]:
         out.append("<p class='note'>No fracture boxes in this data set: whether Grad-CAM points at the fracture "
                    "is not measured.</p>")
     return out
+
+
+def _percent(share) -> str:
+    return "n/a" if share is None else f"{share:.0%}"
+
+
+def ood_section(measured: Dict[str, Any]) -> str:
+    """What the model says of inputs that are not X-rays: the detector against the probe set."""
+    rows = [["this run's test X-rays", measured["test"]["n"], _percent(measured["test"]["detector"]),
+             _percent(measured["test"]["flagged"])]]
+    rows += [[kind.replace("_", " "), row["n"], _percent(row["detector"]), _percent(row["flagged"])]
+             for kind, row in measured["by_kind"].items()]
+    rows.append(["all generated non-radiographs", measured["probes"]["n"], _percent(measured["probes"]["detector"]),
+                 _percent(measured["probes"]["flagged"])])
+    return (
+        "<h2>Does the model know what it was not trained on?</h2>"
+        f"<p class='note'>An out-of-distribution detector ({html.escape(measured['method'])}; "
+        f"{measured['features']} pooled features from {measured['stages']} stages, fitted on the training split) "
+        f"flags an input whose score passes {measured['threshold']:.2f}, the score that accepts {measured['accept']:.0%} of "
+        "the validation X-rays; the input checks flag DICOM of other modalities, colour pictures and uniform frames "
+        f"before the model. Against generated non-radiographs (made by code, never seen in training) its AUROC is "
+        f"<strong>{measured['auroc_vs_probes']:.3f}</strong>. A flagged input gets no label.</p>"
+        + html_table(["images", "n", "flagged by the detector", "flagged (checks or detector)"], rows)
+    )
 
 
 def warnings_box(warnings: Sequence[str]) -> str:

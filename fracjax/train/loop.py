@@ -678,9 +678,10 @@ def _final_evaluation(run_dir: str, splits, config: TrainConfig, history) -> Dic
     and report.html unless ``--no-report``."""
     e = config.evaluation
     done = evaluate_run(run_dir, splits["validation"], splits["test"], audit=e.audit, history=history,
-                        report=e.report, calibrate=e.report, bootstrap=e.bootstrap, seed=config.run.seed, log=_log)
+                        report=e.report, calibrate=e.report, bootstrap=e.bootstrap, seed=config.run.seed, log=_log,
+                        train=splits["train"])
     result = done["result"]
-    out: Dict[str, Any] = {"test": result.metrics, "warnings": result.warnings()}
+    out: Dict[str, Any] = {"test": result.metrics, "warnings": result.warnings(), "ood": result.ood}
     if result.clean is not None:
         out["clean_test"] = result.clean
     if done["calibration"] is not None:
