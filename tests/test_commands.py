@@ -121,3 +121,22 @@ def test_evaluate_on_your_own_csv_resamples_patients(run_dir, tmp_path, capsys):
     capsys.readouterr()
     assert evaluate.main([run_dir, "--data-csv", str(tmp_path / "labels.csv"), "--split", "everything"]) == 2
     assert "the splits are train, validation, test; or 'all'" in capsys.readouterr().err
+
+
+def test_calibrate_ood_fits_saves_and_measures_a_detector(data_dir, tmp_path, capsys):
+    from fracjax.inference import Classifier
+
+    run = saved_run(tmp_path / "run", random_classifier(seed=4, batch_size=16))
+    with open(f"{run}/config.json", "w") as f:
+        json.dump({"train": {"data": {"dataset": "synthetic_fracture/tiny", "data_dir": data_dir}}}, f)
+    assert Classifier.from_checkpoint(run).detector is None
+    out = tmp_path / "ood.json"
+    assert cli.main(["calibrate-ood", run, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "AUROC against generated non-radiographs" in printed and "document" in printed
+    measured = json.loads(out.read_text())
+    assert 0.0 <= measured["auroc_vs_probes"] <= 1.0 and measured["test"]["n"] > 0
+    detector = Classifier.from_checkpoint(run).detector
+    assert detector is not None and float(detector["threshold"]) == pytest.approx(measured["threshold"])
+    assert cli.main(["calibrate-ood", run, "--data-folder", str(tmp_path / "nowhere")]) == 2
+    assert "--data-folder: no such file or folder" in capsys.readouterr().err

@@ -60,18 +60,34 @@ def run_data(run: str) -> Dict[str, Optional[str]]:
     return trained_on(run_folder_of(os.path.join(folder, str(step))))
 
 
+def run_data_options(args) -> None:
+    """Fill in the data options a command was not given from the run's own config.json."""
+    data = run_data(args.run)
+    if not (args.dataset or args.data_folder or args.data_csv) and data["data_folder"]:
+        own = data["data_folder"]
+        args.data_folder, args.data_csv = (own, None) if os.path.isdir(own) else (None, own)
+    args.dataset = args.dataset or (None if args.data_folder or args.data_csv else data["dataset"])
+    args.data_dir = args.data_dir or data["data_dir"]
+    args.stored_size = data["image_size"] or 224  # the run's own folder is prepared at the size it trained on
+
+
 def _check(args) -> None:
     """Every refusal before any data preparation or compilation."""
     if args.audit and not os.path.isfile(args.audit):
         raise FileNotFoundError(f"--audit: no such file {args.audit}")
-    if args.json:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise PermissionError(f"--json: cannot write in {folder}")
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    check_data(args)
+
+
+def check_data(args) -> None:
+    """The data and output options' refusals (shared with calibrate-ood)."""
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise PermissionError(f"--json: cannot write in {folder}")
     own = args.data_folder or args.data_csv
     if own and not os.path.exists(own):
         raise FileNotFoundError(f"--data-{'folder' if args.data_folder else 'csv'}: no such file or folder {own}")
@@ -89,13 +105,7 @@ def main(argv=None, prog: str = "fracjax evaluate") -> int:
 
     args = parser(prog).parse_args(argv)
     try:
-        data = run_data(args.run)
-        if not (args.dataset or args.data_folder or args.data_csv) and data["data_folder"]:
-            own = data["data_folder"]
-            args.data_folder, args.data_csv = (own, None) if os.path.isdir(own) else (None, own)
-        args.dataset = args.dataset or (None if args.data_folder or args.data_csv else data["dataset"])
-        args.data_dir = args.data_dir or data["data_dir"]
-        args.stored_size = data["image_size"] or 224  # the run's own folder is prepared at the size it trained on
+        run_data_options(args)
         _check(args)
         result = _evaluate(args)
     except (OSError, ValueError, KeyError) as err:
@@ -117,12 +127,22 @@ def _evaluate(args):
     threshold = classifier.threshold_for(args.operating_point) if args.operating_point else args.threshold
     options = dict(audit=args.audit, threshold=threshold, calibrated=not args.uncalibrated, bootstrap=args.bootstrap,
                    cluster_by=args.cluster_by, study_aggregate=args.study_aggregate, localise=not args.no_localise)
+    if args.data_folder or args.data_csv:
+        return fracjax.evaluate(classifier, data_splits(args), args.split, **options)
+    prepare_dataset(args.dataset, args.data_dir, args.manual_dir)
+    return fracjax.evaluate(classifier, args.dataset, args.split, data_dir=args.data_dir, **options)
+
+
+def data_splits(args) -> Dict[str, object]:
+    """split -> source of the data the options name (a folder or CSV, or a TFDS set), prepared if need be."""
     own = args.data_folder or args.data_csv
     if own:
         from fracjax.data.image_folder import from_folder
 
-        builder = from_folder(own, image_size=args.stored_size, data_dir=args.data_dir)
-        return fracjax.evaluate(classifier, dict(builder.as_data_source()), args.split, **options)
+        return dict(from_folder(own, image_size=args.stored_size, data_dir=args.data_dir).as_data_source())
+    from fracjax.data.pipeline import available_splits, load_source
+    from fracjax.data.prepare import prepare_dataset
+
     prepare_dataset(args.dataset, args.data_dir, args.manual_dir)
-    return fracjax.evaluate(classifier, args.dataset, args.split, data_dir=args.data_dir, **options)
+    return {s: load_source(args.dataset, s, args.data_dir) for s in available_splits(args.dataset, args.data_dir)}
 

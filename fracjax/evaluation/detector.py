@@ -67,10 +67,18 @@ def measure(classifier, test_images: Sequence[np.ndarray], per_kind: int = 8, se
     }
 
 
+WEAK = "the out-of-distribution detector is weak"
+
+
 def warnings(measured: Optional[Dict[str, Any]]) -> List[str]:
     """A warning when the detector barely tells the probe set from the test images."""
     if not measured or measured["auroc_vs_probes"] >= WEAK_AUROC:
         return []
-    return [f"the out-of-distribution detector is weak: AUROC {measured['auroc_vs_probes']:.3f} (below "
+    return [f"{WEAK}: AUROC {measured['auroc_vs_probes']:.3f} (below "
             f"{WEAK_AUROC}) between the test images and generated non-radiographs; it flags "
             f"{measured['probes']['detector']:.0%} of them. Do not rely on it to refuse what is not an X-ray."]
+
+
+def refreshed(run_warnings: List[str], measured: Dict[str, Any]) -> List[str]:
+    """A run's warnings with the detector's replaced by those of a new measurement."""
+    return [w for w in run_warnings if not w.startswith(WEAK)] + warnings(measured)

@@ -163,6 +163,6 @@ def test_the_predict_command_flags_and_withholds_the_label(tmp_path, capsys):
     assert rows[0]["label"] in ("fractured", "not_fractured") and rows[0]["reason"] is None
     assert rows[1]["label"] is None and rows[1]["reason"].startswith("a colour picture")
     assert rows[2]["label"] is None and rows[3]["error"]
-    assert "in_distribution,reason" in (tmp_path / "rows.csv").read_text().splitlines()[0]
+    assert "in_distribution,ood_score,reason" in (tmp_path / "rows.csv").read_text().splitlines()[0]
     assert cli.main(["predict", run, *files[:3], "--json", str(out), "--force-label"]) == 0
     assert all(r["label"] in ("fractured", "not_fractured") for r in json.loads(out.read_text())["results"])
