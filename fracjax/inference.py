@@ -20,7 +20,7 @@ from fracjax import ood
 from fracjax.checkpoint import find_model_checkpoint, read_calibration, read_ood, read_run_warnings, restore_model
 from fracjax.data.io import model_input, read_image
 from fracjax.data.screening import Observations, input_check
-from fracjax.metrics import LABEL_NAMES, apply_temperature, probabilities_from_logits
+from fracjax.metrics import LABEL_NAMES, apply_temperature, format_thresholds, probabilities_from_logits
 
 OUTSIDE = "outside what this model was trained on"
 
@@ -62,8 +62,8 @@ def label_of(probability: float, threshold: float, labels=LABEL_NAMES) -> str:
 
 
 def format_threshold(threshold: float) -> str:
-    """A threshold with the digits that tell it from its neighbours (0.499776, not 0.5)."""
-    return f"{threshold:.6g}"
+    """A threshold with the digits that tell it from 0.5 (0.49978, not 0.500)."""
+    return format_thresholds([threshold])[0]
 
 
 def _backbone_stage(module, method_name: str) -> bool:

@@ -10,7 +10,7 @@ never a silent 0.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -182,3 +182,16 @@ def jsonable(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def format_thresholds(values, digits: int = 3, most: int = 12) -> List[str]:
+    """Thresholds with at least ``digits`` decimals and as many more (up to ``most``) as it takes
+    for different values to print differently, and for none but 0.5 itself to print as 0.5 (the
+    default a reader assumes): 0.499778 prints as 0.49978, not 0.500."""
+    values = [float(v) for v in values]
+    for d in range(digits, most + 1):
+        texts = [f"{v:.{d}f}" for v in values]
+        half = f"{0.5:.{d}f}"
+        if len(set(texts)) == len(set(values)) and all(t != half or v == 0.5 for t, v in zip(texts, values)):
+            return texts
+    return [repr(v) for v in values]

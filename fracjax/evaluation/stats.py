@@ -15,9 +15,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import sparse
 
-from fracjax.metrics import (  # noqa: F401  (apply_temperature, logits_from_probabilities: used through stats too)
+from fracjax.metrics import (  # noqa: F401  (apply_temperature, logits_from_probabilities, format_thresholds: used
+    # through stats too)
     apply_temperature,
     binary_metrics,
+    format_thresholds,
     logits_from_probabilities,
     probabilities_from_logits,
 )
@@ -364,15 +366,7 @@ def format_interval(value: float, interval: Optional[Tuple[float, float]], digit
     return text
 
 
-def format_thresholds(values: Sequence[float], digits: int = 3, most: int = 12) -> List[str]:
-    """Thresholds with at least ``digits`` decimals and as many more (up to
-    ``most``) as it takes for different values to print differently."""
-    values = [float(v) for v in values]
-    for d in range(digits, most + 1):
-        texts = [f"{v:.{d}f}" for v in values]
-        if len(set(texts)) == len(set(values)):
-            return texts
-    return [repr(v) for v in values]
+
 
 
 def chance_warnings(metrics: Dict[str, object], name: str) -> List[str]:

@@ -232,3 +232,11 @@ def test_thresholds_print_with_enough_digits_to_differ():
 def test_no_bootstrap_means_no_intervals():
     m = stats.metrics_with_intervals([0, 1, 1, 0], [0.2, 0.7, 0.6, 0.4], samples=0)
     assert m["intervals"] == {} and m["auroc"] == 1.0
+
+
+def test_a_threshold_near_one_half_never_prints_as_one_half():
+    from fracjax.inference import format_threshold
+
+    assert stats.format_thresholds([0.499778]) == ["0.4998"]
+    assert format_threshold(0.499776) == "0.4998" and format_threshold(0.5) == "0.500"
+    assert format_threshold(0.42) == "0.420"
