@@ -33,6 +33,10 @@ def test_quickstart_notebook_runs(tmp_path):
     text = "".join(o.get("text", "") for o in outputs)
     assert "| accuracy |" in text  # the metrics table was printed
     assert "test accuracy" in text and "the model" in text  # the cell that says what was learned
+    import json
+
+    report = json.loads((tmp_path / "runs" / "quickstart" / "report.json").read_text())
+    assert all(f"WARNING: {w}" in text for w in report["warnings"])  # the run's warnings are shown
     # Every figure cell shows its figure: samples, training curves, Grad-CAM.
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
     warnings = [o["text"] for o in outputs if o.get("name") == "stderr" and "arning" in o["text"]]
