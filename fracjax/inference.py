@@ -37,8 +37,9 @@ class Predictions:
     """``predict(..., errors="skip")``: ``probabilities`` has one entry per
     input, NaN where the input failed; ``failed`` maps those inputs'
     positions to why. ``flagged`` maps the inputs that the input checks
-    (:mod:`fracjax.data.screening`) found outside what the model was trained
-    on to the reason: they have a probability, but no label by default."""
+    (:mod:`fracjax.data.screening`) or the OOD detector (:mod:`fracjax.ood`)
+    found outside what the model was trained on to the reason: they have a
+    probability, but no label by default."""
 
     probabilities: np.ndarray
     failed: Dict[int, str]
@@ -52,7 +53,8 @@ class Predictions:
 
     @property
     def in_distribution(self) -> np.ndarray:
-        """A boolean mask of the inputs that were predicted and passed the input checks."""
+        """A boolean mask of the inputs that were predicted and that neither the input checks nor the
+        OOD detector flagged."""
         return _predicted(len(self.probabilities), {**self.failed, **self.flagged})
 
 
