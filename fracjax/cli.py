@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     "predict": ("fracjax.commands.predict", "fracture probabilities of X-ray files from a trained run"),
     "explain": ("fracjax.commands.explain", "Grad-CAM overlays of X-ray files from a trained run"),
     "calibrate-ood": ("fracjax.commands.calibrate_ood", "fit a run's out-of-distribution detector and measure it"),
-    "audit": ("fracjax.data.audit", "near-duplicate X-rays within and across a data set's splits"),
+    "audit": ("fracjax.commands.audit", "near-duplicate X-rays within and across a data set's splits"),
     "export": ("fracjax.commands.export", "a trained run as a StableHLO or ONNX artifact with its model card"),
     "serve": ("fracjax.commands.serve", "a page and a JSON API for X-rays, from an export or a run"),
 }

@@ -79,7 +79,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
             block = block.replace(old, new)
         if "audit.json" in block and not os.path.exists("audit.json"):
             # The README's shell step before this block.
-            from fracjax.data.audit import main as audit_main
+            from fracjax.commands.audit import main as audit_main
 
             assert audit_main(["--dataset", "fracture_xray", "--data-dir", namespace["D"], "--json", "audit.json",
                                "--clean-test"]) == 0

@@ -52,7 +52,7 @@ def main(argv=None, prog: str = "fracjax compare") -> int:
                    help="fine-tuning epochs (an upper bound under a budget)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument("--audit", help="leakage audit JSON (python -m fracjax.data.audit --clean-test): clean-test columns")
+    p.add_argument("--audit", help="leakage audit JSON (fracjax audit --clean-test): clean-test columns")
     p.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap, help="bootstrap resamples for the intervals")
     p.add_argument("--pretrained", type=_pretrained, action="append", default=[], metavar="MODEL=PATH",
                    help="Keras ImageNet weights of one model's backbone: a file or 'imagenet' (repeat per model)")

@@ -137,11 +137,10 @@ def data_splits(args) -> Dict[str, object]:
     """split -> source of the data the options name (a folder or CSV, or a TFDS set), prepared if need be."""
     own = args.data_folder or args.data_csv
     if own:
-        from fracjax.data.image_folder import from_folder
+        from fracjax.data.prepare import from_folder
 
         return dict(from_folder(own, image_size=args.stored_size, data_dir=args.data_dir).as_data_source())
-    from fracjax.data.pipeline import available_splits, load_source
-    from fracjax.data.prepare import prepare_dataset
+    from fracjax.data.prepare import available_splits, load_source, prepare_dataset
 
     prepare_dataset(args.dataset, args.data_dir, args.manual_dir)
     return {s: load_source(args.dataset, s, args.data_dir) for s in available_splits(args.dataset, args.data_dir)}

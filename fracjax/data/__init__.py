@@ -9,12 +9,11 @@ rest (decoding, the augmentation, the train step) still imports and runs.
 
 import importlib
 
-# audit is loaded on first use: imported here, `python -m fracjax.data.audit`
-# would find it in sys.modules before running it (runpy's RuntimeWarning).
 from fracjax.data import augment, pipeline  # noqa: F401
 from fracjax.data.augment import AugmentConfig, augment_batch
 from fracjax.data.io import ImageDecodeError, read_image, resize_bilinear
-from fracjax.data.pipeline import ArraySource, TrainOrder, eval_batches, load_arrays, load_source, train_batches
+from fracjax.data.pipeline import ArraySource, TrainOrder, eval_batches, load_arrays, train_batches
+from fracjax.data.prepare import from_folder, load_source
 from fracjax.data.synthetic import SyntheticConfig, generate_arrays, generate_example
 from fracjax.metrics import LABEL_NAMES
 
@@ -47,8 +46,6 @@ _BUILDER_NAMES = ("FractureXray", "FractureXrayConfig", "SyntheticFracture", "Sy
 def __getattr__(name):
     if name == "audit":
         return importlib.import_module("fracjax.data.audit")
-    if name == "from_folder":
-        return importlib.import_module("fracjax.data.image_folder").from_folder
     if name == "builders" or name in _BUILDER_NAMES:
         builders = importlib.import_module("fracjax.data.builders")
         return builders if name == "builders" else getattr(builders, name)

@@ -1,6 +1,6 @@
 """Leakage audit: exact and near-duplicate X-rays within and across splits.
 
-    python -m fracjax.data.audit --dataset fracture_xray --data-dir D --json audit.json --clean-test
+    fracjax audit --dataset fracture_xray --data-dir D --json audit.json --clean-test
 
 Robust to flips and 90-degree rotations (the 8 symmetries of the square),
 resizing, small crops (up to ~12% per side) and brightness/contrast changes.
@@ -24,22 +24,18 @@ precision 1.0 and recall about 0.95 (``benchmarks/audit_synthetic.py``).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import dataclasses
 import hashlib
-import json
 import multiprocessing
 import os
-import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from fracjax.data.io import gaussian_blur
-
-SPLITS = ("train", "validation", "test")
+from fracjax.data.splits import SPLITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,53 +329,3 @@ def audit(splits: Mapping[str, object], config: AuditConfig = AuditConfig(), cle
             raise ValueError("--clean-test needs a test split")
         clean = [w["filename"] for w in where if w["split"] == "test" and w["filename"] not in copied_test]
     return AuditReport(pairs, dict(counts), num, clean, dataclasses.asdict(config))
-
-
-def _check_writable(parser: argparse.ArgumentParser, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        parser.error(f"--json: no such folder: {folder}")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        parser.error(f"--json: cannot write {path}")
-
-
-def main(argv=None, prog: str = "python -m fracjax.data.audit") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Find exact and near-duplicate X-rays within and across the splits of a prepared data set.",
-    )
-    parser.add_argument("--dataset", default="fracture_xray", help="TFDS name, e.g. fracture_xray or fracture_xray/384")
-    parser.add_argument("--data-dir", default=None, help="TFDS data_dir the set was prepared in")
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
-    parser.add_argument("--json", dest="json_path", help="write the pairs (and clean test list) here")
-    parser.add_argument("--clean-test", action="store_true", help="also list test examples with no near-copy in train/validation")
-    parser.add_argument("--threshold", type=float, default=AuditConfig.threshold)
-    parser.add_argument("--candidates", type=int, default=AuditConfig.candidates)
-    parser.add_argument("--workers", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not 0.0 < args.threshold <= 1.0:
-        parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.candidates < 1:
-        parser.error(f"--candidates must be >= 1, got {args.candidates}")
-
-    from fracjax.data.pipeline import load_source
-
-    if args.json_path:
-        _check_writable(parser, args.json_path)  # before the audit's work, not after it
-    try:
-        sources = {split: load_source(args.dataset, split, args.data_dir) for split in args.splits}
-        config = AuditConfig(threshold=args.threshold, candidates=args.candidates, workers=args.workers)
-        report = audit(sources, config, clean_test=args.clean_test)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(report.to_json(), f, indent=1)
-        print(f"wrote {args.json_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -109,33 +108,6 @@ class ArraySource:
         example = {"image": self.images[i], "label": self.labels[i], "filename": self.filenames[i]}
         example.update((name, values[i]) for name, values in self.fields.items())
         return example
-
-
-def load_source(dataset: str, split: str, data_dir: Optional[str] = None):
-    """``tfds.data_source`` of a prepared data set (array_record; no TensorFlow)."""
-    import tensorflow_datasets as tfds
-
-    import fracjax.data.builders  # noqa: F401  (registers our builders)
-
-    try:
-        return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
-    except Exception as err:
-        where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
-        raise FileNotFoundError(
-            f"data set {dataset!r} split {split!r} is not prepared under {where} ({first_line(err)})"
-        ) from None
-
-
-def available_splits(dataset: str, data_dir: Optional[str] = None) -> List[str]:
-    """The splits a prepared data set holds (train, validation, test for fracjax's builders)."""
-    import tensorflow_datasets as tfds
-
-    import fracjax.data.builders  # noqa: F401  (registers our builders)
-
-    try:
-        return list(tfds.builder(dataset, data_dir=data_dir).info.splits)
-    except Exception as err:
-        raise FileNotFoundError(f"data set {dataset!r} is not prepared ({first_line(err)})") from None
 
 
 def split_names(split: str, available: Sequence[str]) -> List[str]:

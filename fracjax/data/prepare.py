@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from fracjax.data import pipeline
 from fracjax.data.io import model_input
-
-SPLITS = ("train", "validation", "test")
+from fracjax.data.splits import SPLITS
 
 
 class SubsetSource:
@@ -74,6 +73,42 @@ def prepare_builder(builder, download_config=None, log: Callable[[str], None] = 
     builder.download_and_prepare(download_config=download_config)  # says what it prepares, from where
     log(f"prepared in {time.perf_counter() - start:.0f} s")
     return builder
+
+
+def load_source(dataset: str, split: str, data_dir: Optional[str] = None):
+    """``tfds.data_source`` of a prepared data set (array_record; no TensorFlow)."""
+    import tensorflow_datasets as tfds
+
+    from fracjax.data import builders  # noqa: F401  (registers our builders)
+
+    try:
+        return tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
+    except Exception as err:
+        where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+        raise FileNotFoundError(
+            f"data set {dataset!r} split {split!r} is not prepared under {where} ({pipeline.first_line(err)})"
+        ) from None
+
+
+def available_splits(dataset: str, data_dir: Optional[str] = None) -> List[str]:
+    """The splits a prepared data set holds (train, validation, test for fracjax's builders)."""
+    import tensorflow_datasets as tfds
+
+    from fracjax.data import builders  # noqa: F401  (registers our builders)
+
+    try:
+        return list(tfds.builder(dataset, data_dir=data_dir).info.splits)
+    except Exception as err:
+        raise FileNotFoundError(f"data set {dataset!r} is not prepared ({pipeline.first_line(err)})") from None
+
+
+def from_folder(source: str, image_size: int = 224, data_dir: Optional[str] = None, seed: int = 0,
+                audit: bool = True, strict: bool = False, log=print):
+    """Prepare (once) and return the TFDS builder of a folder or CSV of X-rays."""
+    from fracjax.data.builders.image_folder import ImageFolder, folder_config
+
+    builder = ImageFolder(config=folder_config(source, image_size, seed, audit), data_dir=data_dir, strict=strict)
+    return prepare_builder(builder, None, log)
 
 
 def stored_image_size(builder) -> int:

@@ -19,6 +19,9 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+# The three splits of every fracjax data set, in this order.
+SPLITS = ("train", "validation", "test")
+
 
 class _UnionFind:
     def __init__(self, n: int):

@@ -142,7 +142,7 @@ def clean_filenames(audit: Any, split: str = "test") -> Optional[set]:
         if audit.get("clean_test") is not None and split == "test":
             return set(audit["clean_test"])
         if "pairs" not in audit:
-            raise ValueError("audit: expected the JSON of `python -m fracjax.data.audit` (with 'pairs')")
+            raise ValueError("audit: expected the JSON of `fracjax audit` (with 'pairs')")
         return _Copied({pair[side]["filename"] for pair in audit["pairs"] for side in ("a", "b")
                         if pair[side]["split"] == split and pair["a"]["split"] != pair["b"]["split"]})
     return set(audit)
@@ -164,7 +164,8 @@ def _examples(data, split: str, data_dir: Optional[str]) -> Examples:
     """The examples of a data set name or a mapping of split -> source (``split``: one split, several
     joined with ``+``, or ``all``), a source (indexable dicts with image/label[/filename/fields]) or
     ``(images, labels[, filenames[, fields]])``."""
-    from fracjax.data.pipeline import CORE_FEATURES, as_text, available_splits, field_value, load_source, split_names
+    from fracjax.data.pipeline import CORE_FEATURES, as_text, field_value, split_names
+    from fracjax.data.prepare import available_splits, load_source
 
     if isinstance(data, str):
         names = split_names(split, available_splits(data, data_dir))

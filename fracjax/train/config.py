@@ -271,7 +271,7 @@ class EvalConfig:
     threshold: float = option(0.5, "decision threshold on the fracture probability", check=open_fraction)
     report: bool = option(True, "end-of-run calibration and report.html with Grad-CAM",
                           switch="skip the end-of-run calibration and report.html (report.json is always written)")
-    audit: Optional[str] = option(None, "leakage audit of the data set (python -m fracjax.data.audit --json A "
+    audit: Optional[str] = option(None, "leakage audit of the data set (fracjax audit --json A "
                                   "--clean-test): the report adds metrics on the clean test examples",
                                   check=existing_file, metavar="JSON")
     bootstrap: int = option(1000, "bootstrap resamples for the test metrics' 95% intervals (0: none)",

@@ -308,9 +308,7 @@ def _prepared_data(data):
     ``--image-size``, default 224) or of ``--dataset``, prepared once."""
     own = data.data_folder or data.data_csv
     if own:
-        from fracjax.data.image_folder import from_folder
-
-        return from_folder(own, image_size=data.image_size or 224, data_dir=data.data_dir, log=_log)
+        return prepare.from_folder(own, image_size=data.image_size or 224, data_dir=data.data_dir, log=_log)
     return prepare.prepare_dataset(data.dataset, data.data_dir, data.manual_dir, log=_log)
 
 

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from fracjax.commands import audit as audit_command
 from fracjax.data import audit, pipeline, synthetic
 
 
@@ -62,7 +63,7 @@ def test_cli_on_a_prepared_set(tmp_path, capsys):
     config = builders.SyntheticFractureConfig(name="audit", image_size=64, num_train=12, num_validation=4, num_test=4)
     builders.SyntheticFracture(config=config, data_dir=str(tmp_path)).download_and_prepare()
     out = tmp_path / "audit.json"
-    code = audit.main(
+    code = audit_command.main(
         ["--dataset", "synthetic_fracture/audit", "--data-dir", str(tmp_path), "--json", str(out), "--clean-test", "--workers", "1"]
     )
     assert code == 0
@@ -74,10 +75,10 @@ def test_cli_on_a_prepared_set(tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert audit.main(["--dataset", "synthetic_fracture", "--data-dir", str(tmp_path)]) == 2
+    assert audit_command.main(["--dataset", "synthetic_fracture", "--data-dir", str(tmp_path)]) == 2
     assert "not prepared" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        audit.main(["--threshold", "2"])
+        audit_command.main(["--threshold", "2"])
 
 
 def test_identical_blank_images_across_splits_are_found(images):

@@ -44,8 +44,8 @@ def test_import_fracjax_data_registers_the_builders():
     assert out.split() == ["FractureXray", "SyntheticFracture"]
 
 
-def test_audit_runs_as_a_module_without_a_runpy_warning():
-    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "fracjax.data.audit", "--help"],
+def test_the_audit_command_runs_without_a_runpy_warning():
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "fracjax.cli", "audit", "--help"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "RuntimeWarning" not in done.stderr and "near-duplicate" in done.stdout

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fracjax.data import builders, pipeline
+from fracjax.data import builders, pipeline, prepare
 
 
 def array_source(n=37, size=4):
@@ -90,4 +90,4 @@ def test_tfds_source_and_memory_agree(tmp_path):
 
 def test_missing_prepared_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="synthetic_fracture.*not prepared"):
-        pipeline.load_source("synthetic_fracture", "train", data_dir=str(tmp_path))
+        prepare.load_source("synthetic_fracture", "train", data_dir=str(tmp_path))

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import fracjax.data
-from fracjax.data import builders, image_folder, prepare, synthetic
-from fracjax.data import fracatlas as fracatlas_lib
+from fracjax.data import builders, prepare, synthetic
+from fracjax.data.builders import fracatlas as fracatlas_lib
+from fracjax.data.builders import image_folder
 
 SPLITS = ("train", "validation", "test")
 
@@ -120,7 +121,7 @@ def test_train_on_mura_reports_study_level_rows_per_body_part(mura, tmp_path):
 
 
 def test_mura_bad_study_csv_names_the_file_and_line(tmp_path):
-    from fracjax.data import mura as mura_lib
+    from fracjax.data.builders import mura as mura_lib
 
     root = tmp_path / "MURA-v1.1"
     (root / "train").mkdir(parents=True)

@@ -1,10 +1,12 @@
-"""TFDS builders: ``fracture_xray`` (the Kaggle download, via ``manual_dir``)
-and ``synthetic_fracture`` (procedural, needs no files).
+"""What fracjax's TFDS builders share: listing a download's files and their
+labels, decoding them once (in worker processes, unreadable files skipped and
+listed), the grouped split, the stored features, and :class:`DecodedThenSplit`,
+the public base of every builder that reads a folder.
 
-Both write array_record files, so reading them back (``tfds.data_source``)
-needs no TensorFlow; images are stored PNG-encoded, (S, S, 1) uint8, resized
-like Keras ``image_dataset_from_directory`` (bilinear, half-pixel centres, no
-antialiasing, aspect ratio not kept). Importing this module registers both.
+Every builder writes array_record files, so reading them back
+(``tfds.data_source``) needs no TensorFlow; images are stored PNG-encoded,
+(S, S, 1) uint8, resized like Keras ``image_dataset_from_directory``
+(bilinear, half-pixel centres, no antialiasing, aspect ratio not kept).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fracjax.data import synthetic
+from fracjax.data import audit as audit_lib
+from fracjax.data import splits
 from fracjax.data.io import IMAGE_EXTENSIONS, ImageDecodeError, model_input, read_image
+from fracjax.data.splits import SPLITS
 from fracjax.metrics import LABEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,7 @@ EXTRA_FEATURES = {
 }
 
 
-def _features(size: int, extras: Sequence[str] = ()) -> tfds.features.FeaturesDict:
+def features_of(size: int, extras: Sequence[str] = ()) -> tfds.features.FeaturesDict:
     features = {
         "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint8, encoding_format="png"),
         "label": tfds.features.ClassLabel(names=list(LABEL_NAMES)),
@@ -79,11 +83,10 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-SYNTHETIC_SECONDS_PER_PIXEL = 1.2e-6  # generating and encoding one synthetic image, per pixel, on one core
 SPAWN_SECONDS = 10.0  # starting the workers: each spawned process imports fracjax, TFDS and JAX anew
 
 
-def _map_in_processes(fn, items: Sequence, chunksize: int = 16, seconds: Optional[float] = None) -> Iterator:
+def map_in_processes(fn, items: Sequence, chunksize: int = 16, seconds: Optional[float] = None) -> Iterator:
     """Ordered ``map`` over worker processes (spawned: JAX may be loaded and
     multithreaded here, which makes fork unsafe); in-process for small jobs:
     fewer than 64 items, or ``seconds`` (the caller's estimate of the whole
@@ -98,7 +101,7 @@ def _map_in_processes(fn, items: Sequence, chunksize: int = 16, seconds: Optiona
 
 
 # --------------------------------------------------------------------------
-# The real data set.
+# Listing a download: its files, their labels and splits.
 # --------------------------------------------------------------------------
 
 
@@ -237,7 +240,7 @@ def decode_records(root: str, records: Sequence[Record], size: int, strict: bool
     ``strict`` makes an unreadable file an error."""
     kept, pngs, skipped = [], [], []
     jobs = [(root, r.path, size) for r in records]
-    for record, (rel, png, reason) in zip(records, _map_in_processes(_decode_for_store, jobs)):
+    for record, (rel, png, reason) in zip(records, map_in_processes(_decode_for_store, jobs)):
         if png is None:
             if strict:
                 raise ImageDecodeError(os.path.join(root, rel), reason)
@@ -266,9 +269,6 @@ def grouped_splits(records: Sequence[Record], pngs: Sequence[bytes], *, keys=Non
     """A split name per record such that near-duplicate images (found by the
     leakage audit) and records sharing a key (a patient) lie in one split;
     and what was done, for ``info.metadata["split"]``."""
-    from fracjax.data import audit as audit_lib
-    from fracjax.data import splits
-
     pairs = []
     if audit:
         pairs = [(i, j) for i, j, _ in audit_lib.find_duplicates([png_pixels(p) for p in pngs])]
@@ -302,7 +302,7 @@ def stored_example(record: Record, png: bytes, extras: Sequence[str]) -> Dict[st
     return example
 
 
-class _NoOpenCvAdvice(logging.Filter):
+class NoOpenCvAdvice(logging.Filter):
     """TFDS advises installing OpenCV on the first PNG it decodes (PIL
     decodes our 8-bit grey PNGs exactly), and warns of a "custom data
     configuration" for every user folder (``image_folder`` is made of them):
@@ -315,10 +315,10 @@ class _NoOpenCvAdvice(logging.Filter):
         return not record.getMessage().startswith(self.NOISE)
 
 
-logging.getLogger("absl").addFilter(_NoOpenCvAdvice())
+logging.getLogger("absl").addFilter(NoOpenCvAdvice())
 
 
-class _SaysWhatItPrepares:
+class SaysWhatItPrepares:
     """TFDS announces "Downloading and preparing dataset Unknown size" for
     every builder; ours download nothing, so they say what they do instead."""
 
@@ -333,10 +333,21 @@ class _SaysWhatItPrepares:
         print(f"{self.name}/{self.builder_config.name} is ready in {self.data_dir}", flush=True)
 
 
-SPLITS = ("train", "validation", "test")
+def empty_split_error(name: str, root: str, split: str, records: Sequence[Record], skipped: Sequence[Dict[str, str]],
+                      kind: Optional[str]) -> ValueError:
+    """Why ``split`` came out empty: its own files were all unreadable (a set
+    with given splits), or too few images to draw it (a set split here).
+    TFDS itself would fail on an empty split with a bare AssertionError."""
+    if kind not in ("given", "published"):
+        return ValueError(f"{name}: no examples for the {split} split in {root} ({len(records) - len(skipped)} "
+                          "readable images): too few images to split")
+    own = [r.path for r in records if r.split == split]
+    first = next((s for s in skipped if s["path"] in set(own)), {"path": "-", "reason": "no files"})
+    return ValueError(f"{name}: none of the {len(own)} image file(s) of the {split} split in {root} is readable "
+                      f"(the first, {first['path']}: {first['reason']})")
 
 
-class _DecodedThenSplit(_SaysWhatItPrepares):
+class DecodedThenSplit(SaysWhatItPrepares):
     """A builder that lists its records, decodes them all, then splits them
     (grouped: a split can only be drawn once near-duplicates are known).
     Subclasses give ``EXTRAS``, ``_records`` and ``_assign``."""
@@ -352,7 +363,7 @@ class _DecodedThenSplit(_SaysWhatItPrepares):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self, description=self.DESCRIPTION,
-            features=_features(self.builder_config.image_size, self.EXTRAS),
+            features=features_of(self.builder_config.image_size, self.EXTRAS),
             supervised_keys=("image", "label"), homepage=self.HOMEPAGE, metadata=tfds.core.MetadataDict(),
         )
 
@@ -370,195 +381,13 @@ class _DecodedThenSplit(_SaysWhatItPrepares):
         names, said = self._assign(kept, pngs)
         empty = [s for s in SPLITS if s not in names]
         if empty:
-            why = "the given splits hold none" if said.get("kind") == "given" else "too few images to split"
-            raise ValueError(f"{self.name}: no examples for split(s) {empty} in {root} ({len(kept)} readable "
-                             f"images): {why}")
+            raise empty_split_error(self.name, root, empty[0], records, skipped, said.get("kind"))
         self.info.metadata["skipped"] = unlisted + skipped
         self.info.metadata["split"] = said
         self.info.metadata["source_root"] = os.path.basename(os.path.normpath(root))
-        return {split: self._examples_of(kept, pngs, names, split) for split in SPLITS}
-
-    def _examples_of(self, records, pngs, names, split):
-        for record, png, name in zip(records, pngs, names):
-            if name == split:
-                yield record.path, stored_example(record, png, self.EXTRAS)
+        return {split: self._generate_examples(kept, pngs, names, split) for split in SPLITS}
 
     def _generate_examples(self, records, pngs, names, split):
-        return self._examples_of(records, pngs, names, split)
-
-
-@dataclasses.dataclass
-class FractureXrayConfig(tfds.core.BuilderConfig):
-    image_size: int = 224
-    grouped: bool = False  # re-split so that near-duplicates lie in one split
-
-
-class FractureXray(_DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
-    """The Kaggle "Fracture Multi-Region X-ray Data" (binary), from a folder the
-    user downloaded. Unreadable files are skipped and listed in
-    ``info.metadata["skipped"]`` (``strict=True`` makes them an error).
-
-    The ``grouped`` configurations re-split it leakage-free: every group of
-    near-duplicate X-rays (the leakage audit) lies in one split; groups
-    already inside one split stay there, those spanning splits move to where
-    the per-split, per-class counts stay closest to the published ones; each
-    moved file and why is in ``info.metadata["split"]["moves"]``."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Grey uint8 images, Keras-style bilinear resize, skipped files in metadata."}
-    BUILDER_CONFIGS = [
-        FractureXrayConfig(name="224", image_size=224, description="Images resized to 224x224."),
-        FractureXrayConfig(name="384", image_size=384, description="Images resized to 384x384."),
-        FractureXrayConfig(name="grouped", image_size=224, grouped=True,
-                           description="224x224, re-split so that near-duplicate X-rays never span splits."),
-        FractureXrayConfig(name="grouped_384", image_size=384, grouped=True,
-                           description="384x384, re-split so that near-duplicate X-rays never span splits."),
-    ]
-    DEFAULT_CONFIG_NAME = "224"
-    DESCRIPTION = (
-        "Fracture Multi-Region X-ray Data: 10,580 radiographs (upper and lower limbs, lumbar, hips, knees) "
-        "labelled fractured / not fractured, merged by its authors from three earlier Kaggle sets. It holds "
-        "copies of the same X-ray within and across splits: run fracjax.data.audit before trusting a test score."
-    )
-    HOMEPAGE = KAGGLE_URL
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-    Download the archive from {KAGGLE_URL}, unzip it, and pass the folder as
-    manual_dir (the unzipped folder itself, or any folder below it that holds
-    train/ val/ test/):
-
-      tfds.builder("fracture_xray", data_dir=D).download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=M))
-    """
-
-    def _preparing_what(self) -> str:
-        size = self.builder_config.image_size
-        then = ", auditing near-duplicates and re-splitting by group" if self.builder_config.grouped else ""
-        return f"decoding the manual_dir's images to {size}x{size} grey{then} (no download)"
-
-    def _records(self, dl_manager):
-        root = find_split_root(dl_manager.manual_dir)
-        return root, [Record(rel, label, split=split) for split, items in list_split_files(root).items()
-                      for rel, label in items], []
-
-    def _assign(self, records, pngs):
-        return grouped_splits(records, pngs, given=[r.split for r in records])
-
-    def _split_generators(self, dl_manager):
-        if self.builder_config.grouped:
-            return super()._split_generators(dl_manager)
-        root = find_split_root(dl_manager.manual_dir)
-        files = list_split_files(root)
-        self.info.metadata["skipped"] = []
-        self.info.metadata["source_root"] = os.path.basename(os.path.normpath(root))
-        return {split: self._generate_examples(root, items, split) for split, items in files.items()}
-
-    def _generate_examples(self, root, items, split):
-        size = self.builder_config.image_size
-        labels = dict(items)
-        skipped = []
-        jobs = [(root, rel, size) for rel, _ in items]
-        for rel, png, reason in _map_in_processes(_decode_for_store, jobs):
-            if png is None:
-                if self.strict:
-                    raise ImageDecodeError(os.path.join(root, rel), reason)
-                skipped.append({"path": rel, "reason": reason})
-                continue
-            yield rel, {"image": png, "label": labels[rel], "filename": rel}
-        if len(skipped) == len(items):  # (TFDS would fail on an empty split with a bare AssertionError)
-            first = skipped[0] if skipped else {"path": "-", "reason": "no files"}
-            raise ValueError(f"fracture_xray: none of the {len(items)} image file(s) of the {split} split in {root} "
-                             f"is readable (the first, {first['path']}: {first['reason']})")
-        if skipped:
-            log.warning(
-                "fracture_xray: skipped %d unreadable file(s) in %s (see info.metadata['skipped']): %s",
-                len(skipped),
-                split,
-                ", ".join(s["path"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
-            )
-            self.info.metadata["skipped"].extend(skipped)
-
-
-# --------------------------------------------------------------------------
-# The synthetic data set.
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SyntheticFractureConfig(tfds.core.BuilderConfig):
-    image_size: int = 224
-    num_train: int = 2000
-    num_validation: int = 500
-    num_test: int = 500
-    seed: int = 0
-
-
-def _synthetic_png(job: Tuple[int, str, int, int]):
-    seed, split, index, size = job
-    image, label, boxes = synthetic.generate_example_with_boxes(seed, split, index, synthetic.SyntheticConfig(size=size))
-    return index, encode_png(image), label, boxes
-
-
-class SyntheticFracture(_SaysWhatItPrepares, tfds.core.GeneratorBasedBuilder):
-    """Procedural radiograph-like images of long bones, fractured or not
-    (:mod:`fracjax.data.synthetic`). Same features and splits as
-    ``fracture_xray``; the default main job's data set."""
-
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {
-        "1.0.0": "Long bones, joints, fractures (displaced, angulated) and confounders.",
-        "1.1.0": "The same images, with each fracture's box (for the pointing game).",
-    }
-    BUILDER_CONFIGS = [
-        SyntheticFractureConfig(
-            name="128", image_size=128, num_train=6000,
-            description="6,000 / 500 / 500 images at 128x128: the default, sized for training on a CPU in minutes.",
-        ),
-        SyntheticFractureConfig(name="224", description="2,000 / 500 / 500 images at 224x224."),
-        SyntheticFractureConfig(
-            name="large", num_train=8000, num_validation=1000, num_test=1000,
-            description="8,000 / 1,000 / 1,000 images at 224x224.",
-        ),
-        SyntheticFractureConfig(
-            name="tiny", image_size=96, num_train=128, num_validation=64, num_test=64,
-            description="128 / 64 / 64 images at 96x96, for tests and smoke runs.",
-        ),
-    ]
-    DEFAULT_CONFIG_NAME = "128"
-
-    def __init__(self, *, file_format=None, **kwargs):
-        super().__init__(file_format=file_format or "array_record", **kwargs)
-
-    def _preparing_what(self) -> str:
-        c = self.builder_config
-        return (f"generating {c.num_train:,} / {c.num_validation:,} / {c.num_test:,} images at "
-                f"{c.image_size}x{c.image_size} (no download, once)")
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=(
-                "Procedurally generated radiograph-like images of long bones with (label 1) or without "
-                "(label 0) a fracture; confounders at equal rates in both classes. Made by "
-                "fracjax.data.synthetic; needs no download."
-            ),
-            features=_features(self.builder_config.image_size, ("boxes",)),
-            supervised_keys=("image", "label"),
-            metadata=tfds.core.MetadataDict(),
-        )
-
-    def _split_generators(self, dl_manager):
-        c = self.builder_config
-        counts = {"train": c.num_train, "validation": c.num_validation, "test": c.num_test}
-        return {split: self._generate_examples(split, n) for split, n in counts.items()}
-
-    def _generate_examples(self, split, n):
-        c = self.builder_config
-        jobs = [(c.seed, split, i, c.image_size) for i in range(n)]
-        seconds = n * c.image_size**2 * SYNTHETIC_SECONDS_PER_PIXEL
-        for index, png, label, boxes in _map_in_processes(_synthetic_png, jobs, seconds=seconds):
-            name = f"{split}/{LABEL_NAMES[label]}/{index:05d}.png"
-            yield name, {"image": png, "label": label, "filename": name, "boxes": boxes}
-
-
-# The builders of the other public sets and of a user's folder register on import.
-from fracjax.data import fracatlas, image_folder, mura  # noqa: E402,F401
+        for record, png, name in zip(records, pngs, names, strict=True):
+            if name == split:
+                yield record.path, stored_example(record, png, self.EXTRAS)

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fracjax.data import builders
-from fracjax.data.builders import Record
+from fracjax.data.builders import base
+from fracjax.data.builders.base import Record
 
 REGIONS = ("hand", "leg", "hip", "shoulder")
 VIEWS = ("frontal", "lateral", "oblique")
@@ -32,17 +32,17 @@ NEEDED_COLUMNS = ("image_id", "fractured")
 
 def find_fracatlas_root(manual_dir: str, max_depth: int = 3) -> str:
     """The folder holding ``dataset.csv`` (any case), ``manual_dir`` or below."""
-    found = builders.search_down(manual_dir, lambda _, names: "dataset.csv" in {n.lower() for n in names}, max_depth)
+    found = base.search_down(manual_dir, lambda _, names: "dataset.csv" in {n.lower() for n in names}, max_depth)
     if found is None:
         raise FileNotFoundError(f"no dataset.csv inside {manual_dir}; unzip the FracAtlas archive "
-                                f"({builders.FRACATLAS_URL}) there")
+                                f"({base.FRACATLAS_URL}) there")
     return found
 
 
 def _files_by_name(folder: str) -> Dict[str, str]:
     """{lower-case file name: path relative to ``folder``'s parent}, walking ``folder``."""
     out: Dict[str, str] = {}
-    for rel in builders.files_under(folder, os.path.dirname(folder), extensions=None):
+    for rel in base.files_under(folder, os.path.dirname(folder), extensions=None):
         out.setdefault(rel.rsplit("/", 1)[-1].lower(), rel)
     return out
 
@@ -145,7 +145,7 @@ class FracAtlasConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class FracAtlas(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
+class FracAtlas(base.DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     """FracAtlas: 4,083 radiographs (717 fractured) of hand, leg, hip and
     shoulder, with body part, view, hardware and the fracture boxes."""
 
@@ -156,10 +156,10 @@ class FracAtlas(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "224"
     DESCRIPTION = ("FracAtlas: musculoskeletal radiographs labelled fractured / not fractured, with fracture "
                    "boxes. No official classification split: a grouped, stratified one.")
-    HOMEPAGE = builders.FRACATLAS_URL
+    HOMEPAGE = base.FRACATLAS_URL
     EXTRAS = ("body_part", "view", "hardware", "boxes")
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-    Download FracAtlas.zip from {builders.FRACATLAS_URL}, unzip it, and pass the
+    Download FracAtlas.zip from {base.FRACATLAS_URL}, unzip it, and pass the
     folder holding dataset.csv and images/ (or any folder above it) as manual_dir.
     """
 
@@ -174,5 +174,5 @@ class FracAtlas(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
 
     def _assign(self, records, pngs):
         c = self.builder_config
-        fractions = dict(zip(builders.SPLITS, c.fractions))
-        return builders.grouped_splits(records, pngs, fractions=fractions, seed=c.seed)
+        fractions = dict(zip(base.SPLITS, c.fractions))
+        return base.grouped_splits(records, pngs, fractions=fractions, seed=c.seed)

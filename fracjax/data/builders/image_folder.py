@@ -25,21 +25,20 @@ import dataclasses
 import hashlib
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import tensorflow_datasets as tfds
 
-from fracjax.data import builders
-from fracjax.data.builders import SPLIT_FOLDERS, Record, class_files, class_label, subfolders
+from fracjax.data import splits
+from fracjax.data.builders import base
+from fracjax.data.builders.base import SPLIT_FOLDERS, Record, class_files, class_label, subfolders
 from fracjax.data.io import DICOM_EXTENSIONS
-
-CSV_COLUMNS = ("path", "label", "patient", "study", "split")
 
 
 def list_folder(root: str) -> List[Record]:
     """Records of ``root/<class>/`` or ``root/<split>/<class>/``."""
-    splits = {n: SPLIT_FOLDERS[n.lower()] for n in subfolders(root) if n.lower() in SPLIT_FOLDERS} or {"": None}
-    records = [Record(rel, label, {}, split) for n, split in splits.items()
+    folders = {n: SPLIT_FOLDERS[n.lower()] for n in subfolders(root) if n.lower() in SPLIT_FOLDERS} or {"": None}
+    records = [Record(rel, label, {}, split) for n, split in folders.items()
                for rel, label in class_files(root, os.path.join(root, n), allow_empty=False)]
     _need_both_classes(records, root)
     return records
@@ -132,7 +131,7 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
     audit: bool = True  # group near-duplicates when drawing a split
 
 
-class ImageFolder(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
+class ImageFolder(base.DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     """A user's folder or CSV of X-rays (see the module's docstring); made
     through :func:`from_folder`, which names the configuration after the source."""
 
@@ -160,13 +159,12 @@ class ImageFolder(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     def _assign(self, records, pngs):
         c = self.builder_config
         if records[0].split is not None:
-            from fracjax.data import splits
-
             names = [r.split for r in records]
             return names, {"kind": "given", "sizes": splits.split_summary([r.label for r in records], names)}
         keys = [r.fields.get("patient") for r in records]
-        return builders.grouped_splits(records, pngs, keys=keys if any(keys) else None,
-                                       fractions=dict(zip(builders.SPLITS, c.fractions)), seed=c.seed, audit=c.audit)
+        return base.grouped_splits(records, pngs, keys=keys if any(keys) else None,
+                                   fractions=dict(zip(base.SPLITS, c.fractions, strict=True)), seed=c.seed,
+                                   audit=c.audit)
 
 
 def folder_config(source: str, image_size: int = 224, seed: int = 0, audit: bool = True) -> ImageFolderConfig:
@@ -179,12 +177,3 @@ def folder_config(source: str, image_size: int = 224, seed: int = 0, audit: bool
     digest = hashlib.sha256(f"{path}|{image_size}|{seed}|{audit}".encode()).hexdigest()[:10]
     return ImageFolderConfig(name=f"{slug}_{image_size}_{digest}", source=path, image_size=image_size, seed=seed,
                              audit=audit, description=f"X-rays from {path}")
-
-
-def from_folder(source: str, image_size: int = 224, data_dir: Optional[str] = None, seed: int = 0,
-                audit: bool = True, strict: bool = False, log=print):
-    """Prepare (once) and return the TFDS builder of a folder or CSV of X-rays."""
-    from fracjax.data.prepare import prepare_builder
-
-    builder = ImageFolder(config=folder_config(source, image_size, seed, audit), data_dir=data_dir, strict=strict)
-    return prepare_builder(builder, None, log)

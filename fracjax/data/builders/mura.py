@@ -19,8 +19,9 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow_datasets as tfds
 
-from fracjax.data import builders
-from fracjax.data.builders import Record
+from fracjax.data import splits
+from fracjax.data.builders import base
+from fracjax.data.builders.base import Record
 
 SOURCE_SPLITS = ("train", "valid")
 STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
@@ -32,10 +33,10 @@ def find_mura_root(manual_dir: str, max_depth: int = 3) -> str:
     def holds_splits(folder, names):
         return {"train", "valid"} <= {n.lower() for n in names if os.path.isdir(os.path.join(folder, n))}
 
-    found = builders.search_down(manual_dir, holds_splits, max_depth)
+    found = base.search_down(manual_dir, holds_splits, max_depth)
     if found is None:
         raise FileNotFoundError(f"no MURA-v1.1 folder (with train/ and valid/) inside {manual_dir}; "
-                                f"unzip the MURA download ({builders.MURA_URL}) there")
+                                f"unzip the MURA download ({base.MURA_URL}) there")
     return found
 
 
@@ -77,7 +78,7 @@ def _listed_images(root: str, split: str) -> Optional[List[Tuple[str, int]]]:
 
 
 def _walked_images(root: str, split: str) -> List[Tuple[str, int]]:
-    return [(rel, 0) for rel in builders.files_under(os.path.join(root, split), root, (".png",))]
+    return [(rel, 0) for rel in base.files_under(os.path.join(root, split), root, (".png",))]
 
 
 def _record(rel: str, labels: Optional[Dict[str, int]], split: str) -> Tuple[Optional[Record], str]:
@@ -127,7 +128,7 @@ class MuraConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class Mura(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
+class Mura(base.DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     """MURA v1.1 (40,561 images, 14,863 studies, 12,173 patients, seven upper
     extremity parts), image-level examples with body part, patient and study."""
 
@@ -141,10 +142,10 @@ class Mura(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
     DESCRIPTION = ("MURA v1.1: upper-extremity radiographs labelled normal/abnormal per study by radiologists "
                    "(abnormal is stored as label 1). Test = the public valid set; validation = a patient-grouped "
                    "tenth of train.")
-    HOMEPAGE = builders.MURA_URL
+    HOMEPAGE = base.MURA_URL
     EXTRAS = ("patient", "study", "body_part")
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-    Request and download MURA v1.1 from {builders.MURA_URL}, unzip it, and pass
+    Request and download MURA v1.1 from {base.MURA_URL}, unzip it, and pass
     the folder holding MURA-v1.1/ (or MURA-v1.1/ itself) as manual_dir.
     """
 
@@ -158,8 +159,6 @@ class Mura(builders._DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
         return root, records, skipped
 
     def _assign(self, records, pngs):
-        from fracjax.data import splits
-
         c = self.builder_config
         train = [i for i, r in enumerate(records) if r.split == "train"]
         groups = splits.connected_groups(len(train), keys=[records[i].fields["patient"] for i in train])
