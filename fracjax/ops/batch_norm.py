@@ -35,7 +35,7 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float, axis_n
     """Normalise ``x`` with its own batch statistics (channels last):
     returns ``(y, mean, var)``; ``mean``/``var`` (float32) carry no gradient
     and feed the running averages. ``axis_name``: average the statistics (and
-    the gradient's batch terms) over that mapped axis, as ``pmap`` needs."""
+    the gradient's batch terms) over that mapped axis, as a per-device (shard_map) step needs."""
     y, mean, var, _ = _batch_norm_train_fwd_impl(x, scale, bias, epsilon, axis_name)
     return y, mean, var
 

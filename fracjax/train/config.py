@@ -280,8 +280,8 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    parallel: str = option("jit", "jit: one program over a device mesh (NamedSharding); pmap: the older "
-                           "per-device map", choices=PARALLEL_MODES)
+    parallel: str = option("jit", "jit: one program over a device mesh (NamedSharding); pmap: the step "
+                           "written per device (jax.shard_map over the same mesh)", choices=PARALLEL_MODES)
     seed: int = option(0, "seed of the initialisation, data order, augmentation and dropout", check=seed_range)
     out: str = option("runs", "parent folder of run folders", metavar="DIR")
     name: Optional[str] = option(None, "run folder name", default_text="<model>_<head>")

@@ -265,7 +265,7 @@ def _start(config: TrainConfig) -> _Run:
         raise ValueError(f"--batch-size {config.optim.batch_size} is not divisible by {parallel.count} devices")
     checkpoints = ckpt.RunCheckpoints(config.run_dir) if config.run.resume else None
     resume_meta = _resume_meta(config, checkpoints) if checkpoints else None
-    # One model for init, training and evaluation: under pmap its BatchNorm
+    # One model for init, training and evaluation: in the per-device mode its BatchNorm
     # needs the axis only where it computes batch statistics (training).
     model = build_model(config, parallel.axis_name)
     backbone, pretrained_note = _pretrained_backbone(config)  # a bad weights file stops the run before data work
@@ -414,7 +414,7 @@ def _train_phase(run: _Run, phase: Phase) -> bool:
         state = _train_epoch(run, phase, train, state)
         if run.progress.phase_done:
             break
-    run.variables = run.parallel.get_state(state).variables
+    run.variables = state.variables
     return run.step < run.total_steps and not run.progress.budget_spent
 
 
@@ -489,7 +489,7 @@ def _train_epoch(run: _Run, phase: Phase, train: TrainStep, state: TrainState) -
             bar.set_postfix(loss=f"{np.mean(tally.losses[-20:]):.4f}", img_s=f"{tally.throughput.rate(tally.count):.1f}")
             bar.update(1)
         if run.config.run.checkpoint_every and run.step % run.config.run.checkpoint_every == 0 and run.step < epoch_end:
-            _save_latest(run, run.parallel.get_state(state))
+            _save_latest(run, state)
     if bar is not None:
         bar.close()
     return _end_epoch(run, phase, train, state, tally, epoch)
@@ -500,7 +500,7 @@ def _one_step(run: _Run, phase: Phase, train: TrainStep, state, batch, tally: _E
     if first:
         _log(f"compiling the phase {phase.number} train step (XLA; once per phase) ...")
     state, m = train.compiled(state, run.parallel.put_batch(batch))
-    m = jax.device_get(run.parallel.step_metrics(m))
+    m = jax.device_get(m)
     if first:
         run.compiled_phase = phase.number
         _log(f"compiled and ran the first step in {time.perf_counter() - tally.start:.1f} s")
@@ -525,7 +525,7 @@ def _end_epoch(run: _Run, phase: Phase, train: TrainStep, state, tally: _EpochTa
     run.clock.train_seconds += seconds
     run.clock.steady_seconds += tally.throughput.seconds()
     run.clock.steady_images += tally.count - tally.throughput.skipped
-    host = run.parallel.get_state(state)
+    host = state
     _require_finite(run, host.variables, "the model's variables")
     try:
         val = evaluate_split(run.eval_fn, host.variables, run.splits["validation"], run.config, run.parallel)

@@ -1,7 +1,18 @@
-"""Where batches and the train state live: ``jax.jit`` over a 1-D ``data``
-mesh (the default) or ``jax.pmap`` over the same devices (opt-in). The step
-function is the same for both (:mod:`fracjax.train.steps`); only placement
-and compilation differ, and they differ here alone.
+"""Where batches and the train state live, and how the step is compiled, over
+one 1-D ``data`` mesh of the chosen devices:
+
+* ``jit`` (the default): one program for the mesh; the batch is sharded, the
+  state replicated, and XLA inserts the collectives (BatchNorm statistics are
+  those of the global batch by construction).
+* ``pmap`` (the per-device mode, opt-in): the step is written per device and
+  mapped with ``jax.shard_map``; its explicit collectives (``psum`` of the
+  gradients, ``pmean`` of BatchNorm's moments) run over the mesh axis, so the
+  model is built with ``bn_axis_name=Parallel.AXIS``. It keeps the name of the
+  ``jax.pmap`` it replaced (pmap is in maintenance mode since JAX 0.8) and its
+  numerics, and it honours ``devices``.
+
+The step function is the same for both (:mod:`fracjax.train.steps`); placement
+is the same too; only compilation differs, and it differs here alone.
 """
 
 from __future__ import annotations
@@ -10,18 +21,10 @@ import functools
 from typing import Dict, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MODES = ("jit", "pmap")
-
-
-def replicate_for_pmap(tree, devices: Sequence[jax.Device]):
-    """One copy per device along a new leading axis, laid out as pmap wants
-    (``jax.device_put_replicated`` is gone from JAX)."""
-    sharding = NamedSharding(Mesh(np.array(devices), ("replica",)), PartitionSpec("replica"))
-    return jax.tree_util.tree_map(lambda x: jax.device_put(jnp.stack([x] * len(devices)), sharding), tree)
 
 
 def replicated_global(x, sharding: NamedSharding):
@@ -39,16 +42,16 @@ def replicated_global(x, sharding: NamedSharding):
 class Parallel:
     """Places batches and states and compiles steps for one mode."""
 
-    AXIS = "batch"  # pmap's axis name: the model's BatchNorm must be built with it
+    AXIS = "data"  # the mesh's axis: the per-device step's collectives and the model's BatchNorm name it
 
     def __init__(self, mode: str = "jit", devices: Optional[Sequence[jax.Device]] = None):
         if mode not in MODES:
             raise ValueError(f"parallel mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.devices = list(devices or jax.devices())
-        self.mesh = Mesh(np.array(self.devices), ("data",))
+        self.mesh = Mesh(np.array(self.devices), (self.AXIS,))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.sharded = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.sharded = NamedSharding(self.mesh, PartitionSpec(self.AXIS))
 
     @property
     def count(self) -> int:
@@ -56,39 +59,27 @@ class Parallel:
 
     @property
     def axis_name(self) -> Optional[str]:
-        """The collective axis the step and the model's BatchNorm use (pmap only)."""
+        """The collective axis the step and the model's BatchNorm use (the per-device mode only)."""
         return self.AXIS if self.mode == "pmap" else None
 
     def put_batch(self, batch: Dict[str, np.ndarray]):
-        if self.mode == "pmap":
-            n = jax.local_device_count()
-            return jax.tree_util.tree_map(lambda x: x.reshape(n, -1, *x.shape[1:]), batch)
         return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in batch.items()}
 
     def put_state(self, state):
-        if self.mode == "pmap":
-            return replicate_for_pmap(state, [d for d in self.devices if d.process_index == jax.process_index()])
         if jax.process_count() > 1:  # device_put reaches only this process's devices
             return jax.tree_util.tree_map(lambda x: replicated_global(x, self.replicated), state)
         return jax.device_put(state, self.replicated)
 
-    def get_state(self, state):
-        """The state as one copy (pmap keeps one per device)."""
-        if self.mode == "pmap":
-            return jax.tree_util.tree_map(lambda x: x[0], state)
-        return state
-
     def compile_step(self, step_fn):
         """``step_fn(state, batch, axis_name=...)`` compiled for this mode; the state is donated."""
-        if self.mode == "pmap":
-            return jax.pmap(functools.partial(step_fn, axis_name=self.AXIS), axis_name=self.AXIS, donate_argnums=0)
-        return jax.jit(
-            step_fn, in_shardings=(self.replicated, self.sharded), out_shardings=(self.replicated, self.replicated),
-            donate_argnums=0,
+        shardings = dict(in_shardings=(self.replicated, self.sharded), out_shardings=(self.replicated, self.replicated))
+        if self.mode == "jit":
+            return jax.jit(step_fn, **shardings, donate_argnums=0)
+        # check_vma=False: the step sums its gradients itself (psum), as under pmap; with the check on,
+        # differentiating a replicated parameter would sum them a second time.
+        per_device = jax.shard_map(
+            functools.partial(step_fn, axis_name=self.AXIS), mesh=self.mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(self.AXIS)), out_specs=(PartitionSpec(), PartitionSpec()),
+            check_vma=False,
         )
-
-    def step_metrics(self, metrics):
-        """The step's metrics as one copy (they are already global sums)."""
-        if self.mode == "pmap":
-            return jax.tree_util.tree_map(lambda x: x[0], metrics)
-        return metrics
+        return jax.jit(per_device, **shardings, donate_argnums=0)

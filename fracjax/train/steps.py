@@ -2,7 +2,8 @@
 
 One step function serves every parallel mode: under ``jax.jit`` with a
 sharded batch (the default) XLA computes BatchNorm statistics and gradients
-over the global batch by itself; under ``jax.pmap`` pass ``axis_name`` and the
+over the global batch by itself; mapped per device (``jax.shard_map``, the
+``pmap`` mode of :mod:`fracjax.train.parallel`) pass ``axis_name`` and the
 step averages gradients and metrics across devices (the model must then be
 built with ``bn_axis_name`` equal to it, for global BatchNorm statistics).
 """
@@ -70,7 +71,7 @@ def train_step(
     offset = 0
     if axis_name:
         # Per-example randomness keyed by the global example index, so that a
-        # pmapped step augments exactly as one device would.
+        # per-device step augments exactly as one device would.
         offset = jax.lax.axis_index(axis_name) * images.shape[0]
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
     if config.augment is not None:
@@ -119,7 +120,7 @@ class TrainStep:
     """A train step made by :func:`make_train_step`.
 
     ``fn(state, batch, axis_name=None)`` is the pure step (wrap it yourself to
-    feed it differently); ``compiled(state, batch)`` is it jitted (or pmapped)
+    feed it differently); ``compiled(state, batch)`` is it compiled (jit, or shard_map in the per-device mode)
     for ``parallel``, donating the state. ``init_state`` builds the state the
     step expects, placed on the devices.
     """
@@ -156,7 +157,7 @@ def make_train_step(
     all of it or its top ``unfreeze`` groups) with AdamW on the trainable
     leaves, compiled for ``parallel`` (default: jit on every device). ``tx``:
     another optimizer instead (e.g. plain SGD for a numerical check); frozen
-    leaves stay bitwise unchanged whatever it returns for them. Under pmap,
+    leaves stay bitwise unchanged whatever it returns for them. In the per-device mode,
     build ``model`` with ``bn_axis_name=parallel.axis_name``. ``plateau``: an
     ``optax.contrib.reduce_on_plateau`` scaling the updates; feed it with
     :func:`optim.observe_plateau` (``fit`` does, with the validation loss).

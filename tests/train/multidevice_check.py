@@ -1,5 +1,6 @@
 """Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8:
-the same training steps on 1 device, jit-sharded over 8 and pmapped over 8.
+the same training steps on 1 device, jit-sharded over 8, and in the per-device
+mode (``--parallel pmap``, compiled with jax.shard_map) over 8 and over 4 of them.
 Prints a JSON dict of the largest relative differences against 1 device."""
 
 import json
@@ -42,7 +43,8 @@ def run(parallel, model):
     state = step.init_state(variables, jax.random.key(1))
     for b in batches:
         state, m = step.compiled(state, parallel.put_batch(b))
-    return jax.device_get(parallel.get_state(state)), float(parallel.step_metrics(m)["loss"])
+    on = {d.id for leaf in jax.tree_util.tree_leaves(state) for d in leaf.sharding.device_set}
+    return jax.device_get(state), float(m["loss"]), sorted(on)
 
 
 def rel(a, b):
@@ -52,15 +54,19 @@ def rel(a, b):
     return diff / max(float(np.max(np.abs(np.asarray(y)))) for y in b)
 
 
-one, loss1 = run(Parallel("jit", jax.devices()[:1]), model)
-sharded, loss8 = run(Parallel("jit"), model)
-pmapped, lossp = run(Parallel("pmap"), pmap_model)
+one, loss1, _ = run(Parallel("jit", jax.devices()[:1]), model)
+sharded, loss8, _ = run(Parallel("jit"), model)
+pmapped, lossp, _ = run(Parallel("pmap"), pmap_model)
+four = jax.devices()[4:]
+pmapped4, lossp4, on4 = run(Parallel("pmap", four), pmap_model)
 moved = rel(one.params, variables["params"])
 print(json.dumps({
     "jit8_params": rel(sharded.params, one.params),
     "jit8_stats": rel(sharded.batch_stats, one.batch_stats),
     "pmap_params": rel(pmapped.params, one.params),
     "pmap_stats": rel(pmapped.batch_stats, one.batch_stats),
-    "loss": [loss1, loss8, lossp],
+    "pmap4_params": rel(pmapped4.params, one.params),
+    "pmap4_on": on4 == sorted(d.id for d in four),
+    "loss": [loss1, loss8, lossp, lossp4],
     "moved": moved,
 }))

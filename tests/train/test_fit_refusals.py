@@ -9,6 +9,7 @@ import sys
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -98,17 +99,13 @@ def test_a_checkpoint_of_the_previous_layout_is_refused_clearly(data_dir, tmp_pa
 
 def test_a_diverged_model_is_never_saved_or_reported(data_dir, tmp_path, monkeypatch):
     # A step whose loss was finite can still leave NaN parameters behind (the
-    # update comes after the loss): the state the loop reads back is poisoned here.
-    from fracjax.train.parallel import Parallel
+    # update comes after the loss): here the update itself writes NaN (traced into the compiled step).
+    from fracjax.train import optim
 
-    get_state = Parallel.get_state
+    def poisoned(params, updates, trainable):
+        return jax.tree_util.tree_map(lambda x: x * jnp.nan, params)
 
-    def poisoned(self, state):
-        host = get_state(self, state)
-        params = jax.tree_util.tree_map(lambda x: np.full_like(np.asarray(x), np.nan), host.params)
-        return host.replace(params=params)
-
-    monkeypatch.setattr(Parallel, "get_state", poisoned)
+    monkeypatch.setattr(optim, "apply_updates", poisoned)
     cfg = config(data_dir, tmp_path, "div", max_steps=1, report=False, bootstrap=0)
     with pytest.raises(NonFiniteLossError, match=r"variables hold NaN.*after step 1.*nothing of this step is saved"):
         fit(cfg)

@@ -1,4 +1,4 @@
-"""jit-sharded and pmapped steps on 8 host devices against 1 device (a
+"""jit-sharded and per-device (shard_map) steps on 8 host devices against 1 device (a
 subprocess: the device count is fixed when JAX starts)."""
 
 import json
@@ -33,5 +33,10 @@ def test_jit_sharded_matches_one_device(result):
 def test_pmap_matches_one_device(result):
     assert result["pmap_params"] <= 1e-5, result
     assert result["pmap_stats"] <= 1e-5, result
-    a, b, c = result["loss"]
-    assert abs(a - b) <= 1e-5 * abs(a) and abs(a - c) <= 1e-5 * abs(a)
+    a, *others = result["loss"]
+    assert all(abs(a - b) <= 1e-5 * abs(a) for b in others), result
+
+
+def test_the_per_device_mode_runs_on_the_devices_it_is_given(result):
+    assert result["pmap4_on"], result  # jax.pmap used every local device whatever it was given
+    assert result["pmap4_params"] <= 1e-5, result
