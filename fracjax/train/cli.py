@@ -14,7 +14,8 @@ from typing import Any, List, Optional
 from fracjax.models.pretrained import WeightsUnavailableError
 from fracjax.models.weights import KerasWeightsError
 from fracjax.train.config import SECTIONS, TrainConfig, fields, flag_of
-from fracjax.train.loop import NonFiniteLossError, ResumeError, fit
+from fracjax.train.errors import NonFiniteLossError, ResumeError
+from fracjax.train.loop import fit
 from fracjax.train.run_folder import RunFolderError
 
 DESCRIPTION = (

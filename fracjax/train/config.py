@@ -118,7 +118,7 @@ def _type_problem(annotation: str, value) -> Optional[str]:
 def option(default, help: str, *, check: Optional[Check] = None, choices=None, flag: Optional[str] = None,
            metavar: Optional[str] = None, default_text: Optional[str] = None, nargs: Optional[int] = None,
            parse: Optional[Callable[[str], Any]] = None, spellings: Optional[Dict[str, Any]] = None,
-           switch: Optional[str] = None, cli: bool = True):
+           switch: Optional[str] = None, cli: bool = True, resume_key: bool = False):
     """A config field and everything said about it.
 
     ``check``: a value -> error text (None values skip it). ``choices``: the
@@ -128,9 +128,12 @@ def option(default, help: str, *, check: Optional[Check] = None, choices=None, f
     ``spellings``: the command line's words for the values (``--backbone-bn
     auto|train|inference``). ``switch``: the help of ``--no-<flag>``, for a
     boolean that defaults to True. ``cli=False``: Python only.
+    ``resume_key``: a resumed run must have the value of the run it continues
+    (the model, the data, everything that decides the order of steps).
     """
     metadata = dict(help=help, check=check, choices=choices, flag=flag, metavar=metavar, default_text=default_text,
-                    nargs=nargs, parse=parse, spellings=spellings, switch=switch, cli=cli)
+                    nargs=nargs, parse=parse, spellings=spellings, switch=switch, cli=cli,
+                    resume_key=resume_key)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -144,12 +147,12 @@ def _host_port(value) -> Optional[str]:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = option("mobilenet_v3_small", "backbone architecture", flag="model", check=_known_model,
-                       metavar="NAME")
+                       metavar="NAME", resume_key=True)
     head: str = option("hybrid", "hybrid: the paper's conv blocks + GAP + dropout + dense; linear: GAP + "
-                       "dropout + dense", choices=HEADS)
-    head_blocks: Optional[Tuple] = option(None, "the hybrid head's conv blocks", cli=False)
+                       "dropout + dense", choices=HEADS, resume_key=True)
+    head_blocks: Optional[Tuple] = option(None, "the hybrid head's conv blocks", cli=False, resume_key=True)
     head_dropout: Optional[float] = option(None, "dropout before the head's dense layer", check=fraction,
-                                           default_text="0.3 hybrid, 0.2 linear")
+                                           default_text="0.3 hybrid, 0.2 linear", resume_key=True)
     pretrained: Optional[str] = option(
         None, "Keras ImageNet weights of the backbone: 'imagenet' (the file keras.applications uses, fetched "
         "once, hash-checked, cached in $FRACJAX_CACHE or ~/.cache/fracjax) or a weights file (include_top=False, "
@@ -158,7 +161,7 @@ class ModelConfig:
     backbone_bn_momentum: Optional[float] = option(
         None, "momentum of the backbone's BatchNorm running statistics", check=fraction, metavar="M",
         default_text="the Keras value with --pretrained, 0.9 from scratch")
-    dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=DTYPES)
+    dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=DTYPES, resume_key=True)
 
     @property
     def resolved_backbone_bn_momentum(self) -> Optional[float]:
@@ -207,19 +210,19 @@ class ModelConfig:
 class DataConfig:
     dataset: str = option("synthetic_fracture", "TFDS name: synthetic_fracture (embedded); fracture_xray (the "
                           "Kaggle set; fracture_xray/grouped: re-split leakage-free), fracatlas, mura (these need "
-                          "--manual-dir), with an optional /config, e.g. fracture_xray/384")
+                          "--manual-dir), with an optional /config, e.g. fracture_xray/384", resume_key=True)
     data_dir: Optional[str] = option(None, "TFDS data_dir", metavar="DIR",
                                      default_text="TFDS's: $TFDS_DATA_DIR or ~/tensorflow_datasets")
     manual_dir: Optional[str] = option(None, "folder holding the unzipped download (fracture_xray, fracatlas, mura)",
                                        metavar="DIR")
     data_folder: Optional[str] = option(None, "your own X-rays: a folder of class subfolders (fractured / not "
-                                        "fractured, or [train|val|test]/<class>/); replaces --dataset", metavar="DIR")
+                                        "fractured, or [train|val|test]/<class>/); replaces --dataset", metavar="DIR", resume_key=True)
     data_csv: Optional[str] = option(None, "your own X-rays: a CSV of path,label[,patient][,study][,split] (paths "
-                                     "relative to it); replaces --dataset", metavar="FILE")
+                                     "relative to it); replaces --dataset", metavar="FILE", resume_key=True)
     image_size: Optional[int] = option(None, "train at this size", check=at_least(32),
-                                       default_text="the data set's stored size")
+                                       default_text="the data set's stored size", resume_key=True)
     train_examples: Optional[int] = option(None, "use the first N training examples", check=at_least(1),
-                                           metavar="N", default_text="all")
+                                           metavar="N", default_text="all", resume_key=True)
     in_memory: bool = option(True, "hold the decoded splits in memory",
                              switch="stream from disk instead of holding the decoded splits in memory")
     augment: bool = option(True, "flip/rotation/zoom/contrast augmentation on the device",
@@ -232,9 +235,9 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    batch_size: int = option(32, "global batch size", check=at_least(1))
-    phase1_epochs: int = option(1, "epochs with the backbone frozen", check=at_least(0))
-    phase2_epochs: int = option(8, "fine-tuning epochs", check=at_least(0))
+    batch_size: int = option(32, "global batch size", check=at_least(1), resume_key=True)
+    phase1_epochs: int = option(1, "epochs with the backbone frozen", check=at_least(0), resume_key=True)
+    phase2_epochs: int = option(8, "fine-tuning epochs", check=at_least(0), resume_key=True)
     lr: float = option(1e-3, "phase 1 peak learning rate (AdamW)", check=positive)
     phase2_lr: float = option(3e-3, "phase 2 peak learning rate (with ImageNet weights, try 1e-5 as the Keras "
                               "guide does)", check=positive)
@@ -247,7 +250,7 @@ class OptimConfig:
     plateau_factor: float = option(0.5, "plateau schedule: the learning rate's factor at a cut", check=open_fraction)
     unfreeze: Union[str, int] = option("all", "phase 2: 'all' or the number of top backbone groups to fine-tune",
                                        check=_unfreeze, parse=lambda s: s if s == "all" else int(s),
-                                       metavar="all|N")
+                                       metavar="all|N", resume_key=True)
     backbone_bn_train: Optional[bool] = option(
         None, "phase 2 backbone BatchNorm: train (batch statistics), inference (running statistics, the Keras "
         "guidance for a pretrained backbone), auto (inference with --pretrained, else train)", flag="backbone_bn",
@@ -282,7 +285,7 @@ class EvalConfig:
 class RunConfig:
     parallel: str = option("jit", "jit: one program over a device mesh (NamedSharding); pmap: the step "
                            "written per device (jax.shard_map over the same mesh)", choices=PARALLEL_MODES)
-    seed: int = option(0, "seed of the initialisation, data order, augmentation and dropout", check=seed_range)
+    seed: int = option(0, "seed of the initialisation, data order, augmentation and dropout", check=seed_range, resume_key=True)
     out: str = option("runs", "parent folder of run folders", metavar="DIR")
     name: Optional[str] = option(None, "run folder name", default_text="<model>_<head>")
     resume: bool = option(False, "continue the run from its latest checkpoint")
@@ -328,6 +331,11 @@ class TrainConfig:
             sections[section][field_name] = value
         return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **changes)
                                             for name, changes in sections.items() if changes})
+
+    def resume_keys(self) -> Dict[str, Any]:
+        """``{option: value}`` of the options declared ``resume_key``: what a resumed run must share."""
+        return {key: getattr(getattr(self, section), f.name) for section, f, key in fields()
+                if f.metadata.get("resume_key")}
 
     def flat(self) -> Dict[str, Any]:
         """``{option: value}`` over every section (the names ``make_config`` takes)."""

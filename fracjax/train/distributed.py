@@ -57,3 +57,11 @@ def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
 def describe() -> str:
     return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} of "
             f"{jax.device_count()} {jax.devices()[0].platform} devices")
+
+
+def say(msg: str) -> None:
+    """Print for the run: process 0 speaks for a run of several processes (asking
+    JAX which process this is before jax.distributed starts would start the
+    backend too early, so a run not yet distributed always prints)."""
+    if not jax.distributed.is_initialized() or is_primary():
+        print(msg, flush=True)

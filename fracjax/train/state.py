@@ -6,6 +6,8 @@
   the budget's clock), kept on the host in full precision.
 * :class:`EpochRecord`: one line of ``metrics.jsonl``; the run's history is a
   list of them.
+* :class:`RunState`: what the trainer's stages pass on (the host's view:
+  variables between phases, the global step, progress, history).
 
 A ``latest`` checkpoint holds the first two, saved and restored together,
 and the history as JSON beside them.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -101,5 +103,18 @@ class EpochRecord:
         return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)})
 
 
-def history_json(history: List[EpochRecord]) -> List[Dict[str, Any]]:
+def history_json(history: Sequence[EpochRecord]) -> List[Dict[str, Any]]:
     return [r.to_json() for r in history]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """The run between the trainer's stages, which take one and return the
+    next: the model's variables (carried from phase to phase), the global step
+    (a host int: the loop decides on it without waiting for the device), the
+    progress and the history of epochs."""
+
+    variables: Dict[str, Any]
+    step: int = 0
+    progress: Progress = dataclasses.field(default_factory=Progress)
+    history: Tuple[EpochRecord, ...] = ()

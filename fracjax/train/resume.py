@@ -1,0 +1,135 @@
+"""What a resume may continue, and the ``latest`` checkpoint it continues from.
+
+A run folder with checkpoints is refused unless ``--resume``; a resumed run
+must share every option declared ``resume_key`` (the model, the data, what
+decides the order of steps) with the run it continues. The ``latest``
+checkpoint holds the model's variables, the train state's optimizer tree,
+step and key with the run's :class:`~fracjax.train.state.Progress`, and the
+history as JSON; it is restored replicated over this run's devices, whatever
+process count saved it. A non-finite model is never saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fracjax import checkpoint as ckpt
+from fracjax import metrics as metrics_lib
+from fracjax.train.config import TrainConfig
+from fracjax.train.distributed import say
+from fracjax.train.errors import NonFiniteLossError, ResumeError
+from fracjax.train.progress import write_metrics
+from fracjax.train.state import EpochRecord, Progress, RunState, TrainState, history_json
+
+LAYOUT = 2  # of the latest/ checkpoints: a RunState tree (opt_state with its plateau, progress) and the history
+NEEDED = ("model", "head", "dataset")  # a checkpoint that does not say these cannot be checked
+
+
+def refuse_overwrite(config: TrainConfig) -> None:
+    checkpoints_dir = os.path.join(config.run_dir, "checkpoints")
+    if os.path.isdir(checkpoints_dir) and os.listdir(checkpoints_dir) and not config.run.resume:
+        raise ResumeError(
+            f"{config.run_dir} already holds checkpoints: pass --resume to continue it, or another --name / --out"
+        )
+
+
+def resume_meta(config: TrainConfig, checkpoints: ckpt.RunCheckpoints) -> Optional[Dict[str, Any]]:
+    """The latest checkpoint's meta, checked against ``config``; None: nothing to resume."""
+    had_steps = checkpoints.latest_step() is not None
+    step, meta = checkpoints.intact_latest(say)  # damaged newer steps are said and moved aside
+    if step is None and had_steps:
+        raise ResumeError(f"cannot resume {config.run_dir}: none of its checkpoints is intact (they are kept in "
+                          f"{os.path.join(checkpoints.directory, 'damaged')}); --resume again starts it over")
+    if step is None:
+        say(f"--resume: no checkpoint in {config.run_dir}; starting from the beginning")
+        return None
+    if meta.get("layout") != LAYOUT:
+        raise ResumeError(
+            f"cannot resume {config.run_dir}: its latest checkpoint (step {step}) was written by an earlier "
+            "fracjax in another layout. Its best checkpoint still loads for evaluation and inference; "
+            "to train again, pass another --name or --out."
+        )
+    check_resumable(meta, config)
+    return meta
+
+
+def check_resumable(meta: Dict[str, Any], config: TrainConfig) -> None:
+    saved = meta.get("config", {})
+    changed = [f"--{name.replace('_', '-')} {_said(saved.get(name))} -> {_said(value)}"
+               for name, value in config.resume_keys().items() if name in saved and _said(saved[name]) != _said(value)]
+    missing = [name for name in NEEDED if name not in saved]
+    if changed or missing:
+        raise ResumeError(
+            f"cannot resume {config.run_dir}: " + "; ".join(
+                (["it was run with other options: " + ", ".join(changed)] if changed else [])
+                + ([f"its checkpoint does not say {missing}"] if missing else []))
+            + ". Resume with the run's own options, or start another run (--name / --out)."
+        )
+
+
+def _said(value) -> str:
+    """A config value as compared across a resume (a saved tuple comes back as a list)."""
+    return json.dumps(metrics_lib.jsonable(value), default=str)
+
+
+def restore(ctx, run: RunState, tx) -> Tuple[RunState, TrainState]:
+    """The resumed run and its train state, into this phase's optimizer (``tx``) tree."""
+    replicated = ctx.parallel.replicated
+    abstract = _placed(jax.eval_shape(lambda: run.variables), replicated)
+    train_target = _placed({
+        "opt_state": jax.eval_shape(tx.init, run.variables["params"]),
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "key": jax.ShapeDtypeStruct(ctx.key_data.shape, ctx.key_data.dtype),
+        "progress": Progress.restore_target(),
+    }, replicated)
+    model_vars, train_vars, meta = ctx.checkpoints.restore_latest(ctx.checkpoints.latest_step(), abstract,
+                                                                  train_target)
+    variables = {"params": model_vars["params"], "batch_stats": model_vars["batch_stats"]}
+    state = TrainState(step=jnp.asarray(train_vars["step"], jnp.int32), params=variables["params"],
+                       batch_stats=variables["batch_stats"], opt_state=train_vars["opt_state"],
+                       key=jax.random.wrap_key_data(train_vars["key"]))
+    history = tuple(EpochRecord.from_json(r) for r in meta["history"])
+    run = RunState(variables=variables, step=int(meta["global_step"]),
+                   progress=Progress.from_tree(train_vars["progress"]), history=history)
+    # The checkpoint's history is the truth: a run killed between writing an
+    # epoch's line and saving its checkpoint redoes that epoch.
+    write_metrics(ctx.metrics_path, history_json(history))
+    say(f"resumed from step {run.step} (its checksums verified)")
+    return run, ctx.parallel.put_state(state)
+
+
+def _placed(abstract, sharding):
+    """Abstract arrays placed with ``sharding`` (numpy leaves stay numpy: Orbax restores them as numpy)."""
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding)
+        if isinstance(s, jax.ShapeDtypeStruct) else s, abstract)
+
+
+def require_finite(ctx, step: int, tree, what: str) -> None:
+    """Stop before a non-finite tree is saved or evaluated: a NaN model is never checkpointed or reported."""
+    bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+           if np.asarray(leaf).dtype.kind == "f" and not np.isfinite(np.asarray(leaf)).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"{what} hold NaN or infinite values after step {step} ({len(bad)} arrays, first {bad[0]}); "
+            f"nothing of this step is saved; the last good checkpoint is step {ctx.checkpoints.latest_step()} "
+            f"in {ctx.checkpoints.directory}. Lower --lr, keep --grad-clip, or check the data."
+        )
+
+
+def save_latest(ctx, run: RunState, state: TrainState) -> None:
+    """The ``latest`` checkpoint of ``run`` at its step (the model checked finite first)."""
+    model = state.variables
+    require_finite(ctx, run.step, model, "the model's variables")  # (not opt_state: a plateau's first best is inf)
+    train = {"opt_state": state.opt_state, "step": state.step, "key": jax.random.key_data(state.key),
+             "progress": run.progress.to_tree()}
+    meta = metrics_lib.jsonable({"layout": LAYOUT, "global_step": run.step, "phase": run.progress.phase,
+                                 "history": history_json(run.history), "config": ctx.config.flat(),
+                                 "model": ctx.spec})
+    ctx.checkpoints.save_latest(run.step, model, train, meta)
