@@ -145,12 +145,6 @@ class RunCheckpoints:
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()
 
-    def latest_meta(self, step: Optional[int] = None) -> Optional[Dict[str, Any]]:
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
-        return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def restore_latest(self, step: int, model_target, train_target) -> Tuple[Any, Any, Dict[str, Any]]:
         """Restore ``step`` against abstract targets (``jax.eval_shape``
         trees); ``train_target["key"]`` is the raw key data shape. Verified

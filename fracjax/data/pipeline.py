@@ -237,7 +237,3 @@ def eval_batches(
         return gather(source, padded[sl], mask[sl])
 
     return _grain_batches(source, num_batches, batch_at, prefetch, threads)
-
-
-def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
-    return max(1, -(-(-(-num_examples // process_count)) // batch_size))

@@ -20,7 +20,7 @@ Everything is numpy on a coordinate grid: about 10-20 ms an image at 224.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -288,9 +288,3 @@ def generate_arrays(
     for i in range(n):
         images[i], labels[i] = generate_example(seed, split, i, config)
     return images, labels
-
-
-def iterate_examples(n: int, split: str, seed: int, config: SyntheticConfig) -> Iterator[Tuple[int, np.ndarray, int]]:
-    for i in range(n):
-        image, label = generate_example(seed, split, i, config)
-        yield i, image, label

@@ -78,14 +78,14 @@ def learning_rate_schedule(
     kind: str, peak: float, total_steps: int, warmup_steps: int = 0, end_fraction: float = 0.01
 ) -> optax.Schedule:
     """"cosine": linear warm-up then cosine decay to ``end_fraction * peak``;
-    "constant" (used with reduce-on-plateau, which scales it from outside)."""
+    "plateau": constant (reduce-on-plateau scales it from outside)."""
     if peak <= 0:
         raise ValueError(f"learning rate must be > 0, got {peak}")
     if kind == "cosine":
         total = max(total_steps, 1)
         warmup = min(max(warmup_steps, 0), total - 1) if total > 1 else 0
         return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, warmup, total, peak * end_fraction)
-    if kind in ("constant", "plateau"):
+    if kind == "plateau":
         return optax.constant_schedule(peak)
     raise ValueError(f"schedule must be 'cosine' or 'plateau', got {kind!r}")
 
