@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     print(f"{'layer':<16} {'shape (HxW, C, k, s)':<22} {'fwd':>7} {'torch':>7} {'ratio':>6}"
           f" {'fwd+bwd':>8} {'torch':>7} {'ratio':>6}")
     totals = {"ours_f": 0.0, "ours_fb": 0.0, "theirs_f": 0.0, "theirs_fb": 0.0}
-    for (name, channels, size, k, stride), mine, peer in zip(LAYERS, ours, theirs):
+    for (name, channels, size, k, stride), mine, peer in zip(LAYERS, ours, theirs, strict=True):
         shape = f"{size}x{size}, {channels}, {k}, {stride}"
         line = f"{name:<16} {shape:<22} {mine['forward']:7.2f}"
         if peer:

@@ -42,8 +42,12 @@ def main():
     print(f"decode + batch from disk ({args.threads} threads): {disk:8.1f} images/s")
     start = time.perf_counter()
     memory_source = pipeline.load_arrays(source)
-    print(f"decode the whole split into memory: {len(memory_source) / (time.perf_counter() - start):8.1f} images/s (once)")
-    memory = rate(pipeline.train_batches(memory_source, order, 0, steps, threads=args.threads), args.batches, args.batch_size)
+    print(
+        f"decode the whole split into memory: {len(memory_source) / (time.perf_counter() - start):8.1f} images/s (once)"
+    )
+    memory = rate(
+        pipeline.train_batches(memory_source, order, 0, steps, threads=args.threads), args.batches, args.batch_size
+    )
     print(f"batch from memory:                  {memory:8.1f} images/s")
 
     config = augment.AugmentConfig()

@@ -10,7 +10,8 @@ Each configuration starts its own ``fracjax serve`` process on a free port
 (the clients stay in this process, so the server's event loop and model
 thread are not slowed by the load generator's), which compiles every
 batch shape before it listens; the client warms the upload path, then
-sends ``--requests`` uploads of one 512x512 16-bit PNG each, ``--concurrency`` at a time, and reports requests/s and the p50/p95
+sends ``--requests`` uploads of one 512x512 16-bit PNG each,
+``--concurrency`` at a time, and reports requests/s and the p50/p95
 latency of a request. The "batched / one at a time" column is the ratio of
 the two servers' requests/s at the same concurrency.
 """

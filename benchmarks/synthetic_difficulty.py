@@ -40,9 +40,11 @@ class SmallCNN(nn.Module):
 
 def logistic_regression(train, val, test, seed: int) -> dict:
     (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
-    flat = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255.0
+    def flat(x):
+        return x.reshape(len(x), -1).astype(np.float32) / 255.0
     mean, std = flat(xtr).mean(0), flat(xtr).std(0) + 1e-3
-    prep = lambda x: jnp.asarray((flat(x) - mean) / std)
+    def prep(x):
+        return jnp.asarray((flat(x) - mean) / std)
     xtr, xva, xte = prep(xtr), prep(xva), prep(xte)
     best = None
     for l2 in (1e-4, 1e-3, 1e-2, 1e-1):
@@ -64,7 +66,8 @@ def logistic_regression(train, val, test, seed: int) -> dict:
         params = (w, b)
         for _ in range(300):
             params, state = step(params, state)
-        acc = lambda x, y: float(np.mean((np.asarray(x @ params[0] + params[1]) > 0) == y))
+        def acc(x, y):
+            return float(np.mean((np.asarray(x @ params[0] + params[1]) > 0) == y))
         val_acc = acc(xva, yva)
         if best is None or val_acc > best["val"]:
             best = {"l2": l2, "val": val_acc, "test": acc(xte, yte), "train": acc(xtr, ytr)}
@@ -100,10 +103,17 @@ def small_cnn(train, val, test, seed: int, epochs: int, batch: int) -> dict:
         for i in range(len(xtr) // batch):
             idx = order[i * batch : (i + 1) * batch]
             key, sub = jax.random.split(key)
-            params, stats, state, _ = step(params, stats, state, jnp.asarray(xtr[idx], jnp.float32), jnp.asarray(ytr[idx], jnp.float32), sub)
+            params, stats, state, _ = step(
+                params, stats, state, jnp.asarray(xtr[idx], jnp.float32), jnp.asarray(ytr[idx], jnp.float32), sub
+            )
 
     def acc(x, y):
-        preds = np.concatenate([np.asarray(predict(params, stats, jnp.asarray(x[i : i + 100], jnp.float32))) for i in range(0, len(x), 100)])
+        preds = np.concatenate(
+            [
+                np.asarray(predict(params, stats, jnp.asarray(x[i : i + 100], jnp.float32)))
+                for i in range(0, len(x), 100)
+            ]
+        )
         return float(np.mean((preds > 0) == y))
 
     return {"val": acc(xva, yva), "test": acc(xte, yte), "train": acc(xtr, ytr)}
@@ -121,14 +131,23 @@ def main():
     args = parser.parse_args()
     config = synthetic.SyntheticConfig(size=args.size)
     start = time.perf_counter()
-    splits = [synthetic.generate_arrays(n, split, 0, config) for n, split in ((args.train, "train"), (args.val, "validation"), (args.test, "test"))]
+    splits = [
+        synthetic.generate_arrays(n, split, 0, config)
+        for n, split in ((args.train, "train"), (args.val, "validation"), (args.test, "test"))
+    ]
     print(f"generated {sum(len(s[0]) for s in splits)} images in {time.perf_counter() - start:.0f} s")
     start = time.perf_counter()
     lr = logistic_regression(*splits, seed=args.seed)
-    print(f"logistic regression on raw pixels: test {lr['test']:.3f} (val {lr['val']:.3f}, train {lr['train']:.3f}, l2 {lr['l2']}) [{time.perf_counter() - start:.0f} s]")
+    print(
+        f"logistic regression on raw pixels: test {lr['test']:.3f} (val {lr['val']:.3f}, train {lr['train']:.3f}, "
+        f"l2 {lr['l2']}) [{time.perf_counter() - start:.0f} s]"
+    )
     start = time.perf_counter()
     cnn = small_cnn(*splits, seed=args.seed, epochs=args.epochs, batch=args.batch)
-    print(f"small CNN ({args.epochs} epochs): test {cnn['test']:.3f} (val {cnn['val']:.3f}, train {cnn['train']:.3f}) [{time.perf_counter() - start:.0f} s]")
+    print(
+        f"small CNN ({args.epochs} epochs): test {cnn['test']:.3f} (val {cnn['val']:.3f}, "
+        f"train {cnn['train']:.3f}) [{time.perf_counter() - start:.0f} s]"
+    )
 
 
 if __name__ == "__main__":

@@ -28,4 +28,15 @@ def __getattr__(name):
     raise AttributeError(f"module 'fracjax' has no attribute {name!r}")
 
 
-__all__ = ["Classifier", "evaluate", "export", "deploy", "models", "data", "train", "inference", "evaluation", "__version__"]
+__all__ = [
+    "Classifier",
+    "evaluate",
+    "export",
+    "deploy",
+    "models",
+    "data",
+    "train",
+    "inference",
+    "evaluation",
+    "__version__",
+]

@@ -186,10 +186,14 @@ def markdown(rows: List[Dict[str, Any]], config: ComparisonConfig) -> str:
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(rows)]
     n = rows[0]["test"]["n"] if rows else 0
     lines.append("")
-    budget = (f"the same budget of {config.budget_minutes:g} min of training per model (compiling not counted, "
-              f"each epoch's validation counted: {config.phase1_epochs} frozen epoch(s), then fine-tuning until the budget is spent, "
-              "reduce-on-plateau learning rate, no early stopping)" if config.budget_minutes else
-              f"{config.phase1_epochs} + {config.phase2_epochs} epochs (frozen + fine-tuning)")
+    budget = (
+        f"the same budget of {config.budget_minutes:g} min of training per model (compiling not counted, "
+        f"each epoch's validation counted: {config.phase1_epochs} frozen epoch(s), then fine-tuning until the "
+        "budget is spent, "
+        "reduce-on-plateau learning rate, no early stopping)"
+        if config.budget_minutes
+        else f"{config.phase1_epochs} + {config.phase2_epochs} epochs (frozen + fine-tuning)"
+    )
     lines.append(
         f"{config.dataset}, test n={n}, {config.image_size or 'stored'} px, head '{config.head}', "
         f"{config.train_examples or 'all'} training examples, {budget}, "

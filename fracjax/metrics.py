@@ -49,7 +49,7 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(scores)]])
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         ranks[order[s:e]] = (s + e + 1) / 2.0  # ranks are 1-based
     u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
@@ -192,6 +192,8 @@ def format_thresholds(values, digits: int = 3, most: int = 12) -> List[str]:
     for d in range(digits, most + 1):
         texts = [f"{v:.{d}f}" for v in values]
         half = f"{0.5:.{d}f}"
-        if len(set(texts)) == len(set(values)) and all(t != half or v == 0.5 for t, v in zip(texts, values)):
+        if len(set(texts)) == len(set(values)) and all(
+            t != half or v == 0.5 for t, v in zip(texts, values, strict=True)
+        ):
             return texts
     return [repr(v) for v in values]

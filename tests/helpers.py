@@ -67,4 +67,6 @@ def init_once(model, x, seed: int = 0, **kwargs):
     """``model.init`` jitted as the library's inits are (any input ``x``, any keyword)."""
     from fracjax.models.registry import INIT_COMPILER_OPTIONS
 
-    return jax.jit(lambda key: model.init(key, x, **kwargs), compiler_options=INIT_COMPILER_OPTIONS)(jax.random.key(seed))
+    return jax.jit(lambda key: model.init(key, x, **kwargs), compiler_options=INIT_COMPILER_OPTIONS)(
+        jax.random.key(seed)
+    )

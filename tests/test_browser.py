@@ -19,7 +19,10 @@ from PIL import Image
 from fracjax.inference import Classifier
 from tests.helpers import random_classifier, saved_run
 
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM, DRIVER = (
+    shutil.which("chromium") or "/usr/bin/chromium",
+    shutil.which("chromedriver") or "/usr/bin/chromedriver",
+)
 
 
 def _browser_or_skip():

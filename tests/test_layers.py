@@ -68,7 +68,10 @@ def test_siblings_may_not_import_each_other(tmp_path):
 def test_a_builder_importing_the_preparation_is_a_cycle(tmp_path):
     """The cycle issue 32 removed (a builder that prepares itself through prepare.py) cannot come back."""
     root = _copy(tmp_path)
-    _append(root / "fracjax/data/builders/image_folder.py", "\n\ndef _planted():\n    from fracjax.data import prepare  # noqa\n")
+    _append(
+        root / "fracjax/data/builders/image_folder.py",
+        "\n\ndef _planted():\n    from fracjax.data import prepare  # noqa\n",
+    )
     code, out = _check(root)
     assert code == 1
     assert "fracjax.data.builders.image_folder -> fracjax.data.prepare" in out and "import cycle" in out
@@ -79,7 +82,9 @@ def test_a_known_breach_that_is_gone_must_be_deleted(tmp_path):
     script = tmp_path / "check_layers.py"
     text = CHECK.read_text()
     assert "KNOWN = {}" in text
-    script.write_text(text.replace("KNOWN = {}", 'KNOWN = {("cycle", "fracjax.a -> fracjax.b -> fracjax.a"): "planted"}'))
+    script.write_text(
+        text.replace("KNOWN = {}", 'KNOWN = {("cycle", "fracjax.a -> fracjax.b -> fracjax.a"): "planted"}')
+    )
     done = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "fracjax.a -> fracjax.b -> fracjax.a" in done.stdout and "no longer occurs" in done.stdout

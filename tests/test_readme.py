@@ -35,7 +35,7 @@ def _kaggle_folder(root, images):
         for label in ("fractured", "not fractured"):
             folder = base / split / label
             folder.mkdir(parents=True)
-            for i in range(2):
+            for _ in range(2):
                 Image.fromarray(images[k % len(images)][..., 0]).save(folder / f"{k}.png")
                 k += 1
 

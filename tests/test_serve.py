@@ -230,8 +230,12 @@ def test_an_export_serves_what_its_checkpoint_computes_and_explains_from_it(run_
 # -- the command -----------------------------------------------------------------------
 
 def test_the_command_serves_and_stops_cleanly_on_sigterm(run_dir):
-    process = subprocess.Popen([sys.executable, "-m", "fracjax.cli", "serve", run_dir, "--port", "0", "--max-batch", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fracjax.cli", "serve", run_dir, "--port", "0", "--max-batch", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         assert "this machine only" in line, line + process.stderr.read()

@@ -35,7 +35,9 @@ def main(argv=None, prog: str = "fracjax audit") -> int:
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir the set was prepared in")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS))
     parser.add_argument("--json", dest="json_path", help="write the pairs (and clean test list) here")
-    parser.add_argument("--clean-test", action="store_true", help="also list test examples with no near-copy in train/validation")
+    parser.add_argument(
+        "--clean-test", action="store_true", help="also list test examples with no near-copy in train/validation"
+    )
     parser.add_argument("--threshold", type=float, default=AuditConfig.threshold)
     parser.add_argument("--candidates", type=int, default=AuditConfig.candidates)
     parser.add_argument("--workers", type=int, default=0)

@@ -27,7 +27,9 @@ def save_pair(path: str, image: np.ndarray, cam: np.ndarray, caption: str) -> No
     grey = np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., :1], 3, axis=-1)
     side = np.concatenate([grey, np.full((grey.shape[0], 4, 3), 255, np.uint8), gradcam.overlay(image, cam)], axis=1)
     picture = Image.fromarray(side)
-    picture = picture.resize((picture.width * 2, picture.height * 2), Image.NEAREST) if picture.height < 200 else picture
+    picture = (
+        picture.resize((picture.width * 2, picture.height * 2), Image.NEAREST) if picture.height < 200 else picture
+    )
     framed = Image.new("RGB", (picture.width, picture.height + 18), "white")
     framed.paste(picture, (0, 0))
     ImageDraw.Draw(framed).text((4, picture.height + 3), caption, fill="black")
@@ -42,7 +44,7 @@ def output_names(paths, method: str):
     suffix = method.replace("++", "pp")
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     wanted = [f"{stem}_{suffix}" if stems.count(stem) == 1 else f"{os.path.basename(p).replace('.', '_')}_{suffix}"
-              for stem, p in zip(stems, paths)]
+              for stem, p in zip(stems, paths, strict=True)]
     names, taken = [], set()
     for name in wanted:
         unique, k = name, 1
@@ -55,7 +57,9 @@ def output_names(paths, method: str):
 
 
 def main(argv=None, prog: str = "fracjax explain") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="run folder or checkpoint folder")
     parser.add_argument("files", nargs="+", help="images: PNG, JPEG, BMP, TIFF, DICOM")
     parser.add_argument("--out", default="explained", help="folder for the overlays")

@@ -18,7 +18,9 @@ from fracjax.deploy import FORMATS, ExportError, export, read_card
 
 
 def main(argv=None, prog: str = "fracjax export") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run", help="run folder or checkpoint folder")
     parser.add_argument("--out", required=True, help="folder to create for the artifact and model.json")
     parser.add_argument("--format", default="stablehlo", choices=FORMATS)

@@ -28,7 +28,9 @@ COLUMNS = ["file", "probability", "label", "in_distribution", "ood_score", "reas
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkpoint", help="run folder or checkpoint folder")
     parser.add_argument("files", nargs="+", help="images: PNG, JPEG, BMP, TIFF, DICOM")
     parser.add_argument("--which", default="best", choices=["best", "latest"])
@@ -58,7 +60,7 @@ def results(clf, files: List[str], threshold: float, force_label: bool = False) 
     predicted = clf.predict(files, errors="skip")
     labels = clf.spec.get("labels") or None
     rows = []
-    for k, (path, p) in enumerate(zip(files, predicted.probabilities)):
+    for k, (path, p) in enumerate(zip(files, predicted.probabilities, strict=True)):
         if k in predicted.failed:
             rows.append({"file": path, "probability": None, "label": None, "in_distribution": None,
                          "ood_score": None, "reason": None, "error": predicted.failed[k]})

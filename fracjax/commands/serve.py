@@ -108,8 +108,11 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
     reach = ("this machine only; --host 0.0.0.0 to accept other machines" if _is_loopback(args.host) else
              "REACHABLE FROM OTHER MACHINES, with no authentication")
     port = sock.getsockname()[1]
-    print(f"fracjax serve: {m['model']}/{m['head']} ({served.card['format']}) on http://{args.host}:{port} "
-          f"({reach}); Grad-CAM: {'yes' if served.explainer else 'no (' + served.no_explanation + ')'}{warmed}", flush=True)
+    print(
+        f"fracjax serve: {m['model']}/{m['head']} ({served.card['format']}) on http://{args.host}:{port} "
+        f"({reach}); Grad-CAM: {'yes' if served.explainer else 'no (' + served.no_explanation + ')'}{warmed}",
+        flush=True,
+    )
     stopped_by: list = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         # uvicorn shuts down gracefully on these, then re-raises them to the handler it found: this one,

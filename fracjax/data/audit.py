@@ -218,7 +218,7 @@ def find_duplicates(images: Sequence, config: AuditConfig = AuditConfig()) -> Li
     workers = config.workers or max(1, min(8, os.cpu_count() or 1))
     jobs = [(images[i], images[j], candidates[(i, j)][1], config) for i, j in keys]
     scores = _map(_verify_job, jobs, workers)
-    near = [(i, j, float(s)) for (i, j), s in zip(keys, scores) if s >= config.threshold]
+    near = [(i, j, float(s)) for (i, j), s in zip(keys, scores, strict=True) if s >= config.threshold]
     return sorted([(i, j, 1.0) for i, j in exact] + near)
 
 

@@ -39,6 +39,13 @@ def process_info():
         return 0, 1
 
 
+@functools.lru_cache(maxsize=4)
+def _permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of one epoch (every step of an epoch reads it: cached, by value)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5EED]))
+    return rng.permutation(num_examples)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainOrder:
     """Which examples make up each training step's batch, for each process."""
@@ -71,10 +78,8 @@ class TrainOrder:
     def local_batch_size(self) -> int:
         return self.global_batch_size // self.process_count
 
-    @functools.lru_cache(maxsize=4)
     def permutation(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0x5EED]))
-        return rng.permutation(self.num_examples)
+        return _permutation(self.num_examples, self.seed, epoch)
 
     def indices(self, step: int) -> np.ndarray:
         """This process's example indices for global step ``step``."""

@@ -54,8 +54,10 @@ def prepare_dataset(name: str, data_dir: Optional[str] = None, manual_dir: Optio
             raise FileNotFoundError(f"{name} is not prepared in {builder.data_dir}; pass --manual-dir with the "
                                     f"folder holding {download}")
         if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
-            raise FileNotFoundError(f"--manual-dir {manual_dir} is {'empty' if os.path.isdir(manual_dir) else 'missing'}"
-                                    f": it should hold {download}")
+            raise FileNotFoundError(
+                f"--manual-dir {manual_dir} is {'empty' if os.path.isdir(manual_dir) else 'missing'}"
+                f": it should hold {download}"
+            )
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     return prepare_builder(builder, download_config, log)
 
@@ -158,10 +160,10 @@ def check_classes(splits: Dict[str, Any], dataset: str, class_names, need=("trai
     ValueError naming the split, the class and every split's counts.
     Returns {split: per-class counts}."""
     counts = {split: class_counts(source).tolist() for split, source in splits.items()}
-    said = "; ".join(f"{split}: " + ", ".join(f"{n} {name}" for n, name in zip(c, class_names))
+    said = "; ".join(f"{split}: " + ", ".join(f"{n} {name}" for n, name in zip(c, class_names, strict=True))
                      for split, c in counts.items())
     for split in need:
-        missing = [name for n, name in zip(counts[split], class_names) if n == 0]
+        missing = [name for n, name in zip(counts[split], class_names, strict=True) if n == 0]
         if missing:
             raise ValueError(f"--dataset {dataset}: the {split} split has no {' and no '.join(missing)} "
                              f"examples ({said}); training needs both classes in train and validation")

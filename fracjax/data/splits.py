@@ -41,7 +41,9 @@ class _UnionFind:
             self.parent[max(a, b)] = min(a, b)
 
 
-def connected_groups(n: int, pairs: Sequence[Tuple[int, int]] = (), keys: Sequence[Optional[Hashable]] = ()) -> np.ndarray:
+def connected_groups(
+    n: int, pairs: Sequence[Tuple[int, int]] = (), keys: Sequence[Optional[Hashable]] = ()
+) -> np.ndarray:
     """Group index (0 .. G-1, numbered by first member) of each of ``n``
     examples, joining the two ends of every pair (e.g. near-duplicates) and
     every example that shares a key (e.g. a patient id) with another, both

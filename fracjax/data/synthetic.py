@@ -110,7 +110,7 @@ def _draw_polyline(shape, points, width, rng=None) -> np.ndarray:
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     best = np.full(shape, np.inf, np.float32)
-    for (y0, x0), (y1, x1) in zip(points[:-1], points[1:]):
+    for (y0, x0), (y1, x1) in zip(points[:-1], points[1:], strict=True):
         dy, dx = y1 - y0, x1 - x0
         seg2 = dy * dy + dx * dx + 1e-9
         t = np.clip(((yy - y0) * dy + (xx - x0) * dx) / seg2, 0.0, 1.0)

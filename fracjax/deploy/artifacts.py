@@ -124,7 +124,7 @@ class ExportedModel:
             raise ValueError(f"expected grey pixels (N, {self.image_size}, {self.image_size}[, 1]); got shape "
                              f"{np.shape(pixels)} (resize with fracjax.data.io.model_input first)")
         outputs = self.run(x.astype(np.float32))
-        return dict(zip(OUTPUTS, (np.asarray(output) for output in outputs)))
+        return dict(zip(OUTPUTS, (np.asarray(output) for output in outputs), strict=True))
 
 
 def load(out_dir: Union[str, os.PathLike]) -> ExportedModel:

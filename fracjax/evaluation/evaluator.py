@@ -63,7 +63,7 @@ class EvaluationResult:
             logits = self.logits if self.logits is not None else [None] * len(self.labels)
             out["predictions"] = [
                 {"filename": f, "label": int(y), "probability": float(p), "logit": None if z is None else float(z)}
-                for f, y, p, z in zip(self.filenames, self.labels, self.probabilities, logits)
+                for f, y, p, z in zip(self.filenames, self.labels, self.probabilities, logits, strict=True)
             ]
         return out
 
@@ -93,7 +93,9 @@ class EvaluationResult:
             cells = [stats.format_interval(m.get(key), m.get("intervals", {}).get(key), digits) for _, m in columns]
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
         level = int(round(100 * self.metrics.get("interval_level", 0.95)))
-        interval = f"[..] = {level}% bootstrap interval" if self.metrics.get("intervals") else "no intervals (bootstrap=0)"
+        interval = (
+            f"[..] = {level}% bootstrap interval" if self.metrics.get("intervals") else "no intervals (bootstrap=0)"
+        )
         if self.cluster and self.metrics.get("intervals"):
             interval += f" resampling {self.cluster}s (cluster bootstrap)"
         rows.append(f"\nthreshold {stats.format_thresholds([self.threshold])[0]}; {interval}")
@@ -362,7 +364,9 @@ def _localisation(classifier, images, boxes, predicted, labels, samples: int, le
     chosen = [i for i in range(len(labels)) if labels[i] == 1 and predicted[i] and np.size(boxes[i])]
     out = {}
     for method in LOCALISATION_METHODS:
-        maps = gradcam.explain_in_chunks(classifier, [images[i] for i in chosen], method=method)["maps"] if chosen else []
+        maps = (
+            gradcam.explain_in_chunks(classifier, [images[i] for i in chosen], method=method)["maps"] if chosen else []
+        )
         tolerance = POINTING_TOLERANCE_224 * classifier.image_size / 224.0
         out[method] = localisation.localisation_scores(maps, [boxes[i] for i in chosen], tolerance=tolerance,
                                                        samples=samples, level=level, seed=seed)
@@ -386,8 +390,10 @@ def calibrate(labels, logits, sensitivities: Sequence[float] = (0.9, 0.95), bins
     at_points: Dict[str, Dict[str, float]] = {}
     if both:
         points = stats.operating_points(labels, calibrated, sensitivities)
-        at_points = {name: {key: stats.binary_metrics(labels, calibrated, t)[key] for key in ("sensitivity", "specificity")}
-                     for name, t in points.items()}
+        at_points = {
+            name: {key: stats.binary_metrics(labels, calibrated, t)[key] for key in ("sensitivity", "specificity")}
+            for name, t in points.items()
+        }
     interval = stats.bootstrap_intervals(labels, raw, metrics=("auroc",), samples=500, scores=logits)["auroc"]
     return {
         "temperature": float(temperature),
@@ -462,8 +468,16 @@ def evaluate_run(
         f"evaluating test{boxes} ...")
     images = list(images)
     # The pointing game is a report's extra (two Grad-CAM compilations): not without one.
-    result = evaluate(classifier, (images, labels, filenames, fields), "test", audit=audit, bootstrap=bootstrap, seed=seed,
-                      calibrated=calibrate, localise=report)
+    result = evaluate(
+        classifier,
+        (images, labels, filenames, fields),
+        "test",
+        audit=audit,
+        bootstrap=bootstrap,
+        seed=seed,
+        calibrated=calibrate,
+        localise=report,
+    )
     if classifier.detector is not None:
         say("measuring the detector against generated non-radiographs ...")
         result.ood = detector.measure(classifier, images, seed=seed)

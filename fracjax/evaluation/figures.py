@@ -46,7 +46,9 @@ def roc_pr(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: Optional[str]
         ax_roc.plot(roc["fpr"], roc["tpr"], label=f"{name} (AUROC {auc:.3f})")
         ax_pr.step(pr["recall"], pr["precision"], where="post", label=f"{name} (AP {pr['average_precision']:.3f})")
     ax_roc.plot([0, 1], [0, 1], ":", color="grey")
-    ax_roc.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax_roc.set(
+        xlabel="1 - specificity (false positive rate)", ylabel="sensitivity", title="ROC", xlim=(0, 1), ylim=(0, 1.01)
+    )
     ax_pr.set(xlabel="recall (sensitivity)", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.01))
     for ax in (ax_roc, ax_pr):
         ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=8)
@@ -101,7 +103,7 @@ def training_curves(history: List[Dict[str, Any]], path: Optional[str] = None) -
     axes[1].plot(epochs, [h["validation"]["accuracy"] for h in history], "o-", label="validation accuracy")
     axes[1].plot(epochs, [h["validation"]["auroc"] for h in history], "o-", label="validation AUROC")
     axes[1].set(xlabel="epoch", ylim=(0.4, 1.01))
-    changes = [h["epoch"] - 0.5 for h0, h in zip(history, history[1:]) if h["phase"] != h0["phase"]]
+    changes = [h["epoch"] - 0.5 for h0, h in zip(history, history[1:], strict=False) if h["phase"] != h0["phase"]]
     for ax in axes:
         for x in changes:
             ax.axvline(x, color="grey", linestyle=":")

@@ -93,7 +93,7 @@ def localisation_scores(cams: Sequence, boxes: Sequence, tolerance: float = 0.0,
     each with a bootstrap interval. ``n``: the images scored."""
     if len(cams) != len(boxes):
         raise ValueError(f"{len(cams)} maps for {len(boxes)} sets of boxes")
-    scored = [(c, b) for c, b in zip(cams, boxes) if np.size(b)]
+    scored = [(c, b) for c, b in zip(cams, boxes, strict=True) if np.size(b)]
     hits = np.asarray([pointing_hit(c, b, tolerance) for c, b in scored], np.float64)
     energy = np.asarray([energy_inside(c, b) for c, b in scored], np.float64)
     return {
@@ -122,5 +122,7 @@ def summary_table(by_method: Dict[str, Dict[str, object]], digits: int = 3):
         cells = [format_interval(scores[k]["value"], scores[k]["interval"], digits)
                  for k in ("pointing_game", "energy_inside")]
         chance = [f"{scores['chance'][k]:.{digits}f}" for k in ("pointing_game", "energy_inside")]
-        rows.append([method, str(scores["n"]), cells[0], chance[0], f"{scores['tolerance_px']:.1f}", cells[1], chance[1]])
+        rows.append(
+            [method, str(scores["n"]), cells[0], chance[0], f"{scores['tolerance_px']:.1f}", cells[1], chance[1]]
+        )
     return header, rows

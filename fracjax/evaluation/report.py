@@ -68,10 +68,14 @@ def metrics_section(result) -> str:
     if result.clean is not None:
         header.append(f"clean {result.split} (n={result.clean['n']})")
     level = int(round(100 * result.metrics.get("interval_level", 0.95)))
-    note = (f"<p class='note'>Decision threshold {stats.format_thresholds([result.threshold])[0]}; "
-            f"[..] = {level}% percentile bootstrap "
-            f"interval{_resampling(result)}; probabilities {'temperature-scaled' if result.calibrated else 'as the model gives them'}."
-            + ("" if result.clean is not None else " No leakage audit given: no clean-test column.") + "</p>")
+    note = (
+        f"<p class='note'>Decision threshold {stats.format_thresholds([result.threshold])[0]}; "
+        f"[..] = {level}% percentile bootstrap "
+        f"interval{_resampling(result)}; probabilities "
+        f"{'temperature-scaled' if result.calibrated else 'as the model gives them'}."
+        + ("" if result.clean is not None else " No leakage audit given: no clean-test column.")
+        + "</p>"
+    )
     return html_table(header, metrics_rows(result)) + note
 
 
@@ -218,7 +222,8 @@ def ood_section(measured: Dict[str, Any]) -> str:
         "<h2>Does the model know what it was not trained on?</h2>"
         f"<p class='note'>An out-of-distribution detector ({html.escape(measured['method'])}; "
         f"{measured['features']} pooled features from {measured['stages']} stages, fitted on the training split) "
-        f"flags an input whose score passes {measured['threshold']:.2f}, the score that accepts {measured['accept']:.0%} of "
+        f"flags an input whose score passes {measured['threshold']:.2f}, the score that accepts "
+        f"{measured['accept']:.0%} of "
         "the validation X-rays; the input checks flag DICOM of other modalities, colour pictures and uniform frames "
         f"before the model. Against generated non-radiographs (made by code, never seen in training) its AUROC is "
         f"<strong>{measured['auroc_vs_probes']:.3f}</strong>. A flagged input gets no label.</p>"
@@ -236,7 +241,7 @@ def warnings_box(warnings: Sequence[str]) -> str:
 def operating_points_section(result, calibration: Dict[str, Any]) -> str:
     points = calibration.get("operating_points", {})
     texts = stats.format_thresholds(list(points.values()))
-    rows = [[name, text] + _at_threshold(result, t) for (name, t), text in zip(points.items(), texts)]
+    rows = [[name, text] + _at_threshold(result, t) for (name, t), text in zip(points.items(), texts, strict=True)]
     return (
         "<h2>Operating points (chosen on validation, applied to test)</h2>"
         f"<p class='note'>Temperature {calibration['temperature']:.3f} fitted on validation "

@@ -212,7 +212,11 @@ def bootstrap_intervals(
     for m in metrics:
         v = np.concatenate(values[m])
         v = v[np.isfinite(v)]
-        out[m] = (float("nan"), float("nan")) if v.size == 0 else tuple(float(q) for q in np.percentile(v, [tail, 100 - tail]))
+        out[m] = (
+            (float("nan"), float("nan"))
+            if v.size == 0
+            else tuple(float(q) for q in np.percentile(v, [tail, 100 - tail]))
+        )
     return out
 
 

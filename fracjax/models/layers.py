@@ -338,7 +338,12 @@ def batch_norm_def(
     """An architecture's BatchNorm, bound once: batch statistics (and running
     average updates) when ``train``, the running averages otherwise."""
     return functools.partial(
-        norm or BatchNorm, use_running_average=not train, momentum=momentum, epsilon=epsilon, dtype=dtype, axis_name=axis_name
+        norm or BatchNorm,
+        use_running_average=not train,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+        axis_name=axis_name,
     )
 
 

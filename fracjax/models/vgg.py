@@ -52,7 +52,7 @@ class VGG(nn.Module):
         del train  # no BatchNorm, no dropout in the feature extractor
         conv = functools.partial(self.conv, use_bias=True, padding="SAME", dtype=self.dtype)
         x = preprocess_input(jnp.asarray(x).astype(self.dtype), "caffe")
-        for i, (convs, filters) in enumerate(zip(self.blocks, BLOCK_FILTERS)):
+        for i, (convs, filters) in enumerate(zip(self.blocks, BLOCK_FILTERS, strict=True)):
             x = VGGBlock(filters, convs, conv=conv, name=f"block{i + 1}")(x)
         return x
 

@@ -205,7 +205,7 @@ def pair_keras_layers(f, path: str, slots: Sequence[LayerSlot]) -> List[Tuple[La
             f"{path}: the file has {len(layers)} layers with weights, the model {len(slots)}{detail} "
             "(a model with its Keras top, or another architecture?)"
         )
-    return list(zip(slots, layers))
+    return list(zip(slots, layers, strict=True))
 
 
 def _pair_keras3(by_kind: Dict[str, Dict[int, FileLayer]], path: str,
@@ -258,12 +258,13 @@ def _checked_keys(path: str, slot: LayerSlot, layer: FileLayer, flat_target) -> 
             f"{'/'.join(slot.path)} ({slot.kind}) needs {len(slot.variables)}"
         )
     keys = []
-    for j, ((collection, name), dataset) in enumerate(zip(slot.variables, layer.arrays)):
+    for j, ((collection, name), dataset) in enumerate(zip(slot.variables, layer.arrays, strict=True)):
         key = (collection, *slot.path, name)
         shape = tuple(dataset.shape)
         if _flax_shape(slot.kind, j, shape) != tuple(flat_target[key].shape):
             raise KerasWeightsError(
-                f"{path}: {layer.label} var {j} has shape {shape}; {'/'.join(key)} needs {tuple(flat_target[key].shape)}"
+                f"{path}: {layer.label} var {j} has shape {shape}; {'/'.join(key)} needs "
+                f"{tuple(flat_target[key].shape)}"
             )
         if np.dtype(dataset.dtype).kind != "f":
             raise KerasWeightsError(f"{path}: {layer.label} var {j} holds {dataset.dtype} values, not floats")
@@ -294,7 +295,7 @@ def convert_keras_weights(module: nn.Module, path: str, input_shape: Sequence[in
         pairs = pair_keras_layers(f, path, slots)
         keys = [_checked_keys(path, slot, layer, flat_target) for slot, layer in pairs]  # every shape, then reads
         flat = {key: _read_array(path, layer, j, slot.kind, flat_target[key].dtype)
-                for (slot, layer), layer_keys in zip(pairs, keys) for j, key in enumerate(layer_keys)}
+                for (slot, layer), layer_keys in zip(pairs, keys, strict=True) for j, key in enumerate(layer_keys)}
     missing = sorted("/".join(k) for k in set(flat_target) - set(flat))
     if missing:  # a variable our layer order does not cover: a bug on our side
         raise KerasWeightsError(f"{path}: no Keras weight for {', '.join(missing[:8])}")
@@ -320,7 +321,7 @@ def with_backbone_variables(variables: dict, backbone_variables: dict) -> dict:
                 f"extra {sorted('/'.join(k) for k in b - a)[:5]}"
             )
         for (kp, old), new in zip(
-            jax.tree_util.tree_leaves_with_path(current), jax.tree_util.tree_leaves(tree)
+            jax.tree_util.tree_leaves_with_path(current), jax.tree_util.tree_leaves(tree), strict=True
         ):
             if np.shape(old) != np.shape(new):
                 raise KerasWeightsError(

@@ -67,7 +67,7 @@ def _shift_input_grad(xp: Array, kernel: Array, g: Array, strides: Tuple[int, in
     kh, kw = kernel.shape[:2]
     flipped_pads = ((kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
                     (kw - 1 - padding[1][0], kw - 1 - padding[1][1]))
-    if strides == (1, 1) and all(0 <= p <= k - 1 for pair, k in zip(padding, (kh, kw)) for p in pair):
+    if strides == (1, 1) and all(0 <= p <= k - 1 for pair, k in zip(padding, (kh, kw), strict=True) for p in pair):
         # At stride 1 the input gradient is the correlation of g with the
         # flipped kernel: the same padded-window form as the forward (the pad
         # fuses into g's producer), where autodiff's transposed slices become

@@ -20,7 +20,7 @@ def keras_correct_pad(size: Tuple[int, int], kernel: Tuple[int, int]) -> PadPair
     "SAME"), ``(k//2, k//2)`` on an odd side (one more than "SAME" on top).
     """
     pads = []
-    for n, k in zip(size, kernel):
+    for n, k in zip(size, kernel, strict=True):
         adjust = 1 if n % 2 == 0 else 0
         pads.append((k // 2 - adjust, k // 2))
     return tuple(pads)  # type: ignore[return-value]
@@ -58,7 +58,7 @@ def window_pad(size: Tuple[int, int], kernel_hw: Tuple[int, int], strides: Tuple
     input has exactly the s * (out - 1) + k rows and columns the windows read
     (negative: trailing rows no window reads are cropped)."""
     out, pads = [], []
-    for n, k, s, (before, after) in zip(size, kernel_hw, strides, padding):
+    for n, k, s, (before, after) in zip(size, kernel_hw, strides, padding, strict=True):
         o = (n + before + after - k) // s + 1
         out.append(o)
         pads.append((before, s * (o - 1) + k - n - before))

@@ -215,8 +215,13 @@ class DataConfig:
                                      default_text="TFDS's: $TFDS_DATA_DIR or ~/tensorflow_datasets")
     manual_dir: Optional[str] = option(None, "folder holding the unzipped download (fracture_xray, fracatlas, mura)",
                                        metavar="DIR")
-    data_folder: Optional[str] = option(None, "your own X-rays: a folder of class subfolders (fractured / not "
-                                        "fractured, or [train|val|test]/<class>/); replaces --dataset", metavar="DIR", resume_key=True)
+    data_folder: Optional[str] = option(
+        None,
+        "your own X-rays: a folder of class subfolders (fractured / not "
+        "fractured, or [train|val|test]/<class>/); replaces --dataset",
+        metavar="DIR",
+        resume_key=True,
+    )
     data_csv: Optional[str] = option(None, "your own X-rays: a CSV of path,label[,patient][,study][,split] (paths "
                                      "relative to it); replaces --dataset", metavar="FILE", resume_key=True)
     image_size: Optional[int] = option(None, "train at this size", check=at_least(32),
@@ -285,7 +290,9 @@ class EvalConfig:
 class RunConfig:
     parallel: str = option("jit", "jit: one program over a device mesh (NamedSharding); pmap: the step "
                            "written per device (jax.shard_map over the same mesh)", choices=PARALLEL_MODES)
-    seed: int = option(0, "seed of the initialisation, data order, augmentation and dropout", check=seed_range, resume_key=True)
+    seed: int = option(
+        0, "seed of the initialisation, data order, augmentation and dropout", check=seed_range, resume_key=True
+    )
     out: str = option("runs", "parent folder of run folders", metavar="DIR")
     name: Optional[str] = option(None, "run folder name", default_text="<model>_<head>")
     resume: bool = option(False, "continue the run from its latest checkpoint")
@@ -441,7 +448,10 @@ def _process_problems(run: "RunConfig") -> Iterator[Tuple[str, str]]:
     given = {"coordinator": run.coordinator, "num-processes": run.num_processes, "process-id": run.process_id}
     missing = [f"--{flag}" for flag, value in given.items() if value is None]
     if 0 < len(missing) < 3:
-        yield missing[0][2:], "--coordinator, --num-processes and --process-id go together; missing " + ", ".join(missing)
+        yield (
+            missing[0][2:],
+            "--coordinator, --num-processes and --process-id go together; missing " + ", ".join(missing),
+        )
     elif not missing and run.process_id >= run.num_processes:
         yield "process-id", f"must be below --num-processes {run.num_processes}, got {run.process_id}"
     if run.distributed and run.coordinator is not None:

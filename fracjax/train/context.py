@@ -108,10 +108,21 @@ def start(config: TrainConfig) -> Tuple[RunContext, RunState]:
     spec = model_spec(config, image_size)
     _write_config(config, spec)
     ctx = RunContext(
-        config=config, parallel=parallel, model=model, spec=spec, builder=builder, splits=splits, order=order,
-        phases=tuple(phases), total_steps=total_steps, eval_fn=_eval_fn(config, model, parallel),
-        checkpoints=checkpoints or ckpt.RunCheckpoints(config.run_dir), key_data=np.asarray(jax.random.key_data(jax.random.key(config.run.seed + 1))),
-        pretrained_note=pretrained_note, resume_meta=resume_meta, clock=clock,
+        config=config,
+        parallel=parallel,
+        model=model,
+        spec=spec,
+        builder=builder,
+        splits=splits,
+        order=order,
+        phases=tuple(phases),
+        total_steps=total_steps,
+        eval_fn=_eval_fn(config, model, parallel),
+        checkpoints=checkpoints or ckpt.RunCheckpoints(config.run_dir),
+        key_data=np.asarray(jax.random.key_data(jax.random.key(config.run.seed + 1))),
+        pretrained_note=pretrained_note,
+        resume_meta=resume_meta,
+        clock=clock,
     )
     if resume_meta is None and os.path.exists(ctx.metrics_path) and distributed.is_primary():
         os.remove(ctx.metrics_path)

@@ -108,7 +108,9 @@ def train_epoch(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, 
     for batch in batches:
         run, state = _one_step(ctx, run, phase, train, state, batch, tally, first=run.step == started_at)
         if bar is not None:
-            bar.set_postfix(loss=f"{np.mean(tally.losses[-20:]):.4f}", img_s=f"{tally.throughput.rate(tally.count):.1f}")
+            bar.set_postfix(
+                loss=f"{np.mean(tally.losses[-20:]):.4f}", img_s=f"{tally.throughput.rate(tally.count):.1f}"
+            )
             bar.update(1)
         if every and run.step % every == 0 and run.step < epoch_end:
             resume.save_latest(ctx, run, state)

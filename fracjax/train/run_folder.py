@@ -33,7 +33,9 @@ def probe_writable(folder: str, flag: str) -> None:
             f.write("probe")
         os.remove(probe)
     except OSError as err:
-        raise RunFolderError(f"{flag}: cannot write in {folder} ({type(err).__name__}: {err.strerror or err})") from None
+        raise RunFolderError(
+            f"{flag}: cannot write in {folder} ({type(err).__name__}: {err.strerror or err})"
+        ) from None
 
 
 def _owner() -> Dict[str, object]:

@@ -64,13 +64,25 @@ def test_cli_on_a_prepared_set(tmp_path, capsys):
     builders.SyntheticFracture(config=config, data_dir=str(tmp_path)).download_and_prepare()
     out = tmp_path / "audit.json"
     code = audit_command.main(
-        ["--dataset", "synthetic_fracture/audit", "--data-dir", str(tmp_path), "--json", str(out), "--clean-test", "--workers", "1"]
+        [
+            "--dataset",
+            "synthetic_fracture/audit",
+            "--data-dir",
+            str(tmp_path),
+            "--json",
+            str(out),
+            "--clean-test",
+            "--workers",
+            "1",
+        ]
     )
     assert code == 0
     payload = json.loads(out.read_text())
     assert set(payload) >= {"pairs", "counts", "clean_test", "num_examples"}
     assert payload["num_examples"] == {"train": 12, "validation": 4, "test": 4}
-    assert set(payload["clean_test"]) <= {f"test/{c}/{i:05d}.png" for c in ("fractured", "not_fractured") for i in range(4)}
+    assert set(payload["clean_test"]) <= {
+        f"test/{c}/{i:05d}.png" for c in ("fractured", "not_fractured") for i in range(4)
+    }
     assert "clean test:" in capsys.readouterr().out
 
 

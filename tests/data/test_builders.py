@@ -124,7 +124,9 @@ def test_synthetic_builder_tiny(tmp_path):
     # Each stored example is exactly what the in-memory generator makes.
     for name, example in by_name.items():
         index = int(os.path.splitext(os.path.basename(name))[0])
-        image, label, boxes = synthetic.generate_example_with_boxes(3, "train", index, synthetic.SyntheticConfig(size=64))
+        image, label, boxes = synthetic.generate_example_with_boxes(
+            3, "train", index, synthetic.SyntheticConfig(size=64)
+        )
         np.testing.assert_array_equal(example["image"], image)
         assert example["label"] == label
         np.testing.assert_array_equal(example["boxes"], boxes)
@@ -164,7 +166,9 @@ def test_an_all_unreadable_split_or_empty_manual_dir_is_a_clear_error(tmp_path):
                                          r"\(the first, val/fractured/x.jpg: "):
         prepare.prepare_dataset("fracture_xray/224", str(tmp_path / "d"), str(root), log=lambda _: None)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"--manual-dir .*empty is empty: it should hold the unzipped Kaggle download"):
+    with pytest.raises(
+        FileNotFoundError, match=r"--manual-dir .*empty is empty: it should hold the unzipped Kaggle download"
+    ):
         prepare.prepare_dataset("fracture_xray/224", str(tmp_path / "d2"), str(tmp_path / "empty"), log=lambda _: None)
 
 

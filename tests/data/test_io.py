@@ -200,7 +200,7 @@ def test_decode_image_of_bytes_is_read_image_of_the_file(tmp_path):
     rng = np.random.default_rng(7)
     grey = rng.integers(0, 256, (30, 20), dtype=np.uint8)
     paths = [str(tmp_path / name) for name in ("a.png", "a.jpg", "a.bmp", "a16.png", "a.tif")]
-    for path, image in zip(paths, [grey, grey, grey, grey.astype(np.uint16) * 257, grey]):
+    for path, image in zip(paths, [grey, grey, grey, grey.astype(np.uint16) * 257, grey], strict=True):
         Image.fromarray(image).save(path)
     paths.append(pydicom.data.get_testdata_file("CT_small.dcm"))
     for path in paths:

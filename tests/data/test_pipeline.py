@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def test_eval_sees_every_example_once():
         assert sorted(seen) == list(range(37))
         assert len(lengths) == 1  # every process runs the same number of batches
         # ceil(ceil(37 / count) / 8): each process's share of the examples, in batches of 8.
-        assert lengths.pop() == -(-(-(-37 // count)) // 8)
+        assert lengths.pop() == math.ceil(math.ceil(37 / count) / 8)
 
 
 def collect(source, order, start, steps, **kw):
@@ -59,7 +61,9 @@ def test_resume_mid_epoch_continues_the_same_order():
 def test_processes_split_each_global_batch():
     source = array_source(48)
     single = collect(source, pipeline.TrainOrder(48, 12, seed=0), 0, 8)
-    parts = [collect(source, pipeline.TrainOrder(48, 12, seed=0, process_index=p, process_count=3), 0, 8) for p in range(3)]
+    parts = [
+        collect(source, pipeline.TrainOrder(48, 12, seed=0, process_index=p, process_count=3), 0, 8) for p in range(3)
+    ]
     for step in range(8):
         np.testing.assert_array_equal(np.concatenate([parts[p][step] for p in range(3)]), single[step])
 
@@ -78,13 +82,15 @@ def test_tfds_source_and_memory_agree(tmp_path):
     source = builder.as_data_source()["validation"]
     memory = pipeline.load_arrays(source)
     assert memory.images.shape == (6, 32, 32, 1)
-    for disk_batch, mem_batch in zip(pipeline.eval_batches(source, 4, 0, 1), pipeline.eval_batches(memory, 4, 0, 1)):
+    for disk_batch, mem_batch in zip(
+        pipeline.eval_batches(source, 4, 0, 1), pipeline.eval_batches(memory, 4, 0, 1), strict=True
+    ):
         for key in ("image", "label", "index", "mask"):
             np.testing.assert_array_equal(disk_batch[key], mem_batch[key])
     order = pipeline.TrainOrder(20, 4, seed=3)
     disk = list(pipeline.train_batches(builder.as_data_source()["train"], order, 0, 5))
     mem = list(pipeline.train_batches(pipeline.load_arrays(builder.as_data_source()["train"]), order, 0, 5))
-    for a, b in zip(disk, mem):
+    for a, b in zip(disk, mem, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
 

@@ -302,7 +302,7 @@ def test_yolo_rows_become_boxes_inside_the_image(rows):
     assert boxes.shape == (len(rows), 4)
     assert ((boxes >= 0) & (boxes <= 1)).all()
     assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
-    for (cx, cy, w, h), (y0, x0, y1, x1) in zip(rows, boxes):
+    for (cx, cy, w, h), (y0, x0, y1, x1) in zip(rows, boxes, strict=True):
         if w / 2 <= cx <= 1 - w / 2 and h / 2 <= cy <= 1 - h / 2:  # inside: no clipping, the centre is kept
             assert (x0 + x1) / 2 == pytest.approx(cx, abs=1e-6) and (y0 + y1) / 2 == pytest.approx(cy, abs=1e-6)
 

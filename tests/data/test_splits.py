@@ -60,7 +60,7 @@ def test_a_resplit_moves_only_groups_that_span_splits():
     published = np.where(np.arange(n) < 1000, "train", np.where(np.arange(n) < 1100, "validation", "test"))
     # 30 test images with a near-copy in train, 10 pairs within train.
     leaks = [(int(t), int(c)) for t, c in zip(rng.choice(np.arange(1100, 1200), 30, replace=False),
-                                                  rng.choice(1000, 30, replace=False))]
+                                                  rng.choice(1000, 30, replace=False), strict=True)]
     inside = [(2 * k, 2 * k + 1) for k in range(10)]
     groups = connected_groups(n, leaks + inside)
     names, moves = grouped_split(labels, groups, given=published, seed=0)

@@ -50,8 +50,12 @@ def test_clean_test_column_from_an_audit(classifier, data, tmp_path):
     assert result.clean["accuracy"] == pytest.approx(expected["accuracy"])
     assert "clean test (n=20)" in result.table()
     # An audit without a clean list: test examples in a cross-split pair are left out.
-    audit = {"pairs": [{"a": {"split": "train", "filename": "train/1.png"}, "b": {"split": "test", "filename": names[0]}},
-                       {"a": {"split": "test", "filename": names[1]}, "b": {"split": "test", "filename": names[2]}}]}
+    audit = {
+        "pairs": [
+            {"a": {"split": "train", "filename": "train/1.png"}, "b": {"split": "test", "filename": names[0]}},
+            {"a": {"split": "test", "filename": names[1]}, "b": {"split": "test", "filename": names[2]}},
+        ]
+    }
     path = tmp_path / "audit.json"
     path.write_text(json.dumps(audit))
     result = fracjax.evaluate(classifier, data, audit=str(path), bootstrap=100)

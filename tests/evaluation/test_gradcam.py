@@ -94,7 +94,9 @@ def test_a_named_inner_layer_and_a_wrong_name():
     variables = random_variables(model, 64, seed=0)
     out = gradcam.grad_cam(model, variables, x + 100.0, layer="backbone/block3")
     assert out["raw"].shape == (1, 4, 4)  # block3 ends at 1/16
-    with pytest.raises(gradcam.LayerNotFoundError, match="no layer 'backbone/blok3' in the model; did you mean 'backbone/block3'") as err:
+    with pytest.raises(
+        gradcam.LayerNotFoundError, match="no layer 'backbone/blok3' in the model; did you mean 'backbone/block3'"
+    ) as err:
         gradcam.grad_cam(model, variables, x, layer="backbone/blok3")
     assert len(str(err.value)) < 800  # a suggestion and the blocks, not every module
     with pytest.raises(ValueError, match="method"):

@@ -51,7 +51,7 @@ def _random_weights(model, seed: int) -> None:
             window = int(np.prod(w.shape[:-2]))
             limit = np.sqrt(6.0 / (window * (w.shape[-2] + w.shape[-1])))
             drawn.append(rng.uniform(-limit, limit, w.shape))
-        layer.set_weights([d.astype(w.dtype) for d, w in zip(drawn, weights)])
+        layer.set_weights([d.astype(w.dtype) for d, w in zip(drawn, weights, strict=True)])
 
 
 def build_oracle(application: str, size: int, seed: int, include_top: bool = False, **kwargs):
@@ -123,7 +123,7 @@ def write_legacy_h5(model, path, rename=keras2_name) -> None:
         f.attrs["layer_names"] = np.array([n.encode("utf8") for n in names])
         f.attrs["backend"] = b"tensorflow"
         f.attrs["keras_version"] = b"2.13.1"
-        for layer, name in zip(model.layers, names):
+        for layer, name in zip(model.layers, names, strict=True):
             group = f.create_group(name)
             weights = [np.asarray(w) for w in layer.get_weights()]
             kind = "depthwise_kernel" if layer.__class__.__name__ == "DepthwiseConv2D" else None
@@ -132,7 +132,7 @@ def write_legacy_h5(model, path, rename=keras2_name) -> None:
                 var_names = [kind]
             weight_names = [f"{name}/{v}:0" for v in var_names]
             group.attrs["weight_names"] = np.array([w.encode("utf8") for w in weight_names])
-            for wname, value in zip(weight_names, weights):
+            for wname, value in zip(weight_names, weights, strict=True):
                 group.create_dataset(wname, data=value)
 
 

@@ -85,7 +85,7 @@ def test_legacy_writer_is_what_keras_loads(oracles, keras, name):
     oracle = oracles(name)
     other = build_oracle(BASELINES[name][0], 224, seed=99)
     other.load_weights(oracle.files["legacy"])
-    for a, b in zip(other.get_weights(), oracle.models[224].get_weights()):
+    for a, b in zip(other.get_weights(), oracle.models[224].get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -47,7 +47,7 @@ def test_legacy_writer_is_what_keras_loads(small_oracles, small_files, keras):
     # The test file must be one Keras itself accepts, or the legacy test proves nothing.
     other = build_oracle("MobileNetV3Small", 224, seed=99)
     other.load_weights(small_files["legacy"])
-    for a, b in zip(other.get_weights(), small_oracles[224].get_weights()):
+    for a, b in zip(other.get_weights(), small_oracles[224].get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -168,10 +168,10 @@ def test_kits_change_the_code_not_the_parameters():
     models = {name: fracjax.models.create("mobilenet_v3_small", kernels=name) for name in fracjax.models.KITS}
     v = init_once(models["auto"], x)
     expected = jax.jit(models["portable"].apply)(v, x)
-    for name, model in models.items():
+    for model in models.values():
         # The same initialisers in the same order: the same values from one key (checked on one kit pair;
         # the tree of every kit).
-        chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(lambda: model.init(jax.random.key(0), x)), v)
+        chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(model.init, jax.random.key(0), x), v)
         chex.assert_trees_all_close(jax.jit(model.apply)(v, x), expected, rtol=1e-4, atol=1e-4)
     chex.assert_trees_all_equal(init_once(models["cpu"], x), v)
     with pytest.raises(ValueError, match="kernels must be one of"):

@@ -23,7 +23,10 @@ pmap_model = fracjax.models.create("mobilenet_v3_small", head="hybrid", bn_axis_
 variables = fracjax.models.registry.init_variables(model, SIZE, seed=0)
 rng = np.random.default_rng(0)
 batches = [
-    {"image": rng.integers(0, 255, (BATCH, SIZE, SIZE, 1), dtype=np.uint8), "label": (np.arange(BATCH) % 2).astype(np.int32)}
+    {
+        "image": rng.integers(0, 255, (BATCH, SIZE, SIZE, 1), dtype=np.uint8),
+        "label": (np.arange(BATCH) % 2).astype(np.int32),
+    }
     for _ in range(STEPS)
 ]
 phase = int(sys.argv[1]) if len(sys.argv) > 1 else 2
@@ -50,7 +53,7 @@ def run(parallel, model):
 def rel(a, b):
     """Largest absolute difference over the tree, relative to the tree's largest value."""
     a, b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b))
+    diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(a, b, strict=True))
     return diff / max(float(np.max(np.abs(np.asarray(y)))) for y in b)
 
 

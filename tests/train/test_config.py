@@ -56,32 +56,64 @@ def test_command_line_values_land_in_their_sections():
     assert config.run_dir.endswith("r") and not config.backbone_bn_trains
 
 
-@pytest.mark.parametrize("option,value,flag", [
-    ("batch_size", 0, "--batch-size"), ("model", "alexnet", "--model"), ("head", "mlp", "--head"),
-    ("image_size", 16, "--image-size"), ("lr", 0.0, "--lr"), ("phase2_lr", -1.0, "--phase2-lr"),
-    ("weight_decay", -1e-4, "--weight-decay"), ("schedule", "step", "--schedule"), ("unfreeze", "3", "--unfreeze"),
-    ("unfreeze", -1, "--unfreeze"), ("parallel", "shard", "--parallel"), ("dtype", "float16", "--dtype"),
-    ("label_smoothing", 1.0, "--label-smoothing"), ("class_weights", (1.0, 0.0), "--class-weights"),
-    ("threshold", 1.0, "--threshold"), ("rotation", 1.5, "--rotation"), ("grad_clip", 0.0, "--grad-clip"),
-    ("backbone_bn_momentum", 1.0, "--backbone-bn-momentum"), ("audit", "nowhere.json", "--audit"),
-    ("bootstrap", -1, "--bootstrap"), ("train_minutes", float("inf"), "--train-minutes"),
-    ("early_stopping_patience", 0, "--early-stopping-patience"), ("pretrained", "nope.h5", "--pretrained"),
-    ("phase1_epochs", 0, "--phase1-epochs"), ("train_examples", 4, "--train-examples"),
-    ("max_steps", 0, "--max-steps"), ("eval_batch_size", 0, "--eval-batch-size"),
-    # Non-finite numbers, out-of-range seeds and wrong types (issue 18).
-    ("lr", float("inf"), "--lr"), ("phase2_lr", float("nan"), "--phase2-lr"),
-    ("weight_decay", float("inf"), "--weight-decay"), ("weight_decay", float("nan"), "--weight-decay"),
-    ("class_weights", (float("nan"), 1.0), "--class-weights"), ("class_weights", (1.0, float("inf")), "--class-weights"),
-    ("warmup_epochs", float("inf"), "--warmup-epochs"), ("plateau_factor", 5.0, "--plateau-factor"),
-    ("label_smoothing", float("nan"), "--label-smoothing"), ("threshold", float("nan"), "--threshold"),
-    ("seed", -5, "--seed"), ("seed", 10**23, "--seed"), ("seed", 1.5, "--seed"), ("image_size", 64.5, "--image-size"),
-    ("batch_size", True, "--batch-size"), ("lr", "1e-3", "--lr"), ("augment", 0, "--augment"),
-    # Several processes (issue 21).
-    ("coordinator", "localhost", "--coordinator"), ("coordinator", "host:99999", "--coordinator"),
-    ("heartbeat_timeout", 1, "--heartbeat-timeout"), ("num_processes", 0, "--num-processes"),
-    # Your own data (issue 20): a missing folder or CSV is named before any work.
-    ("data_folder", "/nowhere/xrays", "--data-folder"), ("data_csv", "/nowhere/labels.csv", "--data-csv"),
-])
+@pytest.mark.parametrize(
+    "option,value,flag",
+    [
+        ("batch_size", 0, "--batch-size"),
+        ("model", "alexnet", "--model"),
+        ("head", "mlp", "--head"),
+        ("image_size", 16, "--image-size"),
+        ("lr", 0.0, "--lr"),
+        ("phase2_lr", -1.0, "--phase2-lr"),
+        ("weight_decay", -1e-4, "--weight-decay"),
+        ("schedule", "step", "--schedule"),
+        ("unfreeze", "3", "--unfreeze"),
+        ("unfreeze", -1, "--unfreeze"),
+        ("parallel", "shard", "--parallel"),
+        ("dtype", "float16", "--dtype"),
+        ("label_smoothing", 1.0, "--label-smoothing"),
+        ("class_weights", (1.0, 0.0), "--class-weights"),
+        ("threshold", 1.0, "--threshold"),
+        ("rotation", 1.5, "--rotation"),
+        ("grad_clip", 0.0, "--grad-clip"),
+        ("backbone_bn_momentum", 1.0, "--backbone-bn-momentum"),
+        ("audit", "nowhere.json", "--audit"),
+        ("bootstrap", -1, "--bootstrap"),
+        ("train_minutes", float("inf"), "--train-minutes"),
+        ("early_stopping_patience", 0, "--early-stopping-patience"),
+        ("pretrained", "nope.h5", "--pretrained"),
+        ("phase1_epochs", 0, "--phase1-epochs"),
+        ("train_examples", 4, "--train-examples"),
+        ("max_steps", 0, "--max-steps"),
+        ("eval_batch_size", 0, "--eval-batch-size"),
+        # Non-finite numbers, out-of-range seeds and wrong types (issue 18).
+        ("lr", float("inf"), "--lr"),
+        ("phase2_lr", float("nan"), "--phase2-lr"),
+        ("weight_decay", float("inf"), "--weight-decay"),
+        ("weight_decay", float("nan"), "--weight-decay"),
+        ("class_weights", (float("nan"), 1.0), "--class-weights"),
+        ("class_weights", (1.0, float("inf")), "--class-weights"),
+        ("warmup_epochs", float("inf"), "--warmup-epochs"),
+        ("plateau_factor", 5.0, "--plateau-factor"),
+        ("label_smoothing", float("nan"), "--label-smoothing"),
+        ("threshold", float("nan"), "--threshold"),
+        ("seed", -5, "--seed"),
+        ("seed", 10**23, "--seed"),
+        ("seed", 1.5, "--seed"),
+        ("image_size", 64.5, "--image-size"),
+        ("batch_size", True, "--batch-size"),
+        ("lr", "1e-3", "--lr"),
+        ("augment", 0, "--augment"),
+        # Several processes (issue 21).
+        ("coordinator", "localhost", "--coordinator"),
+        ("coordinator", "host:99999", "--coordinator"),
+        ("heartbeat_timeout", 1, "--heartbeat-timeout"),
+        ("num_processes", 0, "--num-processes"),
+        # Your own data (issue 20): a missing folder or CSV is named before any work.
+        ("data_folder", "/nowhere/xrays", "--data-folder"),
+        ("data_csv", "/nowhere/labels.csv", "--data-csv"),
+    ],
+)
 def test_a_bad_value_is_refused_naming_its_flag_and_nothing_changes(option, value, flag):
     options = {option: value}
     if option == "phase1_epochs":

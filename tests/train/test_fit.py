@@ -71,7 +71,9 @@ def test_same_seed_same_metrics(first_run, data_dir):
     # probability-scale metrics (ECE, Brier) is the same.
     calibration_free = [k for k in again["test"] if k not in ("ece", "brier")]
     assert {k: again["test"][k] for k in calibration_free} == {k: report["test"][k] for k in calibration_free}
-    strip = lambda line: {k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+    def strip(line):
+        return {k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+
     a = [strip(line) for line in (out / "a" / "metrics.jsonl").read_text().splitlines()]
     b = [strip(line) for line in (out / "b" / "metrics.jsonl").read_text().splitlines()]
     assert a == b
@@ -79,7 +81,11 @@ def test_same_seed_same_metrics(first_run, data_dir):
 
 def test_kill_then_resume_gives_the_same_model(first_run, data_dir, tmp_path):
     out, _ = first_run
-    cmd = [sys.executable, os.path.join(ROOT, "examples", "train.py"), *flags(data_dir, tmp_path, "k", "--checkpoint-every", "2", "--no-report")]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "examples", "train.py"),
+        *flags(data_dir, tmp_path, "k", "--checkpoint-every", "2", "--no-report"),
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "k" / "checkpoints" / "latest"
@@ -170,7 +176,7 @@ def _png_files(folder, stem, n=2):
 
     images, _ = fracjax.data.generate_arrays(n, "test", seed=1, config=fracjax.data.SyntheticConfig(size=64))
     paths = [str(folder / f"{stem}{i}.png") for i in range(n)]
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         Image.fromarray(image[..., 0]).save(path)
     return images, paths
 
@@ -256,7 +262,9 @@ def test_the_fracjax_command_predicts_to_csv_and_json_at_an_operating_point(firs
     assert saved["threshold"] == clf.threshold_for("youden")
     assert [r["probability"] for r in saved["results"][:2]] == pytest.approx(list(clf.predict(good)), abs=1e-12)
     assert "no such file" in saved["results"][2]["error"]
-    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "file,probability,label,in_distribution,ood_score,reason,error"
+    assert (tmp_path / "r.csv").read_text().splitlines()[
+        0
+    ] == "file,probability,label,in_distribution,ood_score,reason,error"
     assert cli.main(["predict", str(out / "a"), good[0], "--operating-point", "nope"]) == 2
     assert "no operating point 'nope'" in capsys.readouterr().err
     assert cli.main(["frobnicate"]) == 2 and cli.main([]) == 2

@@ -57,7 +57,7 @@ def _run(flags, processes: int, devices: int, timeout: float = 300):
             for q in procs:
                 q.kill()
             pytest.fail(f"a training process did not finish in {timeout} s")
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     return outputs
 
@@ -74,7 +74,7 @@ def _assert_same_model(a, b):
     assert step_a == step_b == 4
     import jax
 
-    for x, y in zip(jax.tree_util.tree_leaves(va), jax.tree_util.tree_leaves(vb)):
+    for x, y in zip(jax.tree_util.tree_leaves(va), jax.tree_util.tree_leaves(vb), strict=True):
         # Gloo sums the gradients across processes in another order than one process does.
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
 

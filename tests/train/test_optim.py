@@ -46,11 +46,15 @@ def test_phase1_freezes_backbone_bitwise_and_trains_head(setup):
     model, variables, batch = setup
     state, _ = run_steps(model, variables, batch, phase=1)
     before = variables["params"]
-    for (path, new), old in zip(_leaves(state.params["backbone"]), jax.tree_util.tree_leaves(before["backbone"])):
+    for (path, new), old in zip(
+        _leaves(state.params["backbone"]), jax.tree_util.tree_leaves(before["backbone"]), strict=True
+    ):
         assert np.array_equal(np.asarray(new).view(np.uint32), np.asarray(old).view(np.uint32)), path
     changed = [
         not np.array_equal(new, old)
-        for new, old in zip(jax.tree_util.tree_leaves(state.params["head"]), jax.tree_util.tree_leaves(before["head"]))
+        for new, old in zip(
+            jax.tree_util.tree_leaves(state.params["head"]), jax.tree_util.tree_leaves(before["head"]), strict=True
+        )
     ]
     assert all(changed)
     # Backbone BatchNorm ran on running statistics: its statistics did not move.
@@ -87,7 +91,9 @@ def test_phase2_top_groups_only(setup):
     for name, old in variables["params"]["backbone"].items():
         same = all(
             np.array_equal(a, b)
-            for a, b in zip(jax.tree_util.tree_leaves(state.params["backbone"][name]), jax.tree_util.tree_leaves(old))
+            for a, b in zip(
+                jax.tree_util.tree_leaves(state.params["backbone"][name]), jax.tree_util.tree_leaves(old), strict=True
+            )
         )
         assert same == (name not in ("block10", "last_conv", "last_bn")), name
 
@@ -95,10 +101,14 @@ def test_phase2_top_groups_only(setup):
 def test_phase2_all_and_bn_mode(setup):
     model, variables, batch = setup
     state, _ = run_steps(model, variables, batch, phase=2, steps=1)
-    assert not np.array_equal(state.params["backbone"]["stem_conv"]["kernel"], variables["params"]["backbone"]["stem_conv"]["kernel"])
+    assert not np.array_equal(
+        state.params["backbone"]["stem_conv"]["kernel"], variables["params"]["backbone"]["stem_conv"]["kernel"]
+    )
     chex.assert_trees_all_equal(state.batch_stats["backbone"], variables["batch_stats"]["backbone"])
     state, _ = run_steps(model, variables, batch, phase=2, steps=1, backbone_train=True)
-    assert not np.array_equal(state.batch_stats["backbone"]["stem_bn"]["mean"], variables["batch_stats"]["backbone"]["stem_bn"]["mean"])
+    assert not np.array_equal(
+        state.batch_stats["backbone"]["stem_bn"]["mean"], variables["batch_stats"]["backbone"]["stem_bn"]["mean"]
+    )
 
 
 def test_bad_unfreeze():
@@ -141,7 +151,9 @@ def test_reduce_on_plateau_lives_in_the_optimizer_state():
     updates, after = tx.update(params, state, params)  # a step applies the scale and leaves the plateau alone
 
     def plateau_node(opt_state):
-        is_plateau = lambda n: isinstance(n, optax.contrib.ReduceLROnPlateauState)
+        def is_plateau(n):
+            return isinstance(n, optax.contrib.ReduceLROnPlateauState)
+
         return [n for n in jax.tree_util.tree_leaves(opt_state, is_leaf=is_plateau) if is_plateau(n)]
 
     assert len(plateau_node(state)) == 1

@@ -240,7 +240,7 @@ def decode_records(root: str, records: Sequence[Record], size: int, strict: bool
     ``strict`` makes an unreadable file an error."""
     kept, pngs, skipped = [], [], []
     jobs = [(root, r.path, size) for r in records]
-    for record, (rel, png, reason) in zip(records, map_in_processes(_decode_for_store, jobs)):
+    for record, (rel, png, reason) in zip(records, map_in_processes(_decode_for_store, jobs), strict=True):
         if png is None:
             if strict:
                 raise ImageDecodeError(os.path.join(root, rel), reason)

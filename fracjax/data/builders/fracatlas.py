@@ -174,5 +174,5 @@ class FracAtlas(base.DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
 
     def _assign(self, records, pngs):
         c = self.builder_config
-        fractions = dict(zip(base.SPLITS, c.fractions))
+        fractions = dict(zip(base.SPLITS, c.fractions, strict=True))
         return base.grouped_splits(records, pngs, fractions=fractions, seed=c.seed)

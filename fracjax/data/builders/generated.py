@@ -26,7 +26,9 @@ class SyntheticFractureConfig(tfds.core.BuilderConfig):
 
 def _synthetic_png(job: Tuple[int, str, int, int]):
     seed, split, index, size = job
-    image, label, boxes = synthetic.generate_example_with_boxes(seed, split, index, synthetic.SyntheticConfig(size=size))
+    image, label, boxes = synthetic.generate_example_with_boxes(
+        seed, split, index, synthetic.SyntheticConfig(size=size)
+    )
     return index, encode_png(image), label, boxes
 
 

@@ -165,7 +165,7 @@ class Mura(base.DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
         fractions = {"train": 1.0 - c.validation_fraction, "validation": c.validation_fraction}
         carved, _ = splits.grouped_split([records[i].label for i in train], groups, fractions=fractions, seed=c.seed)
         names = ["test"] * len(records)
-        for i, name in zip(train, carved):
+        for i, name in zip(train, carved, strict=True):
             names[i] = name
         labels = [r.label for r in records]
         said = {"kind": "grouped", "grouped_by": ["patient"], "test": "the public valid set",
