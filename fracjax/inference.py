@@ -21,6 +21,7 @@ from fracjax.checkpoint import find_model_checkpoint, read_calibration, read_ood
 from fracjax.data.io import model_input, read_image
 from fracjax.data.screening import Observations, input_check
 from fracjax.metrics import LABEL_NAMES, apply_temperature, format_thresholds, probabilities_from_logits
+from fracjax.models import migrate
 
 OUTSIDE = "outside what this model was trained on"
 
@@ -98,6 +99,16 @@ def build_model(spec: Dict[str, Any], kernels=None):
                                  kernels=kernels, **options)
 
 
+def _current_layout(spec: Dict[str, Any], variables: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """The saved variables in the current model's layout (a checkpoint from
+    before a layout change is moved into it, values unchanged)."""
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    if spec.get("variables_layout", 1) >= migrate.VARIABLES_LAYOUT:
+        return variables
+    target = migrate.abstract_variables(build_model(spec), int(spec["image_size"]))
+    return migrate.upgrade_variables(variables, target, where)
+
+
 class Classifier:
     """A trained fracture classifier: the model rebuilt from the spec saved
     with the checkpoint, its variables, and its decision threshold."""
@@ -139,7 +150,7 @@ class Classifier:
         spec = meta.get("model")
         if spec is None:
             raise ValueError(f"{where}: the checkpoint carries no model spec")
-        variables = jax.tree_util.tree_map(jnp.asarray, variables)
+        variables = jax.tree_util.tree_map(jnp.asarray, _current_layout(spec, variables, where))
         calibration = read_calibration(where)
         classifier = cls(
             spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, batch_size, calibration

@@ -27,7 +27,8 @@ def random_variables(model, image_size: int, seed: int):
 
 def random_classifier(seed: int, batch_size: int, image_size: int = 32) -> Classifier:
     """A randomly initialised MobileNetV3-Small with a linear head, as a Classifier."""
-    spec = {"model": "mobilenet_v3_small", "head": "linear", "image_size": image_size, "threshold": 0.5}
+    spec = {"model": "mobilenet_v3_small", "head": "linear", "image_size": image_size, "threshold": 0.5,
+            "variables_layout": fracjax.models.migrate.VARIABLES_LAYOUT}
     model = fracjax.models.create("mobilenet_v3_small", head="linear")
     variables = random_variables(model, image_size, seed)
     classifier = Classifier(spec, {"params": variables["params"], "batch_stats": variables["batch_stats"]},

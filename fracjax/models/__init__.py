@@ -4,7 +4,7 @@
     >>> model = fracjax.models.create("mobilenet_v3_small", head="hybrid")
 """
 
-from fracjax.models import pretrained  # noqa: F401
+from fracjax.models import migrate, pretrained  # noqa: F401
 from fracjax.models.hybrid import BackboneHead, ConvBlockSpec, HybridHead, LinearHead
 from fracjax.models.kits import KITS, Kernels
 from fracjax.models.layers import BatchNorm, Conv, ConvBN, DepthwiseConv2D

@@ -192,9 +192,8 @@ class BatchNorm(nn.BatchNorm):
 
 
 def _norm_variables(owner, features: int, scale_init, bias_init, param_dtype):
-    """A BatchNorm's variables, declared as flax does, where ``owner`` (a
-    module or a scope) keeps them: running mean and variance (float32,
-    ``batch_stats``), scale and bias."""
+    """A BatchNorm's variables, declared as flax does, in ``owner`` (a module):
+    running mean and variance (float32, ``batch_stats``), scale and bias."""
     ra_mean = owner.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
     ra_var = owner.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
     scale = owner.param("scale", scale_init, (features,), param_dtype)
@@ -202,13 +201,38 @@ def _norm_variables(owner, features: int, scale_init, bias_init, param_dtype):
     return ra_mean, ra_var, scale, bias
 
 
-class ConvBN(nn.Module):
-    """A bias-free convolution and the BatchNorm after it, as one module.
+class BatchNormVariables(nn.Module):
+    """A BatchNorm's variables (``params`` scale and bias, ``batch_stats`` mean
+    and var, declared as :class:`BatchNorm` declares them) for a parent that
+    computes with them itself: :class:`ConvBN`, which may fold its convolution
+    into the normalisation. Calling it gives (mean, var, scale, bias);
+    :meth:`update` moves the running averages."""
 
-    Its name is the convolution's and its kernel is ``<name>/kernel``; the
-    BatchNorm's variables live beside it, in the caller's scope under
-    ``norm_name``: the tree of a separate :class:`Conv` and :class:`BatchNorm`,
-    so Keras imports and checkpoints are the same. In train mode with ``fold``
+    features: int
+    scale_init: Callable = nn.initializers.ones
+    bias_init: Callable = nn.initializers.zeros
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.ra_mean, self.ra_var, self.scale, self.bias = _norm_variables(
+            self, self.features, self.scale_init, self.bias_init, self.param_dtype
+        )
+
+    def __call__(self) -> Tuple[Array, Array, Array, Array]:
+        return self.ra_mean.value, self.ra_var.value, self.scale, self.bias
+
+    def update(self, mean: Array, var: Array, momentum: float) -> None:
+        self.ra_mean.value = ops.running_average(self.ra_mean.value, mean, momentum)
+        self.ra_var.value = ops.running_average(self.ra_var.value, var, momentum)
+
+
+class ConvBN(nn.Module):
+    """A bias-free convolution and the BatchNorm after it, as one module that
+    owns its variables: ``<name>/kernel`` and the BatchNorm's under
+    ``<name>/<norm_name>`` (a :class:`BatchNormVariables` child named as the
+    Keras BatchNorm layer is). Checkpoints written before this layout (the
+    BatchNorm beside the convolution, in the caller's scope) are moved into it
+    by :func:`fracjax.models.migrate.upgrade_variables`. In train mode with ``fold``
     on, where the CPU form runs (``impl`` "matmul", or "auto" lowered for
     CPU) and the shapes pay (see :func:`fracjax.ops.conv_batch_norm_train`),
     the convolution is folded into the normalisation; otherwise it is the
@@ -236,31 +260,29 @@ class ConvBN(nn.Module):
     use_bias = False  # its convolution has none (the BatchNorm's bias follows)
 
     def keras_slots(self):
-        """(name in the caller's scope, Keras class) of the two Keras layers this
+        """(path below this module, Keras class) of the two Keras layers this
         module stands for (:mod:`fracjax.models.weights`)."""
-        return ((self.name, "conv2d"), (self.norm_name, "batch_normalization"))
+        return (((), "conv2d"), ((self.norm_name,), "batch_normalization"))
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         stored = self.in_channels or x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (*_pair(self.kernel_size), stored, self.features),
                             self.param_dtype)
-        norm_scope = self.parent.scope.push(self.norm_name)  # the BatchNorm's own name, beside this one
-        ra_mean, ra_var, scale, bias = _norm_variables(norm_scope, self.features, self.scale_init,
-                                                       nn.initializers.zeros, self.param_dtype)
+        norm = BatchNormVariables(self.features, self.scale_init, param_dtype=self.param_dtype, name=self.norm_name)
+        ra_mean, ra_var, scale, bias = norm()
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         kernel = _kernel_for_input(kernel, x.shape[-1], stored, self.name)
         strides = _pair(self.strides)
         dtype = self.dtype or jnp.result_type(x, scale, bias)
         if not self.train:
             y = ops.conv2d(x, kernel, strides, self.padding, self.impl)
-            return ops.batch_norm_eval(y, ra_mean.value, ra_var.value, scale, bias, self.epsilon, self.dtype)
+            return ops.batch_norm_eval(y, ra_mean, ra_var, scale, bias, self.epsilon, self.dtype)
         axis_name = None if self.is_initializing() else self.axis_name
         y, mean, var = ops.conv_batch_norm_train(x, kernel, scale.astype(dtype), bias.astype(dtype), strides,
                                                  self.padding, self.epsilon, axis_name, self.impl, self.fold)
         if not self.is_initializing():
-            ra_mean.value = ops.running_average(ra_mean.value, mean, self.momentum)
-            ra_var.value = ops.running_average(ra_var.value, var, self.momentum)
+            norm.update(mean, var, self.momentum)
         return y
 
 

@@ -85,8 +85,8 @@ def keras_layer_order(module: nn.Module, input_shape: Sequence[int]) -> List[Lay
         if context.method_name == "__call__":
             path = tuple(mod.scope.path) if mod.scope is not None else ()
             if hasattr(mod, "keras_slots"):  # one module standing for several Keras layers (ConvBN)
-                for name, kind in mod.keras_slots():
-                    _add_slot(slots, seen, LayerSlot((*path[:-1], name), kind, _slot_variables(kind, mod)))
+                for below, kind in mod.keras_slots():
+                    _add_slot(slots, seen, LayerSlot((*path, *below), kind, _slot_variables(kind, mod)))
                 return next_fun(*args, **kwargs)
             kind = _keras_kind(mod)
             if kind is not None:

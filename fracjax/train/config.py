@@ -203,6 +203,7 @@ class ModelConfig:
             "threshold": threshold,
             "labels": list(labels),
             "fracjax_version": fracjax.__version__,
+            "variables_layout": fracjax.models.migrate.VARIABLES_LAYOUT,
         }
 
 

@@ -27,7 +27,9 @@ from fracjax.train.errors import NonFiniteLossError, ResumeError
 from fracjax.train.progress import write_metrics
 from fracjax.train.state import EpochRecord, Progress, RunState, TrainState, history_json
 
-LAYOUT = 2  # of the latest/ checkpoints: a RunState tree (opt_state with its plateau, progress) and the history
+# Of the latest/ checkpoints: 2, a RunState tree (opt_state with its plateau, progress) and the history;
+# 3, the same with the model variables in layout 2 (fracjax.models.migrate: ConvBN owns its BatchNorm).
+LAYOUT = 3
 NEEDED = ("model", "head", "dataset")  # a checkpoint that does not say these cannot be checked
 
 

@@ -71,8 +71,8 @@ def test_train_updates_head_statistics_only(model_and_vars):
 def test_backbone_train_updates_backbone_statistics(model_and_vars):
     model, variables = model_and_vars
     _, updates = train_forward(model, variables, images(2), backbone_train=True)
-    old = variables["batch_stats"]["backbone"]["stem_bn"]["mean"]
-    assert not np.allclose(updates["batch_stats"]["backbone"]["stem_bn"]["mean"], old)
+    old = variables["batch_stats"]["backbone"]["stem_conv"]["stem_bn"]["mean"]
+    assert not np.allclose(updates["batch_stats"]["backbone"]["stem_conv"]["stem_bn"]["mean"], old)
 
 
 def test_backbone_in_inference_mode_is_independent_of_the_batch(model_and_vars):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from fracjax.models import layers
+from fracjax.models import layers, migrate
 
 
 def test_depthwise_module_params_do_not_depend_on_impl():
@@ -86,7 +86,8 @@ def test_batch_norm_axis_name_averages_statistics_and_gradients_like_flax():
 
 
 class _Separate(nn.Module):
-    """A Conv and a BatchNorm, each its own module (the tree ConvBN keeps)."""
+    """A Conv and a BatchNorm, each its own module (ConvBN keeps the same variables, the BatchNorm's under its
+    own name: fracjax.models.migrate moves one tree into the other)."""
 
     features: int
     kernel: tuple = (1, 1)
@@ -132,24 +133,31 @@ def _loss_and_grads(module, v, x, r):
     (8, 4, (1, 1), 1, None),  # narrowing: conv, then BatchNorm
     (1, 16, (3, 3), 2, 3),  # the grey stem on its patches
 ])
-def test_conv_bn_keeps_the_separate_layers_tree_and_results(c_in, features, kernel, strides, in_channels):
+def test_conv_bn_keeps_the_separate_layers_variables_and_results(c_in, features, kernel, strides, in_channels):
     base = jax.random.normal(jax.random.key(0), (3, 9, 10, c_in))
     x = jax.nn.relu(base + 0.5 * base[..., :1]) + 0.3
     separate = _Separate(features, kernel, strides, in_channels=in_channels)
     v = separate.init(jax.random.key(1), x)
+    target = jax.eval_shape(_Joint(features, kernel, strides, in_channels=in_channels).init, jax.random.key(1), x)
+    assert set(target["params"]["expand"]) == {"kernel", "expand_bn"}  # the BatchNorm is ConvBN's own child
+
+    def joint(tree):
+        return migrate.upgrade_variables(tree, {k: target[k] for k in tree})
+
     for impl in ("matmul", "lax", "auto"):
         chex.assert_trees_all_equal(_Joint(features, kernel, strides, in_channels=in_channels, impl=impl)
-                                    .init(jax.random.key(1), x), v)
+                                    .init(jax.random.key(1), x), joint(v))
     v = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape), v)
     r = jax.random.normal(jax.random.key(4), separate.apply(v, x, mutable=["batch_stats"])[0].shape)
-    want = _loss_and_grads(separate, v, x, r)
+    (loss, (y, updates)), (grad_v, grad_x) = _loss_and_grads(separate, v, x, r)
+    want = (loss, (y, joint(updates))), (joint(grad_v), grad_x)
     for impl in ("matmul", "lax"):
-        got = _loss_and_grads(_Joint(features, kernel, strides, in_channels=in_channels, impl=impl), v, x, r)
+        got = _loss_and_grads(_Joint(features, kernel, strides, in_channels=in_channels, impl=impl), joint(v), x, r)
         # The folded kernel gradient's float32 error scales with its largest entry (tests/ops/test_batch_norm.py).
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-5 * float(jnp.max(jnp.abs(b)))),
                      got, want)
     inference = _Joint(features, kernel, strides, train=False, in_channels=in_channels)
-    chex.assert_trees_all_close(inference.apply(v, x), _Separate(features, kernel, strides, train=False,
+    chex.assert_trees_all_close(inference.apply(joint(v), x), _Separate(features, kernel, strides, train=False,
                                                                   in_channels=in_channels).apply(v, x),
                                 rtol=1e-5, atol=1e-5)
 

@@ -135,7 +135,7 @@ def test_zero_init_residual_starts_residual_blocks_as_identity(name):
         assert all(np.all((v == 0) | (v == 1)) for v in scales)
     assert zeroed[False] == []
     if name == "mobilenet_v3_small":
-        residual = [f"block{i}/project_bn" for i, spec in enumerate(mobilenet_v3.SMALL_BLOCKS)
+        residual = [f"block{i}/project/project_bn" for i, spec in enumerate(mobilenet_v3.SMALL_BLOCKS)
                     if i > 0 and spec.stride == 1 and spec.out == mobilenet_v3.SMALL_BLOCKS[i - 1].out]
         assert zeroed[True] == sorted(residual) and len(residual) == 6
     else:

@@ -41,7 +41,7 @@ def test_layer_order_covers_every_variable():
     kinds = [s.kind for s in slots]
     assert kinds.count("depthwise_conv2d") == 11
     assert kinds.count("batch_normalization") == 34
-    assert slots[0].path == ("stem_conv",) and slots[-1].path == ("last_bn",)
+    assert slots[0].path == ("stem_conv",) and slots[-1].path == ("last_conv", "last_bn")
 
 
 def test_not_hdf5_is_a_clear_error(tmp_path):

@@ -85,7 +85,8 @@ def test_negative_zero_survives(setup):
 def test_phase2_top_groups_only(setup):
     model, variables, batch = setup
     groups = optim.backbone_groups(variables["params"]["backbone"])
-    assert groups[0] == ["stem_bn", "stem_conv"] and groups[-1] == ["last_bn", "last_conv"]
+    # A ConvBN keeps its BatchNorm under its own name: the stem and the last convolution are one group each.
+    assert groups[0] == ["stem_conv"] and groups[-1] == ["last_conv"]
     assert [g[0] for g in groups[1:-1]] == [f"block{i}" for i in range(11)]
     state, _ = run_steps(model, variables, batch, phase=2, unfreeze=2)
     for name, old in variables["params"]["backbone"].items():
@@ -107,7 +108,8 @@ def test_phase2_all_and_bn_mode(setup):
     chex.assert_trees_all_equal(state.batch_stats["backbone"], variables["batch_stats"]["backbone"])
     state, _ = run_steps(model, variables, batch, phase=2, steps=1, backbone_train=True)
     assert not np.array_equal(
-        state.batch_stats["backbone"]["stem_bn"]["mean"], variables["batch_stats"]["backbone"]["stem_bn"]["mean"]
+        state.batch_stats["backbone"]["stem_conv"]["stem_bn"]["mean"],
+        variables["batch_stats"]["backbone"]["stem_conv"]["stem_bn"]["mean"]
     )
 
 
