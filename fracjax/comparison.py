@@ -11,11 +11,12 @@ where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,51 +27,73 @@ from fracjax.evaluation import figures, stats
 from fracjax.evaluation import report as report_lib
 from fracjax.inference import Classifier
 from fracjax.train import fit, make_config
+from fracjax.train.config import HEADS, at_least, check_fields, option, positive, seed_range
 
 PAPER_MODELS = ("mobilenet_v3_small", "resnet50", "vgg16", "densenet121")
 BUDGET_ONLY = 10_000  # early-stopping patience (epochs) that leaves stopping to the budget
 
 
+def _model_and_weights(text: str) -> Tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected MODEL=PATH, got {text!r}")
+    model, path = text.split("=", 1)
+    return model, path
+
+
+def _count_or_all(text: str) -> Optional[int]:
+    return int(text) or None  # 0: all
+
+
+def _minutes_or_none(text: str) -> Optional[float]:
+    return float(text) or None  # 0: no budget
+
+
 @dataclasses.dataclass
 class ComparisonConfig:
-    models: Sequence[str] = PAPER_MODELS
-    out: str = os.path.join("runs", "comparison")
+    """The comparison's options, declared once (their flags, help and checks
+    are made from these declarations, as training's are)."""
+
+    models: Sequence[str] = option(PAPER_MODELS, "models to train and compare", nargs="+",
+                                   choices=tuple(fracjax.models.available()), metavar="MODEL")
+    out: str = option(os.path.join("runs", "comparison"), "comparison folder", metavar="DIR")
     # Shared by every model: the same data, head and budget.
-    dataset: str = "synthetic_fracture"
-    data_dir: Optional[str] = None
-    manual_dir: Optional[str] = None
-    head: str = "hybrid"
-    image_size: Optional[int] = 96
-    train_examples: Optional[int] = 2000
+    dataset: str = option("synthetic_fracture", "TFDS name (synthetic_fracture, fracture_xray[/config])")
+    data_dir: Optional[str] = option(None, "TFDS data_dir", metavar="DIR")
+    manual_dir: Optional[str] = option(None, "the Kaggle download (fracture_xray)", metavar="DIR")
+    head: str = option("hybrid", "the head on every backbone", choices=HEADS)
+    image_size: Optional[int] = option(96, "train and test at this size", check=at_least(32))
+    train_examples: Optional[int] = option(2000, "use the first N training examples (0: all)", check=at_least(1),
+                                           parse=_count_or_all, metavar="N")
     # The same training-time budget for every model (minutes of steps;
     # compiling and evaluation not counted): each trains phase 1, then phase 2
     # until the budget is spent, with reduce-on-plateau (patience 3) instead of
     # a cosine schedule (whose length would depend on the model's speed) and
     # no early stopping (from scratch, learning starts after a few hundred
     # steps of flat validation AUROC). None: the epoch counts below, cosine.
-    budget_minutes: Optional[float] = 5.0
-    phase1_epochs: int = 1
-    phase2_epochs: int = 40  # an upper bound under a budget
-    batch_size: int = 32
-    seed: int = 0
-    audit: Optional[str] = None
-    bootstrap: int = 1000
+    budget_minutes: Optional[float] = option(5.0, "the same training time for every model (0: no budget; train the "
+                                             "epochs below)", check=positive, parse=_minutes_or_none)
+    phase1_epochs: int = option(1, "epochs with the backbone frozen", check=at_least(0))
+    phase2_epochs: int = option(40, "fine-tuning epochs (an upper bound under a budget)", check=at_least(0))
+    batch_size: int = option(32, "global batch size", check=at_least(1))
+    seed: int = option(0, "seed of every model's run", check=seed_range)
+    audit: Optional[str] = option(None, "leakage audit JSON (fracjax audit --clean-test): clean-test columns",
+                                  metavar="FILE")
+    bootstrap: int = option(1000, "bootstrap resamples for the intervals", check=at_least(0))
     # Per model: {model: Keras weights file}; a pretrained model fine-tunes
     # with ``pretrained_phase2_lr`` (Keras guidance) instead of the default.
-    pretrained: Dict[str, str] = dataclasses.field(default_factory=dict)
-    pretrained_phase2_lr: float = 1e-5
-    progress: bool = False
-    latency_repeats: int = 20
+    pretrained: Dict[str, str] = option({}, "Keras ImageNet weights of one model's backbone: a file or 'imagenet' "
+                                        "(repeat per model)", parse=_model_and_weights, append=dict,
+                                        metavar="MODEL=PATH")
+    pretrained_phase2_lr: float = option(1e-5, "phase 2 learning rate of pretrained models", check=positive)
+    progress: bool = option(False, "progress bars while training")
+    latency_repeats: int = option(20, "one-image latency: the median of this many runs", check=at_least(1),
+                                  cli=False)
 
     def validate(self) -> "ComparisonConfig":
-        known = fracjax.models.available()
+        """Each option's declared checks, then those across options; ValueError names the flag."""
+        check_fields(self)
         if not self.models:
             raise ValueError("--models: name at least one model")
-        for name in self.models:
-            if name not in known:
-                raise ValueError(f"--models: unknown model {name!r}; choose from {known}")
-        if self.budget_minutes is not None and not 0 < self.budget_minutes < float("inf"):
-            raise ValueError(f"--budget-minutes: must be a positive number, got {self.budget_minutes}")
         if len(set(self.models)) != len(self.models):
             raise ValueError(f"--models: a model is named twice in {list(self.models)}")
         for name, path in self.pretrained.items():

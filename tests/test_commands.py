@@ -1,6 +1,7 @@
 """fracjax evaluate and compare as commands: the same numbers as
 fracjax.evaluate, and every refusal before any data preparation."""
 
+import argparse
 import json
 
 import pytest
@@ -75,6 +76,21 @@ def test_compare_is_a_subcommand_and_checks_its_models_first(capsys):
     with pytest.raises(SystemExit):
         compare.main(["--models", "alexnet"])
     assert "invalid choice: 'alexnet'" in capsys.readouterr().err
+    # The flags come from the comparison's declarations, parsed as the config takes them.
+    from fracjax.comparison import ComparisonConfig
+    from fracjax.train.cli import add_options, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, ComparisonConfig)
+    args = parser.parse_args(["--models", "vgg16", "resnet50", "--train-examples", "0", "--budget-minutes", "0",
+                              "--pretrained", "vgg16=imagenet", "--pretrained", "resnet50=w.h5", "--progress"])
+    config = ComparisonConfig(**options_from_args(args, ComparisonConfig))
+    assert config.models == ("vgg16", "resnet50") and config.train_examples is None and config.budget_minutes is None
+    assert config.pretrained == {"vgg16": "imagenet", "resnet50": "w.h5"} and config.progress
+    assert ComparisonConfig(**options_from_args(parser.parse_args([]), ComparisonConfig)) == ComparisonConfig()
+    with pytest.raises(SystemExit):
+        compare.main(["--image-size", "8"])
+    assert "--image-size: must be >= 32" in capsys.readouterr().err
     assert cli.SUBCOMMANDS["compare"][0] == "fracjax.commands.compare"
     assert all(name in cli.usage() for name in ("evaluate", "compare", "serve", "export"))
 

@@ -72,9 +72,13 @@ def test_a_budget_replaces_the_schedule_and_early_stopping():
 
 
 def test_bad_configs_are_named(tmp_path):
-    with pytest.raises(ValueError, match="unknown model 'mobilenet'"):
+    with pytest.raises(ValueError, match=r"--models: must be one of \(.*\), got 'mobilenet'"):
         ComparisonConfig(models=("mobilenet",)).validate()
     with pytest.raises(ValueError, match="resnet50=.*not among --models"):
         ComparisonConfig(models=("vgg16",), pretrained={"resnet50": str(tmp_path)}).validate()
     with pytest.raises(ValueError, match="no such file"):
         ComparisonConfig(models=("vgg16",), pretrained={"vgg16": str(tmp_path / "w.h5")}).validate()
+    with pytest.raises(ValueError, match=r"--image-size: must be >= 32"):
+        ComparisonConfig(image_size=8).validate()
+    with pytest.raises(ValueError, match=r"--budget-minutes: must be > 0"):
+        ComparisonConfig(budget_minutes=-1.0).validate()

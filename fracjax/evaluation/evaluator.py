@@ -352,7 +352,6 @@ def _study_rows(fields, labels, probabilities, how: str, cluster: Optional[str],
     return {"how": how, "n": len(first), "images": int(len(labels)), "by": by}
 
 
-LOCALISATION_METHODS = ("gradcam", "gradcam++")
 POINTING_TOLERANCE_224 = 15.0  # pixels at 224 px (Zhang et al.'s pointing game), scaled to the model's size
 
 
@@ -363,7 +362,7 @@ def _localisation(classifier, images, boxes, predicted, labels, samples: int, le
 
     chosen = [i for i in range(len(labels)) if labels[i] == 1 and predicted[i] and np.size(boxes[i])]
     out = {}
-    for method in LOCALISATION_METHODS:
+    for method in gradcam.METHODS:
         maps = (
             gradcam.explain_in_chunks(classifier, [images[i] for i in chosen], method=method)["maps"] if chosen else []
         )

@@ -62,12 +62,28 @@ def _add_option(group, section_cls, f: dataclasses.Field, name: str) -> None:
             group.add_argument(flag, dest=name, action="store_true", default=False, help=meta["help"])
         return
     kwargs: dict = dict(dest=name, default=f.default, help=_help(f), metavar=meta.get("metavar"))
-    if meta.get("spellings"):
+    if meta.get("append"):
+        kwargs.update(action="append", default=[], type=meta["parse"], help=meta["help"])
+    elif meta.get("spellings"):
         kwargs.update(choices=list(meta["spellings"]), type=str, default=_default_word(f), metavar=None)
     else:
         kwargs.update(type=meta.get("parse") or _value_type(section_cls, f), choices=meta.get("choices"),
                       nargs=meta.get("nargs"))
     group.add_argument(flag, **kwargs)
+
+
+def add_options(parser, options_cls) -> None:
+    """One flag per option declared on ``options_cls`` (a dataclass of
+    :func:`~fracjax.train.config.option` fields), as training's own are made."""
+    for f in dataclasses.fields(options_cls):
+        if "help" in f.metadata and f.metadata.get("cli", True):
+            _add_option(parser, options_cls, f, f.name)
+
+
+def options_from_args(args: argparse.Namespace, options_cls) -> dict:
+    """The values of ``options_cls``'s options that ``args`` holds, as the fields take them."""
+    given = vars(args)
+    return {f.name: _from_text(f, given[f.name]) for f in dataclasses.fields(options_cls) if f.name in given}
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
@@ -84,6 +100,8 @@ def _from_text(f: dataclasses.Field, value: Any) -> Any:
     spellings = f.metadata.get("spellings")
     if spellings:
         return spellings[value]
+    if f.metadata.get("append"):
+        return f.metadata["append"](value)
     if f.metadata.get("nargs") and value is not None:
         return tuple(value)
     return value

@@ -24,11 +24,15 @@ import jax.numpy as jnp
 
 import fracjax
 from fracjax.models import pretrained as pretrained_weights
+from fracjax.models import registry
+from fracjax.train import parallel
 
-PARALLEL_MODES = ("jit", "pmap")
 SCHEDULES = ("cosine", "plateau")
 DTYPES = ("float32", "bfloat16")
-HEADS = ("hybrid", "linear")
+# The choices of the options below are the library's own constants (one spelling each): the heads
+# fracjax.models.create builds (None, a bare backbone, is Python-only), the parallel modes of
+# fracjax.train.parallel.
+HEADS = tuple(h for h in registry.HEADS if h is not None)
 
 Check = Callable[[Any], Optional[str]]  # a value -> what is wrong with it, or None
 
@@ -97,7 +101,7 @@ def _type_problem(annotation: str, value) -> Optional[str]:
     """What is wrong with ``value``'s type for a field annotated ``annotation``
     (a string: this module's annotations are postponed); None: fine."""
     kinds = set(re.findall(r"\b(int|float|bool|str)\b", annotation))
-    if "Tuple" in annotation or kinds == {"str", "int"}:
+    if any(kind in annotation for kind in ("Tuple", "Sequence", "Dict")) or kinds == {"str", "int"}:
         return None  # the field's own check decides
     if kinds == {"float"} and not _is_number(value):
         return f"must be a number, got {value!r}"
@@ -118,7 +122,8 @@ def _type_problem(annotation: str, value) -> Optional[str]:
 def option(default, help: str, *, check: Optional[Check] = None, choices=None, flag: Optional[str] = None,
            metavar: Optional[str] = None, default_text: Optional[str] = None, nargs: Optional[int] = None,
            parse: Optional[Callable[[str], Any]] = None, spellings: Optional[Dict[str, Any]] = None,
-           switch: Optional[str] = None, cli: bool = True, resume_key: bool = False):
+           switch: Optional[str] = None, cli: bool = True, resume_key: bool = False,
+           append: Optional[Callable[[list], Any]] = None):
     """A config field and everything said about it.
 
     ``check``: a value -> error text (None values skip it). ``choices``: the
@@ -130,10 +135,14 @@ def option(default, help: str, *, check: Optional[Check] = None, choices=None, f
     boolean that defaults to True. ``cli=False``: Python only.
     ``resume_key``: a resumed run must have the value of the run it continues
     (the model, the data, everything that decides the order of steps).
+    ``append``: a flag given once per item (``--pretrained A=x --pretrained
+    B=y``), each parsed by ``parse``; this makes the field's value of the list.
     """
     metadata = dict(help=help, check=check, choices=choices, flag=flag, metavar=metavar, default_text=default_text,
                     nargs=nargs, parse=parse, spellings=spellings, switch=switch, cli=cli,
-                    resume_key=resume_key)
+                    resume_key=resume_key, append=append)
+    if isinstance(default, (dict, list)):  # each instance its own copy
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -290,7 +299,7 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     parallel: str = option("jit", "jit: one program over a device mesh (NamedSharding); pmap: the step "
-                           "written per device (jax.shard_map over the same mesh)", choices=PARALLEL_MODES)
+                           "written per device (jax.shard_map over the same mesh)", choices=parallel.MODES)
     seed: int = option(
         0, "seed of the initialisation, data order, augmentation and dropout", check=seed_range, resume_key=True
     )
@@ -432,6 +441,17 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--{flag}: {problem}")
 
 
+def check_fields(options) -> None:
+    """The declared checks of every option of one options dataclass (a
+    section, or a command's own, such as the comparison's); the first failure
+    raises ValueError naming its flag."""
+    for f in dataclasses.fields(options):
+        if "help" in f.metadata:
+            problem = _field_problem(f, getattr(options, f.name))
+            if problem:
+                raise ValueError(f"{flag_of(f, f.name)}: {problem}")
+
+
 def _field_problem(f: dataclasses.Field, value) -> Optional[str]:
     if value is None:
         return None
@@ -439,8 +459,10 @@ def _field_problem(f: dataclasses.Field, value) -> Optional[str]:
     if wrong_type:
         return wrong_type
     choices = f.metadata.get("choices")
-    if choices is not None and value not in choices:
-        return one_of(choices)(value)
+    several = f.metadata.get("nargs") is not None and not isinstance(value, str)
+    for item in (value if several else [value]) if choices is not None else []:
+        if item not in choices:
+            return one_of(choices)(item)
     check = f.metadata.get("check")
     return check(value) if check else None
 
