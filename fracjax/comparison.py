@@ -27,7 +27,8 @@ from fracjax.evaluation import figures, stats
 from fracjax.evaluation import report as report_lib
 from fracjax.inference import Classifier
 from fracjax.train import fit, make_config
-from fracjax.train.config import HEADS, at_least, check_fields, option, positive, seed_range
+from fracjax.train.checks import at_least, positive, seed_range
+from fracjax.train.config import HEADS, check_fields, option
 
 PAPER_MODELS = ("mobilenet_v3_small", "resnet50", "vgg16", "densenet121")
 BUDGET_ONLY = 10_000  # early-stopping patience (epochs) that leaves stopping to the budget

@@ -22,7 +22,7 @@ def evaluated_run(tmp_path_factory):
     run = saved_run(tmp_path_factory.mktemp("warned") / "run", random_classifier(seed=5, batch_size=4))
     images, labels = synthetic.generate_arrays(12, "test", seed=0, config=synthetic.SyntheticConfig(size=32))
     done = evaluate_run(run, (images, labels), (images, labels), report=False, calibrate=False, bootstrap=100)
-    return run, done["result"].warnings(), images
+    return run, done.result.warnings(), images
 
 
 def test_the_evaluation_saves_its_warnings_beside_the_best_checkpoint(evaluated_run):

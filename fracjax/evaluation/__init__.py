@@ -7,9 +7,10 @@ self-contained HTML reports.
 """
 
 from fracjax.evaluation import stats  # noqa: F401
+from fracjax.evaluation.calibration import calibrate
 from fracjax.evaluation.evaluator import (
     EvaluationResult,
-    calibrate,
+    RunEvaluation,
     calibrate_checkpoint,
     clean_filenames,
     evaluate,
@@ -20,6 +21,7 @@ from fracjax.evaluation.gradcam import DEFAULT_LAYER, LayerNotFoundError, grad_c
 __all__ = [
     "DEFAULT_LAYER",
     "EvaluationResult",
+    "RunEvaluation",
     "LayerNotFoundError",
     "calibrate",
     "calibrate_checkpoint",

@@ -16,7 +16,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from fracjax.checkpoint import find_model_checkpoint, write_calibration, write_run_warnings
-from fracjax.evaluation import detector, localisation, stats, studies
+from fracjax.evaluation import detector, localisation, stats, studies, tables
+from fracjax.evaluation.calibration import calibrate
 from fracjax.evaluation.report import run_report
 from fracjax.inference import Classifier
 from fracjax.metrics import bce_from_logits, probabilities_from_logits
@@ -82,41 +83,9 @@ class EvaluationResult:
 
     def table(self, digits: int = 3) -> str:
         """A markdown table: metric | this split [| clean subset], values with
-        their bootstrap intervals; warnings above it."""
-        columns = [(f"{self.split} (n={self.metrics['n']})", self.metrics)]
-        if self.clean is not None:
-            columns.append((f"clean {self.split} (n={self.clean['n']})", self.clean))
-        head = "| metric | " + " | ".join(name for name, _ in columns) + " |"
-        rows = [f"WARNING: {w}" for w in self.warnings()]
-        rows += [head, "|" + "---|" * (len(columns) + 1)]
-        for key, label in stats.TABLE_ROWS:
-            cells = [stats.format_interval(m.get(key), m.get("intervals", {}).get(key), digits) for _, m in columns]
-            rows.append(f"| {label} | " + " | ".join(cells) + " |")
-        level = int(round(100 * self.metrics.get("interval_level", 0.95)))
-        interval = (
-            f"[..] = {level}% bootstrap interval" if self.metrics.get("intervals") else "no intervals (bootstrap=0)"
-        )
-        if self.cluster and self.metrics.get("intervals"):
-            interval += f" resampling {self.cluster}s (cluster bootstrap)"
-        rows.append(f"\nthreshold {stats.format_thresholds([self.threshold])[0]}; {interval}")
-        for title, header, body in self.extra_tables(digits):
-            rows += [f"\n{title}", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            rows += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(rows)
-
-    def extra_tables(self, digits: int = 3):
-        """(title, header, rows) of the per-subgroup, study-level and
-        localisation tables this result has (the report shows the same)."""
-        out = []
-        if self.subgroups:
-            out.append(("by body part", *studies.summary_table(self.subgroups, digits)))
-        if self.studies and "by" in self.studies:
-            out.append((f"study level ({self.studies['how']} of each study's image probabilities)",
-                        *studies.summary_table(self.studies["by"], digits)))
-        if self.localisation:
-            out.append(("does the saliency map point at the fracture? (true positives with boxes)",
-                        *localisation.summary_table(self.localisation, digits)))
-        return out
+        their intervals, warnings above it, then the extra tables
+        (:func:`fracjax.evaluation.tables.markdown`)."""
+        return tables.markdown(self, digits)
 
 
 def clean_filenames(audit: Any, split: str = "test") -> Optional[set]:
@@ -251,44 +220,63 @@ def evaluate(
         raise ValueError(f"study_aggregate must be one of {studies.AGGREGATES}, got {study_aggregate!r}")
     if isinstance(classifier, (str, os.PathLike)):
         classifier = Classifier.from_checkpoint(classifier)
+    threshold = _decision_threshold(classifier, threshold)
+    images, labels, filenames, fields = _examples(data, split, data_dir)
+    if len(labels) == 0:
+        raise ValueError(f"split {split!r} holds no examples")
+    cluster = _cluster_field(fields, cluster_by)  # before the model runs: a wrong cluster_by is refused first
+    images = list(images)
+    logits = classifier.logits(images).astype(np.float64)
+    result, metrics_of = _scored(classifier, split, labels, logits, filenames, fields, cluster, threshold,
+                                 calibrated, dict(samples=bootstrap, level=level, seed=seed))
+    _add_clean(result, audit, split, metrics_of)
+    _add_groups_and_studies(result, study_aggregate, dict(threshold=threshold, samples=bootstrap, seed=seed))
+    if localise and _known(fields, "boxes", empty_ok=True):
+        result.localisation = _localisation(classifier, images, fields["boxes"], result.probabilities >= threshold,
+                                            labels, samples=bootstrap, level=level, seed=seed)
+    return result
+
+
+def _decision_threshold(classifier, threshold: Union[None, float, str]) -> float:
+    """A number, a named operating point of the checkpoint, or None: the saved threshold; in (0, 1]."""
     if isinstance(threshold, str):
         threshold = classifier.threshold_for(threshold)
     elif threshold is None:
         threshold = classifier.threshold
     if not 0.0 < float(threshold) < 1.0 + 1e-9:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    images, labels, filenames, fields = _examples(data, split, data_dir)
-    if len(labels) == 0:
-        raise ValueError(f"split {split!r} holds no examples")
-    cluster = _cluster_field(fields, cluster_by)  # before the model runs: a wrong cluster_by is refused first
-    groups = np.asarray(_ids(fields[cluster]), dtype=object) if cluster else None
-    images = list(images)
-    logits = classifier.logits(images).astype(np.float64)
+    return float(threshold)
+
+
+def _scored(classifier, split, labels, logits, filenames, fields, cluster, threshold, calibrated, interval):
+    """The result of one split's logits (its metrics with intervals), and the
+    function that gives the same metrics for a subset (``interval``: the
+    bootstrap's samples, level and seed)."""
     temperature = classifier.temperature if calibrated else 1.0
+    groups = np.asarray(_ids(fields[cluster]), dtype=object) if cluster else None
 
     def metrics_of(mask):
         return stats.metrics_with_intervals(
-            labels[mask], probabilities_from_logits(logits[mask], temperature), float(threshold), samples=bootstrap,
-            level=level, seed=seed, scores=logits[mask], loss=bce_from_logits(labels[mask], logits[mask]),
-            groups=None if groups is None else groups[mask])
+            labels[mask], probabilities_from_logits(logits[mask], temperature), threshold, scores=logits[mask],
+            loss=bce_from_logits(labels[mask], logits[mask]), groups=None if groups is None else groups[mask],
+            **interval)
 
     everything = np.ones(len(labels), bool)
-    probabilities = probabilities_from_logits(logits, temperature)
-    result = EvaluationResult(split, labels, probabilities, filenames,
-                              float(threshold), metrics_of(everything), calibrated=temperature != 1.0,
-                              logits=logits, calibration=classifier.calibration or None, fields=fields,
-                              cluster=cluster)
-    _add_clean(result, audit, split, metrics_of)
-    options = dict(threshold=float(threshold), samples=bootstrap, seed=seed)
+    result = EvaluationResult(split, labels, probabilities_from_logits(logits, temperature), filenames, threshold,
+                              metrics_of(everything), calibrated=temperature != 1.0, logits=logits,
+                              calibration=classifier.calibration or None, fields=fields, cluster=cluster)
+    return result, metrics_of
+
+
+def _add_groups_and_studies(result: EvaluationResult, study_aggregate: str, options: Dict[str, Any]) -> None:
+    """Rows per body part and study-level metrics, where the data set knows them."""
+    fields, labels, probabilities = result.fields, result.labels, result.probabilities
+    groups = np.asarray(_ids(fields[result.cluster]), dtype=object) if result.cluster else None
     if _known(fields, "body_part"):
         parts = [str(p) or "unknown" for p in fields["body_part"]]
         result.subgroups = studies.subgroup_metrics(parts, labels, probabilities, groups=groups, **options)
     if _known(fields, "study"):
-        result.studies = _study_rows(fields, labels, probabilities, study_aggregate, cluster, options)
-    if localise and _known(fields, "boxes", empty_ok=True):
-        result.localisation = _localisation(classifier, images, fields["boxes"], probabilities >= threshold, labels,
-                                            samples=bootstrap, level=level, seed=seed)
-    return result
+        result.studies = _study_rows(fields, labels, probabilities, study_aggregate, result.cluster, options)
 
 
 def _ids(values: Sequence) -> List[str]:
@@ -372,41 +360,6 @@ def _localisation(classifier, images, boxes, predicted, labels, samples: int, le
     return out
 
 
-def calibrate(labels, logits, sensitivities: Sequence[float] = (0.9, 0.95), bins: int = 10) -> Dict[str, Any]:
-    """Temperature and operating points fitted on one split (validation):
-    ``{"temperature", "temperature_at_bound", "operating_points" (on
-    calibrated probabilities), "ece_before", "ece_after", "auroc",
-    "auroc_interval", "fitted_on"}``."""
-    labels = np.asarray(labels).astype(np.int64)
-    logits = np.asarray(logits, np.float64)
-    temperature = stats.fit_temperature(labels, logits)
-    raw = probabilities_from_logits(logits)
-    # The same float64 conversion Classifier.predict uses: a threshold equal to
-    # a positive's probability compares equal when applied.
-    calibrated = probabilities_from_logits(logits, temperature)
-    points: Dict[str, float] = {}
-    both = 0 < labels.sum() < labels.size
-    at_points: Dict[str, Dict[str, float]] = {}
-    if both:
-        points = stats.operating_points(labels, calibrated, sensitivities)
-        at_points = {
-            name: {key: stats.binary_metrics(labels, calibrated, t)[key] for key in ("sensitivity", "specificity")}
-            for name, t in points.items()
-        }
-    interval = stats.bootstrap_intervals(labels, raw, metrics=("auroc",), samples=500, scores=logits)["auroc"]
-    return {
-        "temperature": float(temperature),
-        "temperature_at_bound": stats.temperature_at_bound(temperature),
-        "operating_points": points,
-        "operating_point_metrics": at_points,  # each point's sensitivity and specificity on the fitted split
-        "ece_before": stats.expected_calibration_error(labels, raw, bins),
-        "ece_after": stats.expected_calibration_error(labels, calibrated, bins),
-        "auroc": float(stats.binary_metrics(labels, raw, scores=logits)["auroc"]) if both else float("nan"),
-        "auroc_interval": list(interval),
-        "fitted_on": {"examples": int(labels.size), "positives": int(labels.sum())},
-    }
-
-
 def calibrate_checkpoint(path: str, data, split: str = "validation", data_dir: Optional[str] = None,
                          which: str = "best", classifier=None, **kwargs) -> Dict[str, Any]:
     """Fit temperature scaling and operating points on ``split`` (validation)
@@ -425,6 +378,16 @@ def calibrate_checkpoint(path: str, data, split: str = "validation", data_dir: O
     return calibration
 
 
+@dataclasses.dataclass(frozen=True)
+class RunEvaluation:
+    """What :func:`evaluate_run` did at the end of a run."""
+
+    result: EvaluationResult  # the test split's
+    calibration: Optional[Dict[str, Any]]  # temperature and operating points fitted on validation, or None
+    classifier: Classifier  # the best checkpoint, restored as users restore it
+    report: Optional[str]  # report.html's path, or None
+
+
 def evaluate_run(
     run_dir: str,
     validation,
@@ -439,7 +402,7 @@ def evaluate_run(
     gradcam_per_group: int = 4,
     log=None,
     train=None,
-) -> Dict[str, Any]:
+) -> RunEvaluation:
     """The end of a run, through the same ``Classifier`` that users restore
     (so its numbers are the ones ``fracjax.evaluate`` gives): fit temperature
     scaling and operating points on ``validation`` (saved in the best
@@ -448,8 +411,7 @@ def evaluate_run(
     and measure it against the probe set, evaluate ``test`` with intervals
     (and clean test, given an audit), write ``evaluation.json`` and, with
     ``report``, ``report.html``. ``validation``/``test``/``train``: sources or
-    (images, labels[, filenames]). ``log``: called with a line per stage.
-    Returns {"result", "calibration", "classifier", "report"}."""
+    (images, labels[, filenames]). ``log``: called with a line per stage."""
 
     say = log or (lambda message: None)
     # One restore and one compiled forward for calibration, test and Grad-CAM.
@@ -492,7 +454,7 @@ def evaluate_run(
         path = run_report(run_dir, classifier, result, history=history, images=np.stack(images),
                           raw_probabilities=probabilities_from_logits(result.logits), calibration=calibration,
                           gradcam_per_group=gradcam_per_group)
-    return {"result": result, "calibration": calibration, "classifier": classifier, "report": path}
+    return RunEvaluation(result=result, calibration=calibration, classifier=classifier, report=path)
 
 
 def fit_run_detector(classifier, train, validation, seed: int = 0):

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fracjax.evaluation import figures, gradcam, stats
+from fracjax.evaluation import figures, gradcam, stats, tables
 from fracjax.metrics import binary_metrics
 
 STYLE = """
@@ -194,7 +194,7 @@ def extra_sections(result) -> List[str]:
     """Per body part, study-level and localisation tables, as
     ``EvaluationResult.table`` gives them; a note where boxes are missing."""
     out = []
-    for title, header, rows in result.extra_tables():
+    for title, header, rows in tables.extra_tables(result):
         out.append(f"<h2>{html.escape(title[0].upper() + title[1:])}</h2>" + html_table(header, rows))
     if result.localisation:
         out.append("<p class='note'>Pointing game: a hit when the map's maximum lies in a fracture box; energy "

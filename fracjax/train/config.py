@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import os
-import re
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import jax.numpy as jnp
@@ -26,6 +24,18 @@ import fracjax
 from fracjax.models import pretrained as pretrained_weights
 from fracjax.models import registry
 from fracjax.train import parallel
+from fracjax.train.checks import (
+    Check,
+    at_least,
+    existing_file,
+    fraction,
+    is_number,
+    one_of,
+    open_fraction,
+    positive,
+    seed_range,
+    type_problem,
+)
 
 SCHEDULES = ("cosine", "plateau")
 DTYPES = ("float32", "bfloat16")
@@ -34,42 +44,7 @@ DTYPES = ("float32", "bfloat16")
 # fracjax.train.parallel.
 HEADS = tuple(h for h in registry.HEADS if h is not None)
 
-Check = Callable[[Any], Optional[str]]  # a value -> what is wrong with it, or None
-
-
 # -- checks ------------------------------------------------------------------
-
-
-def at_least(low) -> Check:
-    return lambda v: None if low <= v < math.inf else f"must be >= {low} and finite, got {v}"
-
-
-def positive(v) -> Optional[str]:
-    return None if 0 < v < math.inf else f"must be > 0 and finite, got {v}"
-
-
-def open_fraction(v) -> Optional[str]:
-    return None if 0.0 < v < 1.0 else f"must be in (0, 1), got {v}"
-
-
-SEED_RANGE = (0, 2**32 - 1)  # what jax.random.key and numpy's generators take
-
-
-def seed_range(v) -> Optional[str]:
-    low, high = SEED_RANGE
-    return None if low <= v <= high else f"must be an integer in [{low}, {high}], got {v}"
-
-
-def fraction(v) -> Optional[str]:
-    return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
-
-
-def one_of(choices) -> Check:
-    return lambda v: None if v in choices else f"must be one of {tuple(choices)}, got {v!r}"
-
-
-def existing_file(v) -> Optional[str]:
-    return None if os.path.isfile(v) else f"no such file: {v}"
 
 
 def _known_model(v) -> Optional[str]:
@@ -83,7 +58,7 @@ def _unfreeze(v) -> Optional[str]:
 
 
 def _class_weights(v) -> Optional[str]:
-    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(w) and 0 < w < math.inf for w in v)
+    ok = isinstance(v, (tuple, list)) and len(v) == 2 and all(is_number(w) and 0 < w < math.inf for w in v)
     return None if ok else f"must be two positive finite numbers, got {v}"
 
 
@@ -91,29 +66,6 @@ def _pretrained(v) -> Optional[str]:
     if v in pretrained_weights.WEIGHT_NAMES or os.path.isfile(v):
         return None
     return f"no such file: {v} (or 'imagenet' for Keras's ImageNet weights)"
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _type_problem(annotation: str, value) -> Optional[str]:
-    """What is wrong with ``value``'s type for a field annotated ``annotation``
-    (a string: this module's annotations are postponed); None: fine."""
-    kinds = set(re.findall(r"\b(int|float|bool|str)\b", annotation))
-    if any(kind in annotation for kind in ("Tuple", "Sequence", "Dict")) or kinds == {"str", "int"}:
-        return None  # the field's own check decides
-    if kinds == {"float"} and not _is_number(value):
-        return f"must be a number, got {value!r}"
-    if kinds == {"float"} and not math.isfinite(value):
-        return f"must be finite, got {value}"
-    if kinds == {"int"} and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
-        return f"must be an integer, got {value!r}"
-    if kinds == {"bool"} and not isinstance(value, bool):
-        return f"must be True or False, got {value!r}"
-    if kinds == {"str"} and not isinstance(value, str):
-        return f"must be text, got {value!r}"
-    return None
 
 
 # -- declarations --------------------------------------------------------------
@@ -455,7 +407,7 @@ def check_fields(options) -> None:
 def _field_problem(f: dataclasses.Field, value) -> Optional[str]:
     if value is None:
         return None
-    wrong_type = _type_problem(str(f.type), value)
+    wrong_type = type_problem(str(f.type), value)
     if wrong_type:
         return wrong_type
     choices = f.metadata.get("choices")

@@ -84,12 +84,12 @@ def final_evaluation(ctx: RunContext, history) -> Dict[str, Any]:
     done = evaluate_run(ctx.run_dir, splits["validation"], splits["test"], audit=e.audit, history=history,
                         report=e.report, calibrate=e.report, bootstrap=e.bootstrap, seed=ctx.config.run.seed, log=say,
                         train=splits["train"])
-    result = done["result"]
+    result = done.result
     out: Dict[str, Any] = {"test": result.metrics, "warnings": result.warnings(), "ood": result.ood}
     if result.clean is not None:
         out["clean_test"] = result.clean
-    if done["calibration"] is not None:
-        out["calibration"] = done["calibration"]
-    if done["report"]:
-        say(f"report: {done['report']}")
+    if done.calibration is not None:
+        out["calibration"] = done.calibration
+    if done.report:
+        say(f"report: {done.report}")
     return jsonable(out)

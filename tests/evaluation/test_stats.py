@@ -178,7 +178,7 @@ def test_bad_inputs_are_named():
 
 
 def test_calibration_never_changes_ranking_metrics_of_a_chance_model():
-    from fracjax.evaluation.evaluator import calibrate
+    from fracjax.evaluation.calibration import calibrate
     from fracjax.metrics import probabilities_from_logits
 
     rng = np.random.default_rng(7)

@@ -5,6 +5,7 @@ process count; a killed process stopping the other."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,12 +82,16 @@ def _assert_same_model(a, b):
 
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
-    """An uninterrupted run in 1 process x 4 devices, and two runs stopped at step 2 and resumed to
-    step 4 on the other process count (2 processes x 2 devices, then 1 x 4; and the reverse)."""
+    """Three runs stopped at step 2 and resumed to step 4: on the same process count (1 process x 4
+    devices: the reference, as a resume on the same devices is bitwise the uninterrupted run, test_fit),
+    and on the other count (2 processes x 2 devices, then 1 x 4; and the reverse). The reverse's first
+    half is the reference's (a copy of its run folder at step 2): one launch fewer."""
     out = tmp_path_factory.mktemp("mp")
-    said = {"one": _run(_flags(data_dir, out, "one"), 1, 4)}
-    for name, first, then in (("two_then_one", (2, 2), (1, 4)), ("one_then_two", (1, 4), (2, 2))):
-        said[name] = _run(_flags(data_dir, out, name, "--max-steps", "2"), *first)
+    said = {"one": _run(_flags(data_dir, out, "one", "--max-steps", "2"), 1, 4)}
+    shutil.copytree(out / "one", out / "one_then_two")
+    said["one_then_two"] = list(said["one"])
+    said["two_then_one"] = _run(_flags(data_dir, out, "two_then_one", "--max-steps", "2"), 2, 2)
+    for name, then in (("one", (1, 4)), ("two_then_one", (1, 4)), ("one_then_two", (2, 2))):
         said[name] += _run(_flags(data_dir, out, name, "--max-steps", "4", "--resume"), *then)
     return out, said
 

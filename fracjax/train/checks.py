@@ -1,0 +1,68 @@
+"""Checks of option values: each takes a value and says what is wrong with it
+(None: fine). The options of training (:mod:`fracjax.train.config`) and of
+the comparison (:mod:`fracjax.comparison`) declare theirs from these."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from typing import Any, Callable, Optional
+
+Check = Callable[[Any], Optional[str]]  # a value -> what is wrong with it, or None
+
+
+def at_least(low) -> Check:
+    return lambda v: None if low <= v < math.inf else f"must be >= {low} and finite, got {v}"
+
+
+def positive(v) -> Optional[str]:
+    return None if 0 < v < math.inf else f"must be > 0 and finite, got {v}"
+
+
+def open_fraction(v) -> Optional[str]:
+    return None if 0.0 < v < 1.0 else f"must be in (0, 1), got {v}"
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what jax.random.key and numpy's generators take
+
+
+def seed_range(v) -> Optional[str]:
+    low, high = SEED_RANGE
+    return None if low <= v <= high else f"must be an integer in [{low}, {high}], got {v}"
+
+
+def fraction(v) -> Optional[str]:
+    return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
+
+
+def one_of(choices) -> Check:
+    return lambda v: None if v in choices else f"must be one of {tuple(choices)}, got {v!r}"
+
+
+def existing_file(v) -> Optional[str]:
+    return None if os.path.isfile(v) else f"no such file: {v}"
+
+
+def is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def type_problem(annotation: str, value) -> Optional[str]:
+    """What is wrong with ``value``'s type for a field annotated ``annotation``
+    (a string: annotations are postponed); None: fine."""
+    kinds = set(re.findall(r"\b(int|float|bool|str)\b", annotation))
+    if any(kind in annotation for kind in ("Tuple", "Sequence", "Dict")) or kinds == {"str", "int"}:
+        return None  # the field's own check decides
+    if kinds == {"float"} and not is_number(value):
+        return f"must be a number, got {value!r}"
+    if kinds == {"float"} and not math.isfinite(value):
+        return f"must be finite, got {value}"
+    if kinds == {"int"} and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+        return f"must be an integer, got {value!r}"
+    if kinds == {"bool"} and not isinstance(value, bool):
+        return f"must be True or False, got {value!r}"
+    if kinds == {"str"} and not isinstance(value, str):
+        return f"must be text, got {value!r}"
+    return None
