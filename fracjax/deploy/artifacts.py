@@ -123,8 +123,9 @@ class ExportedModel:
         if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, 1):
             raise ValueError(f"expected grey pixels (N, {self.image_size}, {self.image_size}[, 1]); got shape "
                              f"{np.shape(pixels)} (resize with fracjax.data.io.model_input first)")
-        outputs = self.run(x.astype(np.float32))
-        return dict(zip(OUTPUTS, (np.asarray(output) for output in outputs), strict=True))
+        outputs = [np.asarray(output) for output in self.run(x.astype(np.float32))]
+        # Two outputs, or three where the model has an OOD detector: the names of those it has.
+        return dict(zip(OUTPUTS[: len(outputs)], outputs, strict=True))
 
 
 def load(out_dir: Union[str, os.PathLike]) -> ExportedModel:
