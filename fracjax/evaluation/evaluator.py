@@ -253,7 +253,7 @@ def _scored(classifier, split, labels, logits, filenames, fields, cluster, thres
     function that gives the same metrics for a subset (``interval``: the
     bootstrap's samples, level and seed)."""
     temperature = classifier.temperature if calibrated else 1.0
-    groups = np.asarray(_ids(fields[cluster]), dtype=object) if cluster else None
+    groups = _cluster_groups(fields, cluster)
 
     def metrics_of(mask):
         return stats.metrics_with_intervals(
@@ -271,12 +271,17 @@ def _scored(classifier, split, labels, logits, filenames, fields, cluster, thres
 def _add_groups_and_studies(result: EvaluationResult, study_aggregate: str, options: Dict[str, Any]) -> None:
     """Rows per body part and study-level metrics, where the data set knows them."""
     fields, labels, probabilities = result.fields, result.labels, result.probabilities
-    groups = np.asarray(_ids(fields[result.cluster]), dtype=object) if result.cluster else None
+    groups = _cluster_groups(fields, result.cluster)
     if _known(fields, "body_part"):
         parts = [str(p) or "unknown" for p in fields["body_part"]]
         result.subgroups = studies.subgroup_metrics(parts, labels, probabilities, groups=groups, **options)
     if _known(fields, "study"):
         result.studies = _study_rows(fields, labels, probabilities, study_aggregate, result.cluster, options)
+
+
+def _cluster_groups(fields: Dict[str, list], cluster: Optional[str]) -> Optional[np.ndarray]:
+    """Each example's group id for the cluster bootstrap (None: resample images)."""
+    return np.asarray(_ids(fields[cluster]), dtype=object) if cluster else None
 
 
 def _ids(values: Sequence) -> List[str]:

@@ -411,10 +411,11 @@ def _field_problem(f: dataclasses.Field, value) -> Optional[str]:
     if wrong_type:
         return wrong_type
     choices = f.metadata.get("choices")
-    several = f.metadata.get("nargs") is not None and not isinstance(value, str)
-    for item in (value if several else [value]) if choices is not None else []:
-        if item not in choices:
-            return one_of(choices)(item)
+    if choices is not None:
+        several = f.metadata.get("nargs") is not None and not isinstance(value, str)  # each item is a choice
+        wrong = [item for item in (value if several else [value]) if item not in choices]
+        if wrong:
+            return one_of(choices)(wrong[0])
     check = f.metadata.get("check")
     return check(value) if check else None
 

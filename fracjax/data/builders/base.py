@@ -341,8 +341,8 @@ def empty_split_error(name: str, root: str, split: str, records: Sequence[Record
     if kind not in ("given", "published"):
         return ValueError(f"{name}: no examples for the {split} split in {root} ({len(records) - len(skipped)} "
                           "readable images): too few images to split")
-    own = [r.path for r in records if r.split == split]
-    first = next((s for s in skipped if s["path"] in set(own)), {"path": "-", "reason": "no files"})
+    own = {r.path for r in records if r.split == split}
+    first = next((s for s in skipped if s["path"] in own), {"path": "-", "reason": "no files"})
     return ValueError(f"{name}: none of the {len(own)} image file(s) of the {split} split in {root} is readable "
                       f"(the first, {first['path']}: {first['reason']})")
 
