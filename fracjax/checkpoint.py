@@ -2,8 +2,8 @@
 
 Two managers under ``<run>/checkpoints/``:
 
-* ``latest/``: for ``--resume``; items ``model`` (params + batch_stats),
-  ``train`` (the rest of the run's state: optimizer state, step, PRNG key,
+* ``latest/``: for ``--resume``; items ``state`` (the run's state as one
+  tree: ``model`` (params + batch_stats), optimizer state, step, PRNG key,
   progress) and ``meta`` (JSON: the phase, the history, the config). The
   optimizer state's tree changes between phases: restoring needs the
   phase's optimizer to build the target, and ``meta`` says which phase.
@@ -110,23 +110,18 @@ def _restoring(where: str):
 class RunCheckpoints:
     def __init__(self, run_dir: str, keep: int = 2):
         self.directory = os.path.join(run_dir, "checkpoints")
-        self.latest = _manager(os.path.join(self.directory, "latest"), ("model", "train", "meta"), keep)
+        self.latest = _manager(os.path.join(self.directory, "latest"), ("state", "meta"), keep)
         self.best = _manager(os.path.join(self.directory, "best"), ("model", "meta"), 1)
 
     # -- saving -------------------------------------------------------------
 
-    def save_latest(self, step: int, model: Dict[str, Any], train: Dict[str, Any], meta: Dict[str, Any]) -> None:
-        """``model``: params and batch_stats; ``train``: the rest of the run's
-        state (a tree of arrays); ``meta``: JSON."""
-        model, train = _host(model), _host(train)
-        meta = {**meta, "checksums": {"model": tree_checksum(model), "train": tree_checksum(train)}}
-        self.latest.save(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardSave(model), train=ocp.args.StandardSave(train), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+    def save_latest(self, step: int, state: Dict[str, Any], meta: Dict[str, Any]) -> None:
+        """``state``: the run's state, a tree of arrays whose ``model`` holds
+        params and batch_stats; ``meta``: JSON."""
+        state = _host(state)
+        meta = {**meta, "checksums": {"state": tree_checksum(state)}}
+        self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
         self.latest.wait_until_finished()
 
     def save_best(self, step: int, variables, meta: Dict[str, Any]) -> None:
@@ -145,22 +140,15 @@ class RunCheckpoints:
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()
 
-    def restore_latest(self, step: int, model_target, train_target) -> Tuple[Any, Any, Dict[str, Any]]:
-        """Restore ``step`` against abstract targets (``jax.eval_shape``
-        trees); ``train_target["key"]`` is the raw key data shape. Verified
-        against the checksums saved with it."""
+    def restore_latest(self, step: int, target) -> Tuple[Any, Dict[str, Any]]:
+        """(state, meta) of ``step``, restored against an abstract target (a
+        ``jax.eval_shape`` tree) and verified against its checksum."""
         where = self.step_folder("latest", step)
         with _restoring(where):
-            restored = self.latest.restore(
-                step,
-                args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(model_target),
-                    train=ocp.args.StandardRestore(train_target),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
-        verify({"model": restored["model"], "train": restored["train"]}, restored["meta"], where)
-        return restored["model"], restored["train"], restored["meta"]
+            restored = self.latest.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        verify({"state": restored["state"]}, restored["meta"], where)
+        return restored["state"], restored["meta"]
 
     def step_folder(self, manager: str, step: int) -> str:
         return os.path.join(self.directory, manager, str(step))
@@ -174,11 +162,13 @@ class RunCheckpoints:
             where = self.step_folder("latest", step)
             try:
                 with _restoring(where):
-                    restored = self.latest.restore(step, args=ocp.args.Composite(
-                        model=ocp.args.StandardRestore(), train=ocp.args.StandardRestore(),
-                        meta=ocp.args.JsonRestore()))
-                verify({"model": restored["model"], "train": restored["train"]}, restored["meta"], where)
-                return step, restored["meta"]
+                    meta = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                    if "state" not in (meta.get("checksums") or {}):
+                        return step, meta  # another layout's items: whoever resumes refuses it by its layout
+                    state = self.latest.restore(step, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore()))["state"]
+                verify({"state": state}, meta, where)
+                return step, meta
             except CheckpointCorruptError as err:
                 moved = self._move_aside("latest", step)
                 log(f"--resume: {err}; moved it to {moved} and trying the step before")
@@ -219,7 +209,7 @@ def find_model_checkpoint(path: str, which: str = "best") -> Tuple[str, int]:
                 return folder, steps[-1]
     # A single step folder (…/best/123).
     parent, name = os.path.split(path)
-    if name.isdigit() and os.path.isdir(os.path.join(path, "model")):
+    if name.isdigit() and any(os.path.isdir(os.path.join(path, item)) for item in ("model", "state")):
         return parent, int(name)
     raise FileNotFoundError(
         f"no {which} checkpoint under {path}: expected a run folder (with checkpoints/{which}/<step>) "
@@ -238,29 +228,26 @@ def _this_process() -> ocp.options.MultiprocessingOptions:
                                               barrier_sync_key_prefix=f"fracjax-process-{me}")
 
 
-def restore_model(folder: str, step: int, target=None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """(variables, meta) of one step of a manager folder, without optimizer
-    state, verified against its checksum. ``target``: abstract variables for
-    sharding/dtype; default: as saved."""
+def restore_model(folder: str, step: int) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(variables, meta) of one step of a ``best`` or ``latest`` folder,
+    verified against its checksum; from a ``latest`` step, its run state's
+    ``model`` (the optimizer state is read, then dropped)."""
     where = os.path.join(folder, str(step))
+    item = "state" if os.path.isdir(os.path.join(where, "state")) else "model"
     with _restoring(where):
         manager = ocp.CheckpointManager(
             folder,
             options=ocp.CheckpointManagerOptions(read_only=True, create=False, multiprocessing_options=_this_process()),
-            item_handlers={"model": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+            item_handlers={item: ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
         )
         try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore(),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
+            restored = manager.restore(step, args=ocp.args.Composite(
+                **{item: ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}))
         finally:
             manager.close()
-    verify({"model": restored["model"]}, restored["meta"], where)
-    return restored["model"], restored["meta"]
+    verify({item: restored[item]}, restored["meta"], where)
+    variables = restored[item]["model"] if item == "state" else restored[item]
+    return variables, restored["meta"]
 
 
 # -- files beside a checkpoint's variables, in its step folder -------------------------------------

@@ -3,10 +3,10 @@
 A run folder with checkpoints is refused unless ``--resume``; a resumed run
 must share every option declared ``resume_key`` (the model, the data, what
 decides the order of steps) with the run it continues. The ``latest``
-checkpoint holds the model's variables, the train state's optimizer tree,
-step and key with the run's :class:`~fracjax.train.state.Progress`, and the
-history as JSON; it is restored replicated over this run's devices, whatever
-process count saved it. A non-finite model is never saved.
+checkpoint holds one tree, :func:`saved_tree` (the train state: the model's
+variables, optimizer tree, step and key; the run's
+:class:`~fracjax.train.state.Progress`), and the history as JSON; it is
+restored replicated over this run's devices, whatever process count saved it. A non-finite model is never saved.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from fracjax.train.progress import write_metrics
 from fracjax.train.state import EpochRecord, Progress, RunState, TrainState, history_json
 
 # Of the latest/ checkpoints: 2, a RunState tree (opt_state with its plateau, progress) and the history;
-# 3, the same with the model variables in layout 2 (fracjax.models.migrate: ConvBN owns its BatchNorm).
-LAYOUT = 3
+# 3, the same with the model variables in layout 2 (fracjax.models.migrate: ConvBN owns its BatchNorm);
+# 4, the model and the rest of the run's state as one item, ``state``.
+LAYOUT = 4
 NEEDED = ("model", "head", "dataset")  # a checkpoint that does not say these cannot be checked
 
 
@@ -80,25 +81,33 @@ def _said(value) -> str:
     return json.dumps(metrics_lib.jsonable(value), default=str)
 
 
+def saved_tree(run: RunState, state: TrainState) -> Dict[str, Any]:
+    """The one tree a ``latest`` checkpoint holds (the key as its raw data)."""
+    return {"model": state.variables, "opt_state": state.opt_state, "step": state.step,
+            "key": jax.random.key_data(state.key), "progress": run.progress.to_tree()}
+
+
+def _abstract_tree(ctx, run: RunState, tx) -> Dict[str, Any]:
+    """What :func:`saved_tree` gives for ``run`` in a phase optimised by
+    ``tx``, as abstract arrays placed over this run's devices."""
+    def device_part():
+        return {"model": run.variables, "opt_state": tx.init(run.variables["params"]),
+                "step": jnp.zeros((), jnp.int32), "key": jnp.zeros(ctx.key_data.shape, ctx.key_data.dtype)}
+
+    return {**_placed(jax.eval_shape(device_part), ctx.parallel.replicated),
+            "progress": Progress.restore_target()}  # host float64, not traced
+
+
 def restore(ctx, run: RunState, tx) -> Tuple[RunState, TrainState]:
     """The resumed run and its train state, into this phase's optimizer (``tx``) tree."""
-    replicated = ctx.parallel.replicated
-    abstract = _placed(jax.eval_shape(lambda: run.variables), replicated)
-    train_target = _placed({
-        "opt_state": jax.eval_shape(tx.init, run.variables["params"]),
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
-        "key": jax.ShapeDtypeStruct(ctx.key_data.shape, ctx.key_data.dtype),
-        "progress": Progress.restore_target(),
-    }, replicated)
-    model_vars, train_vars, meta = ctx.checkpoints.restore_latest(ctx.checkpoints.latest_step(), abstract,
-                                                                  train_target)
-    variables = {"params": model_vars["params"], "batch_stats": model_vars["batch_stats"]}
-    state = TrainState(step=jnp.asarray(train_vars["step"], jnp.int32), params=variables["params"],
-                       batch_stats=variables["batch_stats"], opt_state=train_vars["opt_state"],
-                       key=jax.random.wrap_key_data(train_vars["key"]))
+    saved, meta = ctx.checkpoints.restore_latest(ctx.checkpoints.latest_step(), _abstract_tree(ctx, run, tx))
+    variables = {"params": saved["model"]["params"], "batch_stats": saved["model"]["batch_stats"]}
+    state = TrainState(step=jnp.asarray(saved["step"], jnp.int32), params=variables["params"],
+                       batch_stats=variables["batch_stats"], opt_state=saved["opt_state"],
+                       key=jax.random.wrap_key_data(saved["key"]))
     history = tuple(EpochRecord.from_json(r) for r in meta["history"])
     run = RunState(variables=variables, step=int(meta["global_step"]),
-                   progress=Progress.from_tree(train_vars["progress"]), history=history)
+                   progress=Progress.from_tree(saved["progress"]), history=history)
     # The checkpoint's history is the truth: a run killed between writing an
     # epoch's line and saving its checkpoint redoes that epoch.
     write_metrics(ctx.metrics_path, history_json(history))
@@ -127,11 +136,9 @@ def require_finite(ctx, step: int, tree, what: str) -> None:
 
 def save_latest(ctx, run: RunState, state: TrainState) -> None:
     """The ``latest`` checkpoint of ``run`` at its step (the model checked finite first)."""
-    model = state.variables
-    require_finite(ctx, run.step, model, "the model's variables")  # (not opt_state: a plateau's first best is inf)
-    train = {"opt_state": state.opt_state, "step": state.step, "key": jax.random.key_data(state.key),
-             "progress": run.progress.to_tree()}
+    # The model only: opt_state holds reduce-on-plateau's best, which is inf until its first epoch.
+    require_finite(ctx, run.step, state.variables, "the model's variables")
     meta = metrics_lib.jsonable({"layout": LAYOUT, "global_step": run.step, "phase": run.progress.phase,
                                  "history": history_json(run.history), "config": ctx.config.flat(),
                                  "model": ctx.spec})
-    ctx.checkpoints.save_latest(run.step, model, train, meta)
+    ctx.checkpoints.save_latest(run.step, saved_tree(run, state), meta)

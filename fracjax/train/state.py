@@ -9,8 +9,8 @@
 * :class:`RunState`: what the trainer's stages pass on (the host's view:
   variables between phases, the global step, progress, history).
 
-A ``latest`` checkpoint holds the first two, saved and restored together,
-and the history as JSON beside them.
+A ``latest`` checkpoint holds the first two as one tree (train.resume.saved_tree)
+and the history as JSON beside it.
 """
 
 from __future__ import annotations

@@ -24,11 +24,16 @@ def _train(step):
     return {"opt_state": optax.adamw(1e-3).init(params), "step": np.int32(step)}
 
 
+def _state(step, model_seed=None):
+    """A run state as the trainer saves it: the model inside the one tree."""
+    return {"model": _model(step if model_seed is None else model_seed), **_train(step)}
+
+
 @pytest.fixture
 def saved(tmp_path):
     checkpoints = ckpt.RunCheckpoints(str(tmp_path))
     for step in (4, 8):
-        checkpoints.save_latest(step, _model(step), _train(step), {"layout": 2, "global_step": step})
+        checkpoints.save_latest(step, _state(step), {"layout": 4, "global_step": step})
     checkpoints.save_best(8, _model(8), {"model": {"model": "x"}, "step": 8})
     checkpoints.close()
     return tmp_path
@@ -47,9 +52,11 @@ def test_the_checksum_sees_one_flipped_bit_and_not_the_containers():
 def test_an_intact_run_restores_verified(saved):
     checkpoints = ckpt.RunCheckpoints(str(saved))
     step, meta = checkpoints.intact_latest(log=pytest.fail)
-    assert step == 8 and set(meta["checksums"]) == {"model", "train"}
+    assert step == 8 and set(meta["checksums"]) == {"state"}
     variables, _ = ckpt.restore_model(str(saved / "checkpoints" / "best"), 8)
     chex.assert_trees_all_equal(variables, _model(8))
+    variables, _ = ckpt.restore_model(str(saved / "checkpoints" / "latest"), 4)  # the model of a run state
+    chex.assert_trees_all_equal(variables, _model(4))
     checkpoints.close()
 
 
@@ -71,7 +78,7 @@ def test_arrays_that_do_not_match_their_checksum_are_refused_naming_the_step(sav
 
 def _damage_data(step_folder):
     """Flip bytes in the middle of every array data file of the step."""
-    for path in glob.glob(os.path.join(step_folder, "model", "**", "d", "*"), recursive=True):
+    for path in glob.glob(os.path.join(step_folder, "*", "**", "d", "*"), recursive=True):
         data = bytearray(open(path, "rb").read())
         for i in range(len(data) // 2, len(data) // 2 + 8):
             data[i] ^= 0xFF
@@ -86,9 +93,9 @@ def test_resume_falls_back_to_the_newest_intact_step_and_keeps_the_damaged_one(s
     elif damage == "missing item":
         import shutil
 
-        shutil.rmtree(newest / "train")
+        shutil.rmtree(newest / "state")
     elif damage == "bad checksum":
-        _edit_meta(newest, lambda m: m["checksums"].update(train="0" * 64))
+        _edit_meta(newest, lambda m: m["checksums"].update(state="0" * 64))
     else:
         (newest / "meta" / "metadata").write_text('{"layout": 2, "glo')
     said = []
@@ -98,5 +105,5 @@ def test_resume_falls_back_to_the_newest_intact_step_and_keeps_the_damaged_one(s
     assert len(said) == 1 and "latest/8" in said[0] and "trying the step before" in said[0], said
     assert checkpoints.latest_step() == 4 and not newest.exists()
     assert len(glob.glob(str(saved / "checkpoints" / "damaged" / "latest-8-*"))) == 1  # kept, not deleted
-    checkpoints.save_latest(8, _model(9), _train(9), {"layout": 2, "global_step": 8})  # the step can be redone
+    checkpoints.save_latest(8, _state(8, model_seed=9), {"layout": 4, "global_step": 8})  # the step can be redone
     checkpoints.close()

@@ -233,14 +233,14 @@ def test_resume_past_a_damaged_latest_checkpoint_redoes_its_epoch(first_run, dat
 
     out, _ = first_run
     shutil.copytree(out / "a", tmp_path / "a")
-    for path in glob.glob(str(tmp_path / "a" / "checkpoints" / "latest" / "12" / "model" / "**" / "d" / "*"),
+    for path in glob.glob(str(tmp_path / "a" / "checkpoints" / "latest" / "12" / "state" / "**" / "d" / "*"),
                       recursive=True):
         data = bytearray(open(path, "rb").read())
         data[len(data) // 2] ^= 0xFF
         open(path, "wb").write(bytes(data))
     fit(config(data_dir, tmp_path, "a", resume=True, report=False, bootstrap=0))
     said = capsys.readouterr().out
-    assert "latest/12: cannot be restored" in said or "latest/12: the model arrays do not match" in said, said
+    assert "latest/12: cannot be restored" in said or "latest/12: the state arrays do not match" in said, said
     assert "resumed from step 8 (its checksums verified)" in said
     step, variables = latest_variables(tmp_path / "a")
     assert step == 12

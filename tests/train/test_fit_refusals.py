@@ -85,16 +85,41 @@ def test_weights_for_another_architecture_stop_before_training(data_dir, tmp_pat
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
-def test_a_checkpoint_of_the_previous_layout_is_refused_clearly(data_dir, tmp_path):
+def _save_in_layout_3(run_dir, step):
+    """A latest step as fracjax wrote it before the run state was one item: ``model`` and ``train`` apart."""
+    import orbax.checkpoint as ocp
+
+    handlers = {"model": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    manager = ocp.CheckpointManager(os.path.join(run_dir, "checkpoints", "latest"), item_handlers=handlers,
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave({"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}}),
+        train=ocp.args.StandardSave({"step": np.int32(step)}),
+        meta=ocp.args.JsonSave({"layout": 3, "global_step": step, "phase": 1})))
+    manager.wait_until_finished()
+    manager.close()
+
+
+@pytest.mark.parametrize("written_by", ["fracjax 0.1 (no layout)", "layout 3 (model and train apart)"])
+def test_a_checkpoint_of_a_previous_layout_is_refused_clearly(data_dir, tmp_path, written_by):
     cfg = config(data_dir, tmp_path, "old", resume=True)
-    saved = ckpt.RunCheckpoints(cfg.run_dir)  # as fracjax <= 0.1 wrote it: a "book", no layout
-    saved.save_latest(4, {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}},
-                      {"step": np.int32(4), "lr_scale": np.float32(1)}, {"global_step": 4, "phase": 1, "book": {}})
-    saved.close()
+    if written_by.startswith("layout 3"):
+        _save_in_layout_3(cfg.run_dir, 4)
+    else:
+        saved = ckpt.RunCheckpoints(cfg.run_dir)  # a "book", no layout
+        saved.save_latest(4, {"model": {"params": {"w": np.zeros(2, np.float32)}, "batch_stats": {}},
+                              "step": np.int32(4), "lr_scale": np.float32(1)},
+                          {"global_step": 4, "phase": 1, "book": {}})
+        saved.close()
     with pytest.raises(ResumeError, match=r"step 4\) was written by an earlier fracjax.*another --name"):
         fit(cfg)
-    assert (tmp_path / "old" / "checkpoints" / "latest" / "4").is_dir()  # nothing lost
+    assert (tmp_path / "old" / "checkpoints" / "latest" / "4").is_dir()  # nothing lost, nothing moved aside
+    assert not (tmp_path / "old" / "checkpoints" / "damaged").exists()
     assert not (tmp_path / "old" / "config.json").exists()  # refused before any work
+    folder, step = ckpt.find_model_checkpoint(cfg.run_dir, "latest")  # its model still loads for inference
+    variables, _ = ckpt.restore_model(folder, step)
+    chex.assert_trees_all_equal(variables["params"]["w"], np.zeros(2, np.float32))
 
 
 def test_a_diverged_model_is_never_saved_or_reported(data_dir, tmp_path, monkeypatch):
