@@ -135,80 +135,117 @@ def _fracture_box(line_band: np.ndarray, intact_bone: np.ndarray) -> np.ndarray:
     return np.asarray([[rows.min() / h, cols.min() / w, (rows.max() + 1) / h, (cols.max() + 1) / w]], np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Scene:
+    """Where the limb lies in the image: what every stage of the drawing reads."""
+
+    S: int  # image side
+    scale: float  # S / 224: lengths given for a 224 image
+    centre: np.ndarray
+    angle: float
+    u: np.ndarray  # the pixels' coordinates along the limb's axis ...
+    v: np.ndarray  # ... and across it
+    yy: np.ndarray
+    xx: np.ndarray
+
+
 def generate_image_and_boxes(rng: np.random.Generator, label: int,
                              config: SyntheticConfig = SyntheticConfig()) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`generate_image` and where its fracture is: boxes (k, 4),
     (ymin, xmin, ymax, xmax) in [0, 1]; (0, 4) for label 0. Drawing the box
-    takes no random numbers, so the image is the one ``generate_image`` makes."""
-    S = config.size
-    boxes = np.zeros((0, 4), np.float32)
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
-    scale = S / 224.0
+    takes no random numbers, so the image is the one ``generate_image`` makes.
+    (The stages draw their random numbers in a fixed order: reordering them
+    changes every generated data set.)"""
+    scene, attenuation = _limb(rng, config.size)
+    radius = rng.uniform(0.055, 0.09) * scene.S
+    joint = rng.random() < config.joint_rate
+    bone_end = rng.uniform(0.0, 0.3) * scene.S if joint else 2.0 * scene.S
+    bone, bone_att, boxes = _main_bone(rng, config, scene, label, radius, joint, bone_end)
+    attenuation = attenuation + bone_att * BONE_ATTENUATION / scene.S
+    if joint:
+        attenuation = _add_joint(rng, scene, attenuation, bone, radius, bone_end)
+    attenuation = _add_confounders(rng, config, scene, attenuation, radius, joint, bone_end)
+    return _expose(rng, config, scene, attenuation), boxes
 
-    # Soft tissue: a broad limb-shaped shadow along the main bone's axis.
+
+def _limb(rng: np.random.Generator, S: int) -> Tuple[_Scene, np.ndarray]:
+    """The scene and the soft tissue: a broad limb-shaped shadow along the main bone's axis."""
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     angle = rng.uniform(-np.pi, np.pi)
     centre = np.array([rng.uniform(0.35, 0.65) * S, rng.uniform(0.35, 0.65) * S])
     u, v = _local_coords(yy, xx, centre, angle)
     limb_half_width = rng.uniform(0.22, 0.42) * S
     soft = np.sqrt(np.maximum(limb_half_width**2 - v * v, 0.0)) / S * rng.uniform(0.25, 0.55)
     soft += rng.uniform(0.0, 0.05)  # scatter/background
-    attenuation = soft
+    return _Scene(S, S / 224.0, centre, angle, u, v, yy, xx), soft
 
-    # The main bone runs through the limb from beyond the border; its end may
-    # sit in view at u = bone_end (a joint).
-    radius = rng.uniform(0.055, 0.09) * S
-    joint = rng.random() < config.joint_rate
-    bone_end = rng.uniform(0.0, 0.3) * S if joint else 2.0 * S
-    start = -1.5 * S
+
+def _main_bone(rng, config: SyntheticConfig, scene: _Scene, label: int, radius: float, joint: bool,
+               bone_end: float) -> Tuple["_Bone", np.ndarray, np.ndarray]:
+    """The main bone, running through the limb from beyond the border (its end
+    may sit in view at u = bone_end, a joint): (bone, its attenuation, the
+    fracture's boxes)."""
+    start = -1.5 * scene.S
     bone = _Bone(rng, bone_end - start, radius, ends=(False, joint))
-    bu = u - start
-    if label == 1:
-        # Fracture: a jagged line across the shaft, possibly displaced/angulated.
-        hi = bone_end - 0.12 * S if joint else 0.3 * S
-        frac_u = rng.uniform(-0.3 * S, hi) - start
-        tilt = np.tan(rng.uniform(-0.6, 0.6))
-        jag = _smooth_noise_1d(rng, 256, knots=rng.integers(5, 12), amplitude=rng.uniform(0.8, 2.5) * scale)
-        vi = np.clip(((v / (3 * radius) + 1) * 128).astype(np.int32), 0, 255)
-        line_u = frac_u + v * tilt + jag[vi]
-        distal = bu > line_u
-        gap = rng.uniform(*config.gap_range) * scale
-        du = np.zeros_like(v)
-        dv = np.zeros_like(v)
-        if rng.random() < config.displaced_rate:
-            dv = np.where(distal, rng.choice([-1, 1]) * rng.uniform(*config.shift_range) * radius, 0.0)
-            du = np.where(distal, rng.uniform(-0.5, 1.5) * gap, 0.0)
-        if rng.random() < config.angulated_rate:
-            a = rng.uniform(0.05, 0.2) * rng.choice([-1, 1])
-            ru, rv = bu - frac_u, v
-            rot_u = ru * np.cos(a) - rv * np.sin(a) + frac_u
-            rot_v = ru * np.sin(a) + rv * np.cos(a)
-            du = du + np.where(distal, rot_u - bu, 0.0)
-            dv = dv + np.where(distal, rot_v - v, 0.0)
-        # Bone is missing in a thin band around the fracture line.
-        fracture_band = np.clip(gap / 2 + 0.5 - np.abs(bu - line_u), 0.0, 1.0)
-        boxes = _fracture_box(fracture_band, bone.attenuation(bu, v))
-        bone_att = bone.attenuation(bu - du, v - dv)
-        bone_att *= 1.0 - rng.uniform(0.85, 1.0) * fracture_band
-    else:
-        bone_att = bone.attenuation(bu, v)
-    attenuation = attenuation + bone_att * BONE_ATTENUATION / S
+    bu = scene.u - start
+    if label != 1:
+        return bone, bone.attenuation(bu, scene.v), np.zeros((0, 4), np.float32)
+    S, scale, v = scene.S, scene.scale, scene.v
+    # Fracture: a jagged line across the shaft, possibly displaced/angulated.
+    hi = bone_end - 0.12 * S if joint else 0.3 * S
+    frac_u = rng.uniform(-0.3 * S, hi) - start
+    tilt = np.tan(rng.uniform(-0.6, 0.6))
+    jag = _smooth_noise_1d(rng, 256, knots=rng.integers(5, 12), amplitude=rng.uniform(0.8, 2.5) * scale)
+    vi = np.clip(((v / (3 * radius) + 1) * 128).astype(np.int32), 0, 255)
+    line_u = frac_u + v * tilt + jag[vi]
+    gap = rng.uniform(*config.gap_range) * scale
+    du, dv = _fragment_shift(rng, config, bu, v, bu > line_u, frac_u, gap, radius)
+    # Bone is missing in a thin band around the fracture line.
+    fracture_band = np.clip(gap / 2 + 0.5 - np.abs(bu - line_u), 0.0, 1.0)
+    boxes = _fracture_box(fracture_band, bone.attenuation(bu, v))
+    bone_att = bone.attenuation(bu - du, v - dv)
+    bone_att *= 1.0 - rng.uniform(0.85, 1.0) * fracture_band
+    return bone, bone_att, boxes
 
-    # A joint: the articulating bone across a joint space, at an angle.
-    if joint:
-        other = _Bone(rng, 2.0 * S, radius * rng.uniform(0.8, 1.15), ends=(True, False))
-        joint_space = rng.uniform(0.015, 0.035) * S
-        reach = bone.end_radius + joint_space + other.end_radius
-        bend = rng.uniform(-0.6, 0.6)
-        pivot = centre + np.array([np.sin(angle), np.cos(angle)]) * (bone_end + reach)
-        u2, v2 = _local_coords(yy, xx, pivot, angle + bend)
-        attenuation = attenuation + other.attenuation(u2, v2) * BONE_ATTENUATION / S
 
-    # Confounders, at the same rates in both classes.
+def _fragment_shift(rng, config: SyntheticConfig, bu, v, distal, frac_u: float, gap: float,
+                    radius: float) -> Tuple[np.ndarray, np.ndarray]:
+    """How far the distal fragment moved (along, across): displaced and/or angulated."""
+    du = np.zeros_like(v)
+    dv = np.zeros_like(v)
+    if rng.random() < config.displaced_rate:
+        dv = np.where(distal, rng.choice([-1, 1]) * rng.uniform(*config.shift_range) * radius, 0.0)
+        du = np.where(distal, rng.uniform(-0.5, 1.5) * gap, 0.0)
+    if rng.random() < config.angulated_rate:
+        a = rng.uniform(0.05, 0.2) * rng.choice([-1, 1])
+        ru, rv = bu - frac_u, v
+        rot_u = ru * np.cos(a) - rv * np.sin(a) + frac_u
+        rot_v = ru * np.sin(a) + rv * np.cos(a)
+        du = du + np.where(distal, rot_u - bu, 0.0)
+        dv = dv + np.where(distal, rot_v - v, 0.0)
+    return du, dv
+
+
+def _add_joint(rng, scene: _Scene, attenuation, bone: "_Bone", radius: float, bone_end: float) -> np.ndarray:
+    """The articulating bone across a joint space, at an angle."""
+    other = _Bone(rng, 2.0 * scene.S, radius * rng.uniform(0.8, 1.15), ends=(True, False))
+    joint_space = rng.uniform(0.015, 0.035) * scene.S
+    reach = bone.end_radius + joint_space + other.end_radius
+    bend = rng.uniform(-0.6, 0.6)
+    pivot = scene.centre + np.array([np.sin(scene.angle), np.cos(scene.angle)]) * (bone_end + reach)
+    u2, v2 = _local_coords(scene.yy, scene.xx, pivot, scene.angle + bend)
+    return attenuation + other.attenuation(u2, v2) * BONE_ATTENUATION / scene.S
+
+
+def _add_confounders(rng, config: SyntheticConfig, scene: _Scene, attenuation, radius: float, joint: bool,
+                     bone_end: float) -> np.ndarray:
+    """What looks like a fracture line and is not, at the same rates in both classes."""
+    S, scale, u, v = scene.S, scene.scale, scene.u, scene.v
     if rng.random() < config.overlap_rate:
         side = rng.choice([-1, 1]) * rng.uniform(0.6, 1.6) * radius
         cross = rng.uniform(-0.5, 0.5) if rng.random() < 0.5 else rng.uniform(-0.08, 0.08)
-        origin = centre + np.array([np.cos(angle), -np.sin(angle)]) * side
-        u3, v3 = _local_coords(yy, xx, origin, angle + cross)
+        origin = scene.centre + np.array([np.cos(scene.angle), -np.sin(scene.angle)]) * side
+        u3, v3 = _local_coords(scene.yy, scene.xx, origin, scene.angle + cross)
         ends = (False, rng.random() < 0.4)
         thin = _Bone(rng, rng.uniform(0.6, 1.5) * S + S, radius * rng.uniform(0.45, 0.8), ends=ends)
         attenuation = attenuation + thin.attenuation(u3 + S, v3) * BONE_ATTENUATION / S
@@ -229,29 +266,38 @@ def generate_image_and_boxes(rng: np.random.Generator, label: int,
         attenuation = attenuation - canal * rng.uniform(0.05, 0.1)
     if rng.random() < config.vessel_rate:
         for _ in range(rng.integers(1, 4)):
-            n = 6
-            y0, x0 = rng.uniform(0, S, 2)
-            heading = rng.uniform(-np.pi, np.pi)
-            steps = np.cumsum(rng.normal(0, 0.35, n)) + heading
-            pts = [(y0, x0)]
-            for a in steps:
-                pts.append((pts[-1][0] + np.sin(a) * S / 8, pts[-1][1] + np.cos(a) * S / 8))
-            mask = _draw_polyline((S, S), pts, rng.uniform(0.8, 1.8) * scale)
-            attenuation = attenuation + rng.choice([-1, 1]) * mask * rng.uniform(0.015, 0.04)
+            attenuation = attenuation + _vessel(rng, scene)
+    return attenuation
 
-    # Projection, exposure and detector.
+
+def _vessel(rng, scene: _Scene) -> np.ndarray:
+    """A faint meandering line (a vessel's calcified wall or its shadow), either sign."""
+    S = scene.S
+    y0, x0 = rng.uniform(0, S, 2)
+    heading = rng.uniform(-np.pi, np.pi)
+    steps = np.cumsum(rng.normal(0, 0.35, 6)) + heading
+    pts = [(y0, x0)]
+    for a in steps:
+        pts.append((pts[-1][0] + np.sin(a) * S / 8, pts[-1][1] + np.cos(a) * S / 8))
+    mask = _draw_polyline((S, S), pts, rng.uniform(0.8, 1.8) * scene.scale)
+    return rng.choice([-1, 1]) * mask * rng.uniform(0.015, 0.04)
+
+
+def _expose(rng, config: SyntheticConfig, scene: _Scene, attenuation) -> np.ndarray:
+    """Projection, exposure and detector, then a lead side marker: uint8 (S, S, 1)."""
+    S = scene.S
     mu = rng.uniform(1.0, 2.0)
     img = 1.0 - np.exp(-mu * np.maximum(attenuation, 0.0))
-    img = gaussian_blur(img, rng.uniform(0.3, 1.1) * scale)
+    img = gaussian_blur(img, rng.uniform(0.3, 1.1) * scene.scale)
     img = img / max(float(img.max()), 1e-6)
     img = np.clip(img * rng.uniform(0.75, 1.1) + rng.uniform(-0.05, 0.08), 0.0, 1.0) ** rng.uniform(0.7, 1.4)
     img = img + rng.normal(0.0, rng.uniform(0.01, 0.035), img.shape)
     if rng.random() < config.marker_rate:
-        # A lead side marker: a bright block near a corner.
+        # A bright block near a corner.
         h, w = int(rng.uniform(0.05, 0.09) * S), int(rng.uniform(0.05, 0.09) * S)
         y, x = int(rng.choice([0.04, 0.85]) * S), int(rng.choice([0.04, 0.85]) * S)
         img[y : y + h, x : x + w] = rng.uniform(0.85, 1.0)
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None], boxes
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)[..., None]
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
