@@ -4,6 +4,11 @@ import importlib
 
 __version__ = "0.1.0"
 
+from fracjax import caches  # noqa: E402
+
+# Before anything compiles: every command and the Python API share the XLA compilation cache.
+caches.enable_compilation_cache()
+
 from fracjax import models  # noqa: E402
 
 # Loaded on first use: fracjax.data imports tensorflow_datasets and grain.

@@ -86,6 +86,7 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
     except ImportError as err:
         print(f"error: {NEEDS} ({err})", file=sys.stderr)
         return 2
+    from fracjax import caches
     from fracjax.checkpoint import CheckpointCorruptError
     from fracjax.deploy import ExportError
     from fracjax.deploy.batcher import warm_up
@@ -99,9 +100,10 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
         return 2
     warmed = ""
     if not args.no_warmup:
-        started = time.perf_counter()
+        started, compiles = time.perf_counter(), caches.compile_counts()
         sizes = warm_up(served.run, served.image_size, args.max_batch)
-        warmed = f"; batch sizes {', '.join(map(str, sizes))} compiled in {time.perf_counter() - started:.1f} s"
+        warmed = (f"; batch sizes {', '.join(map(str, sizes))} compiled in {time.perf_counter() - started:.1f} s"
+                  f"{caches.cache_note(compiles)}")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
     app = create_app(served, limits, args.max_batch, args.max_wait_ms / 1000)
     m = served.card["model"]

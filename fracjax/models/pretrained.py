@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, Optional, Tuple
 
+from fracjax.caches import cache_root
 from fracjax.hashing import file_digest
 
 KERAS_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -52,7 +53,7 @@ class WeightsUnavailableError(OSError):
 
 
 def cache_dir() -> str:
-    return os.path.join(os.path.expanduser(os.environ.get("FRACJAX_CACHE", "~/.cache/fracjax")), "weights")
+    return os.path.join(cache_root(), "weights")
 
 
 def base_url() -> str:

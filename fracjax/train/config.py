@@ -261,6 +261,9 @@ class RunConfig:
     checkpoint_every: int = option(0, "also checkpoint every STEPS steps inside an epoch (0: at epoch ends only)",
                                    check=at_least(0), metavar="STEPS")
     progress: bool = option(True, "progress bars", switch="no progress bars")
+    log_every: int = option(10, "fetch the steps' losses from the device every STEPS steps (and at epoch ends): "
+                            "the progress bar and the non-finite-loss check move then, and the steps between "
+                            "run without waiting for the host", check=at_least(1), metavar="STEPS")
     max_steps: Optional[int] = option(None, "stop after this many steps in all (smoke runs)", check=at_least(1),
                                       default_text="none")
     coordinator: Optional[str] = option(None, "several processes: the coordinator's HOST:PORT (process 0 serves it); "

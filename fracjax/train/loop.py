@@ -22,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fracjax import caches
 from fracjax import metrics as metrics_lib
 from fracjax.data import pipeline
 from fracjax.evaluation.device_predict import evaluate_source
@@ -96,7 +97,11 @@ def _log_phase(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, s
 
 def train_epoch(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, state: TrainState,
                 started_at: int) -> Tuple[RunState, TrainState]:
-    """One epoch's steps (or the rest of it), then its validation, bookkeeping and checkpoints."""
+    """One epoch's steps (or the rest of it), then its validation, bookkeeping
+    and checkpoints. The steps are dispatched without waiting for one another:
+    their metrics stay on the device until fetched, every ``--log-every``
+    steps, before a checkpoint and at the epoch's end (:func:`_collect`), and
+    each batch is placed on the device one step ahead."""
     epoch = run.step // ctx.steps_per_epoch
     epoch_end = min((epoch + 1) * ctx.steps_per_epoch, ctx.phase_end(phase))
     start = time.perf_counter()
@@ -104,42 +109,57 @@ def train_epoch(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, 
     batches = pipeline.train_batches(ctx.splits["train"], ctx.order, start_step=run.step,
                                      num_steps=epoch_end - run.step)
     bar = progress_bar(ctx.config.run.progress, epoch_end - run.step, f"phase {phase.number} epoch {epoch + 1}")
-    every = ctx.config.run.checkpoint_every
-    for batch in batches:
-        run, state = _one_step(ctx, run, phase, train, state, batch, tally, first=run.step == started_at)
-        if bar is not None:
-            bar.set_postfix(
-                loss=f"{np.mean(tally.losses[-20:]):.4f}", img_s=f"{tally.throughput.rate(tally.count):.1f}"
-            )
-            bar.update(1)
-        if every and run.step % every == 0 and run.step < epoch_end:
+    every, fetch_every = ctx.config.run.checkpoint_every, ctx.config.run.log_every
+    pending = []  # the metrics of steps not fetched yet, still on the device
+    for batch in ctx.parallel.ahead(batches):
+        compiles = None
+        if run.step == started_at:  # this process compiles the phase's step now
+            say(f"compiling the phase {phase.number} train step (XLA; once per phase) ...")
+            compiles = caches.compile_counts()
+        state, metrics = train.compiled(state, batch)
+        run = dataclasses.replace(run, step=run.step + 1)
+        pending.append(metrics)
+        checkpoint = every and run.step % every == 0 and run.step < epoch_end
+        if compiles is not None or checkpoint or len(pending) >= fetch_every:
+            _collect(ctx, run, phase, pending, tally, bar, compiles)
+            pending = []
+        if checkpoint:
             resume.save_latest(ctx, run, state)
+    _collect(ctx, run, phase, pending, tally, bar)
     if bar is not None:
         bar.close()
     return _end_epoch(ctx, run, phase, train, state, tally, epoch)
 
 
-def _one_step(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, state: TrainState, batch,
-              tally: EpochTally, first: bool) -> Tuple[RunState, TrainState]:
-    if first:
-        say(f"compiling the phase {phase.number} train step (XLA; once per phase) ...")
-    state, m = train.compiled(state, ctx.parallel.put_batch(batch))
-    m = jax.device_get(m)
-    if first:
-        say(f"compiled and ran the first step in {time.perf_counter() - tally.start:.1f} s")
-        tally.throughput = Throughput(time.perf_counter(), skipped=int(m["count"]))
-    loss = float(m["loss"])
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"non-finite training loss ({loss}) at step {run.step + 1} (phase {phase.number}, epoch "
-            f"{run.step // ctx.steps_per_epoch + 1}); the last good checkpoint is step "
-            f"{ctx.checkpoints.latest_step()} in {ctx.checkpoints.directory}. Lower --lr, keep --grad-clip, or "
-            "check the data."
-        )
-    tally.losses.append(loss)
-    tally.correct += int(m["correct"])
-    tally.count += int(m["count"])
-    return dataclasses.replace(run, step=run.step + 1), state
+def _collect(ctx: RunContext, run: RunState, phase: Phase, pending, tally: EpochTally, bar,
+             compiles: Optional[caches.CompileCounts] = None) -> None:
+    """The metrics of the ``pending`` steps (the last of which is ``run.step``)
+    fetched in one transfer into the epoch's tally; a non-finite loss stops
+    the run naming its step (nothing was saved since: every save collects
+    first). ``compiles``: the counts before the phase's first step, which
+    this fetch waited for (it is said, and left out of the throughput)."""
+    if not pending:
+        return
+    first = run.step - len(pending) + 1
+    for step, metrics in enumerate(jax.device_get(pending), start=first):
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss}) at step {step} (phase {phase.number}, epoch "
+                f"{(step - 1) // ctx.steps_per_epoch + 1}); the last good checkpoint is step "
+                f"{ctx.checkpoints.latest_step()} in {ctx.checkpoints.directory}. Lower --lr, keep --grad-clip, "
+                "or check the data."
+            )
+        tally.losses.append(loss)
+        tally.correct += int(metrics["correct"])
+        tally.count += int(metrics["count"])
+    if compiles is not None:
+        say(f"compiled and ran the first step in {time.perf_counter() - tally.start:.1f} s"
+            f"{caches.cache_note(compiles)}")
+        tally.throughput = Throughput(time.perf_counter(), skipped=tally.count)
+    if bar is not None:
+        bar.set_postfix(loss=f"{np.mean(tally.losses[-20:]):.4f}", img_s=f"{tally.throughput.rate(tally.count):.1f}")
+        bar.update(len(pending))
 
 
 def _end_epoch(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, state: TrainState,

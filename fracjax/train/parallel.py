@@ -18,7 +18,7 @@ is the same too; only compilation differs, and it differs here alone.
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -64,6 +64,18 @@ class Parallel:
 
     def put_batch(self, batch: Dict[str, np.ndarray]):
         return {k: jax.make_array_from_process_local_data(self.sharded, v) for k, v in batch.items()}
+
+    def ahead(self, batches: Iterable[Dict[str, np.ndarray]]) -> Iterator[Dict[str, jax.Array]]:
+        """``batches`` placed on the devices one ahead of their use: the next
+        batch is copied while the step dispatched before it runs."""
+        placed = None
+        for batch in batches:
+            upcoming = self.put_batch(batch)
+            if placed is not None:
+                yield placed
+            placed = upcoming
+        if placed is not None:
+            yield placed
 
     def put_state(self, state):
         if jax.process_count() > 1:  # device_put reaches only this process's devices

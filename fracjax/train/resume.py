@@ -122,16 +122,25 @@ def _placed(abstract, sharding):
         if isinstance(s, jax.ShapeDtypeStruct) else s, abstract)
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """One boolean: every floating-point leaf finite (one reduction on the device, one scalar fetched)."""
+    checks = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
 def require_finite(ctx, step: int, tree, what: str) -> None:
     """Stop before a non-finite tree is saved or evaluated: a NaN model is never checkpointed or reported."""
+    if bool(_all_finite(tree)):
+        return
     bad = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
            if np.asarray(leaf).dtype.kind == "f" and not np.isfinite(np.asarray(leaf)).all()]
-    if bad:
-        raise NonFiniteLossError(
-            f"{what} hold NaN or infinite values after step {step} ({len(bad)} arrays, first {bad[0]}); "
-            f"nothing of this step is saved; the last good checkpoint is step {ctx.checkpoints.latest_step()} "
-            f"in {ctx.checkpoints.directory}. Lower --lr, keep --grad-clip, or check the data."
-        )
+    raise NonFiniteLossError(
+        f"{what} hold NaN or infinite values after step {step} ({len(bad)} arrays, first {bad[0]}); "
+        f"nothing of this step is saved; the last good checkpoint is step {ctx.checkpoints.latest_step()} "
+        f"in {ctx.checkpoints.directory}. Lower --lr, keep --grad-clip, or check the data."
+    )
 
 
 def save_latest(ctx, run: RunState, state: TrainState) -> None:

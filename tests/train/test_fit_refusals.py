@@ -31,6 +31,37 @@ def test_non_finite_loss_stops_cleanly(data_dir, tmp_path):
     chex.assert_tree_all_finite(variables)
 
 
+def test_a_non_finite_loss_fetched_late_names_the_step_it_happened_at(data_dir, tmp_path):
+    # Losses are fetched every --log-every steps: the step named must not depend on when.
+    said = {}
+    for every in (1, 8):
+        cfg = config(data_dir, tmp_path, f"nan{every}", phase2_lr=1e30, grad_clip=None, log_every=every)
+        with pytest.raises(NonFiniteLossError) as err:
+            fit(cfg)
+        said[every] = str(err.value).split(" (phase")[0]
+    assert said[1] == said[8] and said[1].endswith(tuple("0123456789")), said
+
+
+def test_the_loop_fetches_metrics_every_log_every_steps_not_each_step(data_dir, tmp_path, monkeypatch):
+    from fracjax.train import loop
+
+    fetched = []
+    collect = loop._collect
+
+    def counting(ctx, run, phase, pending, *args, **kwargs):
+        if pending:
+            fetched.append((run.step, len(pending)))
+        return collect(ctx, run, phase, pending, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_collect", counting)
+    fit(config(data_dir, tmp_path, "fetch", log_every=3, max_steps=7, report=False, bootstrap=0))
+    # Phase 1 (4 steps an epoch): its first step alone (it compiles, and is timed), then 3, then the epoch's end;
+    # phase 2 the same, cut by --max-steps 7.
+    assert fetched == [(1, 1), (4, 3), (5, 1), (7, 2)], fetched
+    lines = (tmp_path / "fetch" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [4, 7]
+
+
 def test_a_training_time_budget_ends_training_and_stays_ended(data_dir, tmp_path, capsys):
     cfg = config(data_dir, tmp_path, "budget", train_minutes=1e-5, report=False, bootstrap=0)
     report = fit(cfg)
