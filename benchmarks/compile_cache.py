@@ -38,21 +38,24 @@ def _env(cache: str, off: bool):
 
 def _run(argv, env, until=None):
     """(wall seconds, compile seconds) of ``fracjax argv``; ``until``: a line
-    that ends the timing (a server's "listening" line), after which it is stopped."""
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "fracjax.cli", *argv], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if until is not None and until in line:
-            break
-    wall = time.perf_counter() - start
-    if until is not None:
-        process.terminate()
-    code = process.wait(timeout=600)
+    that ends the timing (a server's "listening" line), after which it is stopped.
+    The output goes to a file (a pipe left unread would block a server that
+    logs), read through a second handle of its own."""
+    with tempfile.NamedTemporaryFile("w", suffix=".log") as out, open(out.name) as log:
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "fracjax.cli", *argv], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, text=True)
+        said = ""
+        while process.poll() is None and not (until and until in said):
+            time.sleep(0.05)
+            said += log.read()
+        wall = time.perf_counter() - start
+        if process.poll() is None:
+            process.kill()
+        code = process.wait(timeout=60)
+        lines = (said + log.read()).splitlines()
     if until is None and code != 0:
-        raise RuntimeError(f"fracjax {' '.join(argv)} failed ({code}):\n{''.join(lines[-30:])}")
+        raise RuntimeError(f"fracjax {' '.join(argv)} failed ({code}):\n" + "\n".join(lines[-30:]))
     return wall, sum(float(m.group(1)) for m in map(COMPILED.search, lines) if m)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Compiles the hybrid model's forward pass (over the 0.2 s a program needs to be kept) and says what
+# Compiles the hybrid model's forward pass and says what
 # the cache did.
 PROBE = """
 import json, sys
