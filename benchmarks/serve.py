@@ -107,7 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
     p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched server's wait for more images")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="the batched server's wait for more images (0: greedy batches, fracjax serve's default)")
     args = p.parse_args(argv)
     body = _upload()
     with tempfile.TemporaryDirectory() as tmp:

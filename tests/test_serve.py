@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +70,28 @@ def test_requests_arriving_together_run_as_one_batch_and_each_gets_its_own_resul
     assert [logit for _, logit in out] == list(range(20))
     assert sum(sizes) == 20 and max(sizes) == 16 and len(sizes) < 20
     assert all(s in (1, 2, 4, 8, 16) for s in shapes)  # padded: few compiled shapes
+
+
+def test_batches_form_greedily_a_lone_request_at_once_those_queued_meanwhile_together():
+    def run(pixels):
+        time.sleep(0.2)  # busy: what arrives now queues
+        means = pixels.reshape(len(pixels), -1).mean(axis=1)
+        return means / 255.0, means
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch=16)  # the default: no waiting for company
+        started = time.perf_counter()
+        first = asyncio.ensure_future(batcher.submit(np.zeros((4, 4, 1), np.float32)))
+        await asyncio.sleep(0.05)  # the first is running alone by now
+        rest = [batcher.submit(np.full((4, 4, 1), i, np.float32)) for i in range(1, 6)]
+        out = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return out, batcher.batch_sizes, time.perf_counter() - started
+
+    out, sizes, seconds = asyncio.run(main())
+    assert [logit for _, logit in out] == [0, 1, 2, 3, 4, 5]
+    assert sizes == [1, 5], sizes
+    assert seconds < 0.9, seconds  # two model calls, no waiting between them
 
 
 def test_a_model_failure_reaches_every_request_of_its_batch():

@@ -48,7 +48,9 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive(int), default=32, help="most images run together")
     p.add_argument("--no-warmup", action="store_true",
                    help="start without compiling every batch size first (the first requests then wait for compiles)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more images")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="how long a batch waits for more images after its first (default 0: a batch is what "
+                        "queued while the model ran the one before, so a lone request never waits)")
     return p
 
 

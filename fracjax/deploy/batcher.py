@@ -1,9 +1,11 @@
 """A dynamic batcher: requests that arrive together run as one batch.
 
-The first waiting image starts a batch; images that arrive within
-``max_wait_s`` (or while the model is busy with the previous batch) join it,
-up to ``max_batch``. The model runs in one worker thread, so the event loop
-keeps accepting requests meanwhile, and throughput grows with concurrency.
+The first waiting image starts a batch, and the images that queued while
+the model ran the previous batch join it, up to ``max_batch``: batches form
+greedily, so a lone request never waits for company and a busy server runs
+larger batches (``max_wait_s`` > 0 also waits that long for more). The model
+runs in one worker thread, so the event loop keeps accepting requests
+meanwhile, and throughput grows with concurrency.
 Batches are padded to a power of two so that a jitted model compiles a few
 shapes, not one per batch size.
 """
@@ -51,7 +53,7 @@ class DynamicBatcher:
     """``await batcher.submit(pixels)`` -> (probability, logit) of one image
     (S, S, 1); ``run`` maps a float32 batch (N, S, S, 1) to (probabilities, logits)."""
 
-    def __init__(self, run: Run, max_batch: int = 32, max_wait_s: float = 0.005):
+    def __init__(self, run: Run, max_batch: int = 32, max_wait_s: float = 0.0):
         if max_batch < 1 or not max_wait_s >= 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
         self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s

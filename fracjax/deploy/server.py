@@ -80,7 +80,7 @@ def _number(value: Optional[str]) -> Optional[float]:
 
 
 def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 32,
-               max_wait_s: float = 0.005) -> FastAPI:
+               max_wait_s: float = 0.0) -> FastAPI:
     batcher = DynamicBatcher(served.run, max_batch, max_wait_s)
 
     async def lifespan(app):
