@@ -51,7 +51,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-PEERS = ("torch", "torch-cl", "torch-compile", "keras-jax", "export-stablehlo", "export-onnx")
+PEERS = ("torch", "torch-cl", "torch-compile", "keras-jax", "export-stablehlo", "export-onnx", "torch-onnx")
 TORCHVISION = {
     "mobilenet_v3_small": ("mobilenet_v3_small", 576),
     "mobilenet_v3_large": ("mobilenet_v3_large", 960),
@@ -173,11 +173,11 @@ def bench_pipeline(batch: int, size: int, reps: int) -> Dict:
 # --------------------------------------------------------------------------
 
 
-def bench_torch(model_name: str, batch: int, size: int, reps: int, variant: str) -> Dict:
+def torch_hybrid(model_name: str):
+    """torchvision's backbone with the paper's hybrid head, as fracjax builds it."""
     import torch
     import torchvision
 
-    torch.set_num_threads(os.cpu_count() or 1)
     arch, channels = TORCHVISION[model_name]
     backbone = getattr(torchvision.models, arch)(weights=None).features
     if arch.startswith("resnet"):
@@ -185,7 +185,6 @@ def bench_torch(model_name: str, batch: int, size: int, reps: int, variant: str)
         backbone = torch.nn.Sequential(*list(tv.children())[:-2])
     elif arch.startswith("densenet"):
         backbone = torch.nn.Sequential(backbone, torch.nn.ReLU())
-    # The paper's hybrid head, as fracjax builds it.
     head = torch.nn.Sequential(
         torch.nn.Conv2d(channels, 256, 3, padding=1, bias=False),
         torch.nn.BatchNorm2d(256, eps=1e-3),
@@ -199,10 +198,24 @@ def bench_torch(model_name: str, batch: int, size: int, reps: int, variant: str)
         torch.nn.Dropout(0.3),
         torch.nn.Linear(128, 1),
     )
-    model = torch.nn.Sequential(backbone, head)
+    return torch.nn.Sequential(backbone, head)
+
+
+def torch_pixels(batch: int, size: int):
+    """The benchmark's grey images as torchvision takes them: float RGB in [0, 1], NCHW."""
+    import torch
+
     images, labels = random_batch(batch, size)
     x = torch.from_numpy(np.repeat(images, 3, -1).astype(np.float32)).permute(0, 3, 1, 2).contiguous() / 255.0
-    y = torch.from_numpy(labels.astype(np.float32))
+    return x, torch.from_numpy(labels.astype(np.float32))
+
+
+def bench_torch(model_name: str, batch: int, size: int, reps: int, variant: str) -> Dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = torch_hybrid(model_name)
+    x, y = torch_pixels(batch, size)
     if variant in ("torch-cl", "torch-compile"):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -289,6 +302,41 @@ def bench_export(model_name: str, batch: int, size: int, reps: int, fmt: str) ->
             "latency": repeat_timed(lambda: loaded.run(x[:1]), max(reps, 20))}
 
 
+def onnx_session(blob: bytes):
+    """An onnxruntime CPU session with every graph optimisation: the same for every ONNX row."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+
+
+def bench_torch_onnx(model_name: str, batch: int, size: int, reps: int) -> Dict:
+    """torchvision's model with the hybrid head, exported by torch.onnx.export (TorchScript
+    exporter, opset 18, dynamic batch) and run by onnxruntime: the ONNX a PyTorch user deploys."""
+    import io
+
+    import onnxruntime
+    import torch
+
+    model = torch_hybrid(model_name).eval()
+    x, _ = torch_pixels(batch, size)
+    start = time.perf_counter()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x[:1],), buffer, input_names=["pixels"], output_names=["logit"], opset_version=18,
+                      dynamic_axes={"pixels": {0: "batch"}, "logit": {0: "batch"}}, dynamo=False)
+    session = onnx_session(buffer.getvalue())
+    export_s = time.perf_counter() - start
+    pixels = x.numpy()
+    run = lambda inp: session.run(None, {"pixels": inp})  # noqa: E731
+    run(pixels[:1])
+    run(pixels)
+    return {"name": "torch onnx", "model": model_name, "first_s": export_s, "train_noaug": None,
+            "version": f"onnxruntime {onnxruntime.__version__}", "infer": repeat_timed(lambda: run(pixels), reps),
+            "latency": repeat_timed(lambda: run(pixels[:1]), max(reps, 20))}
+
+
 def run_peer(peer: str, model_name: str, args) -> Dict:
     """Run one peer in a subprocess; its JSON result, or why there is none."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", peer, "--models", model_name,
@@ -306,7 +354,9 @@ def run_peer(peer: str, model_name: str, args) -> Dict:
 
 def worker(peer: str, model_name: str, args) -> None:
     try:
-        if peer.startswith("torch"):
+        if peer == "torch-onnx":
+            result = bench_torch_onnx(model_name, args.batch, args.size, args.reps)
+        elif peer.startswith("torch"):
             if model_name not in TORCHVISION:
                 raise RuntimeError(f"torchvision has no {model_name}")
             result = bench_torch(model_name, args.batch, args.size, args.reps, peer)
@@ -382,6 +432,7 @@ def table(model_name: str, ours: Dict, peers: List[Dict], batch: int, peak: floa
         else:
             first = p["train_noaug"]["first_s"] if p.get("train_noaug") else p["first_s"]  # exports: the export
             row(f"{p['name']} {p.get('version', '')}"[:24], p["train_noaug"], p["infer"], p["latency"], first)
+    rows.extend(onnx_ratio(peers, batch))
     flops = ours["forward_flops"]
     train_img_s = batch / median(ours["train_noaug"])
     infer_img_s = batch / median(ours["infer"])
@@ -396,6 +447,18 @@ def table(model_name: str, ours: Dict, peers: List[Dict], batch: int, peak: floa
         f"back to back {p['both_img_s']:.0f} img/s vs the train step's {batch / median(ours['train']):.0f} img/s"
     )
     return f"\n== {model_name} (hybrid head), batch {batch}, {args_size_label(ours)} ==\n" + "\n".join(rows)
+
+
+def onnx_ratio(peers: List[Dict], batch: int) -> List[str]:
+    """fracjax's ONNX against PyTorch's, both in onnxruntime: the line issue 33 asks for."""
+    found = {p["name"]: p for p in peers if "error" not in p}
+    ours, theirs = found.get("export onnx"), found.get("torch onnx")
+    if not ours or not theirs:
+        return []
+    throughput = median(theirs["infer"]) / median(ours["infer"])
+    latency = median(theirs["latency"]) / median(ours["latency"])
+    return [f"ONNX in onnxruntime, fracjax's / PyTorch's (>1: fracjax faster): batch {batch} {throughput:.2f}x "
+            f"images/s, 1 image {latency:.2f}x (latency)"]
 
 
 def args_size_label(ours: Dict) -> str:

@@ -82,7 +82,8 @@ def logits_and_stages(model, variables, x):
     outputs = [called["__call__"][0] for called in state["intermediates"]["backbone"].values()]
     outputs = [out for out in outputs if getattr(out, "ndim", 0) == 4]
     pooled = [jnp.mean(outputs[i].astype(jnp.float32), axis=(1, 2)) for i in ood.stage_indices(len(outputs))]
-    return logits[:, 0].astype(jnp.float32), pooled
+    # The first class by a slice, not an index: an index is a gather where the batch is symbolic (ONNX export).
+    return jax.lax.index_in_dim(logits, 0, axis=1, keepdims=False).astype(jnp.float32), pooled
 
 
 def _predicted(count: int, failed: Dict[int, str]) -> np.ndarray:

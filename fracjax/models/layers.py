@@ -288,8 +288,8 @@ class ConvBN(nn.Module):
 
 def to_rgb(x: Array) -> Array:
     """Accept (..., H, W, 1) grey or (..., H, W, 3) RGB; return RGB."""
-    if x.shape[-1] == 1:
-        return jnp.repeat(x, 3, axis=-1)
+    if x.shape[-1] == 1:  # a broadcast, not a repeat: the ONNX graph expands it channels-first, in place
+        return jnp.broadcast_to(x, (*x.shape[:-1], 3))
     if x.shape[-1] != 3:
         raise ValueError(f"expected 1 (grey) or 3 (RGB) channels last, got shape {x.shape}")
     return x
@@ -344,8 +344,7 @@ def zero_pad(x: Array, pad: int) -> Array:
 def padded_max_pool(x: Array, window: int = 3, stride: int = 2, pad: int = 1) -> Array:
     """Keras stems' ``ZeroPadding2D(pad)`` then a "valid" max pool. The
     padding is zeros, not -inf: the same here, since the stems pool after a
-    ReLU, but stated as Keras does it. (Pools take ``window_shape=`` by
-    keyword: jax2onnx's pooling plugins read it only so.)"""
+    ReLU, but stated as Keras does it."""
     return nn.max_pool(zero_pad(x, pad), window_shape=(window, window), strides=(stride, stride), padding="VALID")
 
 

@@ -215,22 +215,3 @@ def test_preprocess_input_matches_keras(keras, mode, family):
 def test_preprocess_input_rejects_unknown_mode():
     with pytest.raises(ValueError, match="preprocessing mode"):
         layers.preprocess_input(jnp.ones((1, 2, 2, 3)), "imagenet")
-
-
-@pytest.mark.parametrize("name", ["vgg16", "densenet121", "resnet50"])
-def test_pools_pass_their_window_by_keyword(name, monkeypatch):
-    # jax2onnx's pooling plugins read window_shape only as a keyword (issue 19).
-    from flax import linen
-
-    for pool in ("max_pool", "avg_pool"):
-        original = getattr(linen, pool)
-
-        def keyword_only(x, *args, _original=original, _pool=pool, **kwargs):
-            assert not args, f"{_pool} got its window positionally"
-            return _original(x, **kwargs)
-
-        monkeypatch.setattr(linen, pool, keyword_only)
-    from fracjax.models import create
-
-    model = create(name, head="linear")
-    jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
