@@ -179,12 +179,13 @@ def torch_hybrid(model_name: str):
     import torchvision
 
     arch, channels = TORCHVISION[model_name]
-    backbone = getattr(torchvision.models, arch)(weights=None).features
-    if arch.startswith("resnet"):
-        tv = getattr(torchvision.models, arch)(weights=None)
+    tv = getattr(torchvision.models, arch)(weights=None)
+    if arch.startswith("resnet"):  # no .features: everything before the pooling and the classifier
         backbone = torch.nn.Sequential(*list(tv.children())[:-2])
-    elif arch.startswith("densenet"):
-        backbone = torch.nn.Sequential(backbone, torch.nn.ReLU())
+    elif arch.startswith("densenet"):  # its features end at a BatchNorm; Keras's at the ReLU after it
+        backbone = torch.nn.Sequential(tv.features, torch.nn.ReLU())
+    else:
+        backbone = tv.features
     head = torch.nn.Sequential(
         torch.nn.Conv2d(channels, 256, 3, padding=1, bias=False),
         torch.nn.BatchNorm2d(256, eps=1e-3),

@@ -172,6 +172,8 @@ def _slice(graph, eqn, ins):
     starts, limits = eqn.params["start_indices"], eqn.params["limit_indices"]
     strides = eqn.params["strides"] or (1,) * x.rank
     axes = [a for a in range(x.rank) if (starts[a], limits[a], strides[a]) != (0, x.shape[a], 1)]
+    if not axes:  # the whole value (the one logit of a one-class head)
+        return dataclasses.replace(x)
     inputs = [x.name, _ints(graph, [starts[a] for a in axes]), _ints(graph, [limits[a] for a in axes]),
               _ints(graph, _physical_axes(x.rank, axes)), _ints(graph, [strides[a] for a in axes])]
     return result(graph.add("Slice", inputs), eqn)

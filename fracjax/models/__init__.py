@@ -9,6 +9,7 @@ from fracjax.models.hybrid import BackboneHead, ConvBlockSpec, HybridHead, Linea
 from fracjax.models.kits import KITS, Kernels
 from fracjax.models.layers import BatchNorm, Conv, ConvBN, DepthwiseConv2D
 from fracjax.models.mobilenet_v3 import MobileNetV3, MobileNetV3Large, MobileNetV3Small
+from fracjax.models.nnx_view import to_linen_variables, to_nnx
 from fracjax.models.pretrained import WeightsUnavailableError
 from fracjax.models.registry import (
     InputContract,
@@ -19,6 +20,7 @@ from fracjax.models.registry import (
     load_keras_weights,
     register,
 )
+from fracjax.models.summary import summarize, summary
 from fracjax.models.weights import KerasWeightsError, with_backbone_variables
 
 __all__ = [
@@ -45,5 +47,9 @@ __all__ = [
     "load_keras_weights",
     "pretrained",
     "register",
+    "summarize",
+    "summary",
+    "to_linen_variables",
+    "to_nnx",
     "with_backbone_variables",
 ]
