@@ -103,7 +103,7 @@ def make_optimizer(
     ``optax.contrib.reduce_on_plateau`` whose scale multiplies the updates;
     its state lives in the optimizer state, and :func:`observe_plateau`
     feeds it the validation loss at epoch ends."""
-    partition = jax.tree_util.tree_map(lambda trains: TRAINABLE if trains else FROZEN, mask)
+    partition = labels_by_path(mask)
     parts = []
     if grad_clip:
         parts.append(optax.clip_by_global_norm(grad_clip))
@@ -142,6 +142,22 @@ def plateau_scale(opt_state) -> float:
     """The learning-rate factor reduce-on-plateau has reached (1.0 without one)."""
     nodes = [n for n in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_plateau) if _is_plateau(n)]
     return float(nodes[0].scale) if nodes else 1.0
+
+
+def labels_by_path(mask: Dict[str, Any]):
+    """The partition of ``multi_transform`` as a function of a parameter tree: each leaf's label
+    looked up in ``mask`` by its names, so that the same optimizer takes the Linen dictionary and
+    an NNX view's ``nnx.State`` (whose leaves sit at the same names, see
+    :func:`fracjax.models.to_nnx`)."""
+    flat = traverse_util.flatten_dict(mask)
+
+    def label(path, _):
+        names = tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+        if names not in flat:
+            raise KeyError(f"no trainable mask for the parameter {'/'.join(names)}")
+        return TRAINABLE if flat[names] else FROZEN
+
+    return lambda params: jax.tree_util.tree_map_with_path(label, params)
 
 
 def _decay_mask(params):
