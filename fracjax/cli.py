@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "audit": ("fracjax.commands.audit", "near-duplicate X-rays within and across a data set's splits"),
     "export": ("fracjax.commands.export", "a trained run as a StableHLO or ONNX artifact with its model card"),
     "serve": ("fracjax.commands.serve", "a page and a JSON API for X-rays, from an export or a run"),
+    "samples": ("fracjax.commands.samples", "sample X-rays to try it on (PNG 8/16-bit, JPEG, DICOM; labelled)"),
 }
 
 

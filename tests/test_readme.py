@@ -5,7 +5,6 @@ here; a substitution that no longer matches the README fails too."""
 
 import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -54,7 +53,6 @@ def _cached_imagenet_file(cache, monkeypatch):
 
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch):
-    import pydicom.data
 
     import fracjax.data
 
@@ -69,10 +67,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     _cached_imagenet_file(tmp_path / "cache", monkeypatch)
     images, _ = fracjax.data.generate_arrays(12, "test", seed=3, config=fracjax.data.SyntheticConfig(size=64))
     _kaggle_folder(tmp_path / "M", images)
-    from PIL import Image
-
-    Image.fromarray(images[0][..., 0]).save("xray.png")
-    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), "study.dcm")
+    fracjax.data.samples("samples", image_size=64)  # the README's `fracjax samples samples/`
     namespace = {"D": str(tmp_path / "D"), "M": str(tmp_path / "M")}
     for index, block in enumerate(blocks):
         for old, new in SUBSTITUTIONS:
@@ -90,11 +85,11 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     # What the blocks computed is what they say.
     assert namespace["logits"].shape == (4, 1)
     assert namespace["report"]["test"]["n"] == 64
-    probability = namespace["clf"].predict(["xray.png"])
+    probability = namespace["clf"].predict(["samples/fractured/fractured_01.dcm"])
     assert probability.shape == (1,) and 0.0 <= probability[0] <= 1.0
-    skipped = namespace["clf"].predict(["xray.png", "broken.png"], errors="skip")
+    skipped = namespace["clf"].predict(["samples/fractured/fractured_01.dcm", "broken.png"], errors="skip")
     assert list(skipped.failed) == [1] and "broken.png" in skipped.failed[1]
     assert skipped.probabilities[0] == probability[0]
     assert namespace["result"].metrics["n"] == 4 and namespace["result"].clean is not None
-    assert np.asarray(fracjax.data.read_image("study.dcm")).ndim == 3
+    assert np.asarray(fracjax.data.read_image("samples/fractured/fractured_01.dcm")).ndim == 3
     assert np.shape(namespace["probability"]) == (3,) and np.isfinite(namespace["probability"]).all()

@@ -16,7 +16,7 @@ import numpy as np
 
 import fracjax
 from fracjax.checkpoint import CheckpointCorruptError
-from fracjax.data.io import ImageDecodeError, read_image
+from fracjax.data.io import ImageDecodeError, image_files, read_image
 from fracjax.evaluation import gradcam
 
 
@@ -61,7 +61,8 @@ def main(argv=None, prog: str = "fracjax explain") -> int:
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", help="run folder or checkpoint folder")
-    parser.add_argument("files", nargs="+", help="images: PNG, JPEG, BMP, TIFF, DICOM")
+    parser.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER",
+                        help="images (PNG, JPEG, BMP, TIFF, DICOM), or folders searched for them recursively")
     parser.add_argument("--out", default="explained", help="folder for the overlays")
     parser.add_argument("--method", default="gradcam", choices=gradcam.METHODS)
     parser.add_argument("--layer", default=gradcam.DEFAULT_LAYER,
@@ -69,6 +70,10 @@ def main(argv=None, prog: str = "fracjax explain") -> int:
     parser.add_argument("--target", default="fractured", choices=["fractured", "not_fractured"],
                         help="which class's evidence to show")
     args = parser.parse_args(argv)
+    try:
+        args.files = image_files(args.files)  # before the model loads: an empty folder is said now
+    except ValueError as err:
+        parser.error(str(err))
     try:
         os.makedirs(args.out, exist_ok=True)  # before any work: a bad --out fails now, not after Grad-CAM
         if not os.access(args.out, os.W_OK):

@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import fracjax
 from fracjax.checkpoint import CheckpointCorruptError
+from fracjax.data.io import image_files
 from fracjax.inference import OUTSIDE, format_threshold, label_of
 
 COLUMNS = ["file", "probability", "label", "in_distribution", "ood_score", "reason", "error"]
@@ -32,8 +33,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", help="run folder or checkpoint folder")
-    parser.add_argument("files", nargs="+", help="images: PNG, JPEG, BMP, TIFF, DICOM")
-    parser.add_argument("--which", default="best", choices=["best", "latest"])
+    parser.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER",
+                        help="images (PNG, JPEG, BMP, TIFF, DICOM), or folders searched for them recursively")
+    parser.add_argument("--which", default="best", choices=["best", "latest"],
+                        help="the run's best checkpoint (by validation AUROC; default) or its latest step")
     decision = parser.add_mutually_exclusive_group()
     decision.add_argument("--operating-point", metavar="NAME",
                           help="a threshold chosen on validation: youden, sensitivity_0.9, sensitivity_0.95")
@@ -89,6 +92,10 @@ def main(argv=None, prog: str = "fracjax predict") -> int:
     parser = _parser(prog)
     args = parser.parse_args(argv)
     _check_outputs(parser, args)
+    try:
+        args.files = image_files(args.files)  # before the model loads: an empty folder is said now
+    except ValueError as err:
+        parser.error(str(err))
     try:
         clf = fracjax.Classifier.from_checkpoint(args.checkpoint, which=args.which)
         threshold = args.threshold if args.threshold is not None else clf.threshold_for(args.operating_point)

@@ -14,6 +14,7 @@ from fracjax.data.augment import AugmentConfig, augment_batch
 from fracjax.data.io import ImageDecodeError, read_image, resize_bilinear
 from fracjax.data.pipeline import ArraySource, TrainOrder, eval_batches, load_arrays, train_batches
 from fracjax.data.prepare import from_folder, load_source
+from fracjax.data.sample_files import samples
 from fracjax.data.synthetic import SyntheticConfig, generate_arrays, generate_example
 from fracjax.metrics import LABEL_NAMES
 
@@ -38,6 +39,7 @@ __all__ = [
     "from_folder",
     "read_image",
     "resize_bilinear",
+    "samples",
 ]
 
 _BUILDER_NAMES = ("FractureXray", "FractureXrayConfig", "SyntheticFracture", "SyntheticFractureConfig")

@@ -20,7 +20,7 @@ import functools
 import io
 import os
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,8 +45,8 @@ from fracjax.data.screening import Observations
 # What the other modules of fracjax and its users import from here (defined in pixels).
 __all__ = [
     "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "ImageDecodeError", "ImageTooLargeError", "NotAnImageError",
-    "decode_image", "gaussian_blur", "grey_pixels", "luminance", "model_input", "pixel_limit", "pixel_values",
-    "read_image", "rescale_to_uint8", "resize_bilinear", "scale_block", "to_uint8", "value_scaling",
+    "decode_image", "image_files", "gaussian_blur", "grey_pixels", "luminance", "model_input", "pixel_limit",
+    "pixel_values", "read_image", "rescale_to_uint8", "resize_bilinear", "scale_block", "to_uint8", "value_scaling",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
@@ -156,6 +156,27 @@ def _read_pil(source, path: PathLike, limit: int, seen: Optional[Observations] =
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageDecodeError(path, f"{type(err).__name__}: {err}") from None
     return grey
+
+
+def image_files(paths: Sequence[PathLike]) -> List[str]:
+    """``paths`` with each folder replaced by the image files in it and below (by extension,
+    :data:`IMAGE_EXTENSIONS`, sorted; hidden files and folders left out). A file is kept as
+    given, even one that does not exist: reading it then says why. A folder without any image
+    file is refused by name."""
+    out: List[str] = []
+    for path in map(os.fspath, paths):
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = []
+        for root, folders, files in os.walk(path):
+            folders[:] = sorted(f for f in folders if not f.startswith("."))
+            found += [os.path.join(root, f) for f in sorted(files)
+                      if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:
+            raise ValueError(f"{path}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below")
+        out += found
+    return out
 
 
 def read_image(path: PathLike, max_pixels: Optional[int] = None, seen: Optional[Observations] = None) -> np.ndarray:
