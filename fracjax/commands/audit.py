@@ -33,14 +33,19 @@ def main(argv=None, prog: str = "fracjax audit") -> int:
     )
     parser.add_argument("--dataset", default="fracture_xray", help="TFDS name, e.g. fracture_xray or fracture_xray/384")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir the set was prepared in")
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="the splits compared (default: all)")
     parser.add_argument("--json", dest="json_path", help="write the pairs (and clean test list) here")
     parser.add_argument(
         "--clean-test", action="store_true", help="also list test examples with no near-copy in train/validation"
     )
-    parser.add_argument("--threshold", type=float, default=AuditConfig.threshold)
-    parser.add_argument("--candidates", type=int, default=AuditConfig.candidates)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=AuditConfig.threshold,
+                        help="a pair is a near-copy at this verified similarity or above, in (0, 1] "
+                             f"(1.0: exact; default {AuditConfig.threshold})")
+    parser.add_argument("--candidates", type=int, default=AuditConfig.candidates,
+                        help="most similar thumbnails kept per image before verification "
+                             f"(more: slower, misses fewer; default {AuditConfig.candidates})")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes verifying candidate pairs (0: one per CPU core, at most 8)")
     args = parser.parse_args(argv)
     if not 0.0 < args.threshold <= 1.0:
         parser.error(f"--threshold must be in (0, 1], got {args.threshold}")

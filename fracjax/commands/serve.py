@@ -41,7 +41,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="an export folder (fracjax export) or a run / checkpoint folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port to listen on (default 8000; 0: any free one)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=32.0, help="largest request (413 past it)")
     p.add_argument("--max-pixels", type=_positive(int), default=None,
                    help="largest decoded image (413 past it; default fracjax's decoder limit)")
