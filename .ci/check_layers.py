@@ -29,7 +29,7 @@ LAYERS = [
     "data",
     "models",
     "ops",
-    "metrics | checkpoint | hashing | hostmem | ood | caches",
+    "metrics | checkpoint | hashing | hostmem | ood | caches | argparsing",
 ]
 
 # Names the package's __getattr__ hands out, and the module each one loads.

@@ -156,3 +156,18 @@ def test_calibrate_ood_fits_saves_and_measures_a_detector(data_dir, tmp_path, ca
     assert detector is not None and float(detector["threshold"]) == pytest.approx(measured["threshold"])
     assert cli.main(["calibrate-ood", run, "--data-folder", str(tmp_path / "nowhere")]) == 2
     assert "--data-folder: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_bad_option_is_said_in_two_lines_with_a_suggestion(capsys):
+    assert cli.main(["predict", "run", "x.png", "--thresold", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == ("fracjax predict: error: unrecognized arguments: --thresold "
+                                   "(did you mean --threshold?) 0.5")
+    assert len(err.splitlines()) == 2 and "usage:" not in err
+    assert cli.main(["audit", "--threshold", "2"]) == 2
+    assert capsys.readouterr().err.startswith("fracjax audit: error: --threshold must be in (0, 1]")
+
+
+def test_a_misspelt_config_option_gets_a_suggestion():
+    with pytest.raises(ValueError, match="unknown config option 'phase2_epoch'; did you mean 'phase2_epochs'"):
+        fracjax.train.make_config(phase2_epoch=3)

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from fracjax.argparsing import CommandParser
 from fracjax.data.audit import AuditConfig, audit
 from fracjax.data.prepare import load_source
 from fracjax.data.splits import SPLITS
@@ -27,7 +28,7 @@ def _check_writable(parser: argparse.ArgumentParser, path: str) -> None:
 
 
 def main(argv=None, prog: str = "fracjax audit") -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog,
         description="Find exact and near-duplicate X-rays within and across the splits of a prepared data set.",
     )

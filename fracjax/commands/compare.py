@@ -20,12 +20,13 @@ give --pretrained weights per model (or imagenet) and a larger budget.
 import argparse
 import sys
 
+from fracjax.argparsing import CommandParser
 from fracjax.comparison import ComparisonConfig, run_comparison
 from fracjax.train.cli import add_options, options_from_args
 
 
 def main(argv=None, prog: str = "fracjax compare") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, ComparisonConfig)  # every flag from the config's declarations (fracjax.comparison)
     config = ComparisonConfig(**options_from_args(p.parse_args(argv), ComparisonConfig))
     try:

@@ -20,9 +20,11 @@ import os
 import sys
 from typing import Dict, Optional
 
+from fracjax.argparsing import CommandParser
+
 
 def parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder or checkpoint folder")
     p.add_argument("--dataset", help="TFDS name (default: the run's, from its config.json)")
     p.add_argument("--data-dir", help="TFDS data_dir (default: the run's)")

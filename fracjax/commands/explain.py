@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 import fracjax
+from fracjax.argparsing import CommandParser
 from fracjax.checkpoint import CheckpointCorruptError
 from fracjax.data.io import ImageDecodeError, image_files, read_image
 from fracjax.evaluation import gradcam
@@ -57,7 +58,7 @@ def output_names(paths, method: str):
 
 
 def main(argv=None, prog: str = "fracjax explain") -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", help="run folder or checkpoint folder")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fracjax.argparsing import CommandParser
 from fracjax.checkpoint import CheckpointCorruptError
 from fracjax.deploy import FORMATS, ExportError, export, read_card
 
 
 def main(argv=None, prog: str = "fracjax export") -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run", help="run folder or checkpoint folder")

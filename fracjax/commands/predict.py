@@ -21,6 +21,7 @@ import sys
 from typing import List, Optional
 
 import fracjax
+from fracjax.argparsing import CommandParser
 from fracjax.checkpoint import CheckpointCorruptError
 from fracjax.data.io import image_files
 from fracjax.inference import OUTSIDE, format_threshold, label_of
@@ -29,7 +30,7 @@ COLUMNS = ["file", "probability", "label", "in_distribution", "ood_score", "reas
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", help="run folder or checkpoint folder")

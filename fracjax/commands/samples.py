@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
+from fracjax.argparsing import CommandParser
 from fracjax.data.sample_files import FORMATS, samples
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "fracjax samples") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+    parser = CommandParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="where to write them (created if needed; existing files are never replaced)")
     parser.add_argument("--per-class", type=int, default=1,

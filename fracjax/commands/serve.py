@@ -18,6 +18,8 @@ import socket
 import sys
 import time
 
+from fracjax.argparsing import CommandParser
+
 NEEDS = "fracjax serve needs FastAPI and uvicorn: pip install 'fracjax[serve]'"
 
 
@@ -38,7 +40,7 @@ def _port(text: str) -> int:
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="an export folder (fracjax export) or a run / checkpoint folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port to listen on (default 8000; 0: any free one)")

@@ -11,6 +11,7 @@ import sys
 import typing
 from typing import Any, List, Optional
 
+from fracjax.argparsing import CommandParser
 from fracjax.models.pretrained import WeightsUnavailableError
 from fracjax.models.weights import KerasWeightsError
 from fracjax.train.config import SECTIONS, TrainConfig, fields, flag_of
@@ -87,7 +88,7 @@ def options_from_args(args: argparse.Namespace, options_cls) -> dict:
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = CommandParser(prog=prog, description=DESCRIPTION)
     groups = {section: parser.add_argument_group(GROUP_TITLES[section]) for section, _ in SECTIONS}
     classes = dict(SECTIONS)
     for section, f, name in fields():

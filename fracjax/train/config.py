@@ -13,6 +13,7 @@ sections, so ``make_config(batch_size=8, image_size=64)`` and
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -371,7 +372,10 @@ def _locate(option: str) -> Tuple[str, str]:
     for section, f, name in fields():
         if option == name:
             return section, f.name
-    raise ValueError(f"unknown config option {option!r}; options: {sorted(name for _, _, name in fields())}")
+    names = sorted(name for _, _, name in fields())
+    close = difflib.get_close_matches(option, names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else f"options: {names}"
+    raise ValueError(f"unknown config option {option!r}; {hint}")
 
 
 def make_config(**options) -> TrainConfig:
