@@ -6,7 +6,10 @@ Values are only parsed here; :func:`fracjax.train.config.validate` checks them."
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import json
+import os
 import sys
 import typing
 from typing import Any, List, Optional
@@ -110,9 +113,33 @@ def _from_text(f: dataclasses.Field, value: Any) -> Any:
 
 def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = None,
                      parser: Optional[argparse.ArgumentParser] = None) -> TrainConfig:
-    args = vars((parser or build_parser(prog)).parse_args(argv))
+    """The config the command line asks for. With ``--resume``, the run's saved options
+    (``config.json`` in its folder) stand in for every option not given on the command line."""
+    parser = parser or build_parser(prog)
+    args = vars(parser.parse_args(argv))
     options = {name: _from_text(f, args[name]) for _, f, name in fields() if name in args}
-    return TrainConfig().replace(**options)
+    config = TrainConfig().replace(**options)
+    saved_path = os.path.join(config.run_dir, "config.json")
+    if not config.run.resume or not os.path.isfile(saved_path):
+        return config  # nothing saved: what was given (fit says whether there is anything to resume)
+    try:
+        with open(saved_path) as f:
+            saved = TrainConfig.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"--resume: cannot read the run's options in {saved_path}: {err}") from None
+    given = explicit_options(parser, argv)
+    print(f"--resume: the run's own options from {saved_path}"
+          + (f"; given here: {', '.join('--' + n.replace('_', '-') for n in sorted(given))}" if given else ""))
+    return saved.replace(**{name: value for name, value in config.flat().items() if name in given})
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> set:
+    """The options ``argv`` names itself (not left at their defaults)."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
 
 
 def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:

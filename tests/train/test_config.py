@@ -2,6 +2,7 @@
 command line, its help and the checks."""
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -183,3 +184,20 @@ def test_several_process_options_are_checked_together(options, message):
     with pytest.raises(ValueError, match=message):
         make_config(**options).validate()
     make_config(coordinator="10.0.0.1:8476", num_processes=4, process_id=3).validate()
+
+
+def test_resume_alone_takes_the_runs_saved_options(tmp_path, capsys):
+    original = make_config(out=str(tmp_path), image_size=64, phase2_epochs=2, batch_size=16, seed=7,
+                           dataset="synthetic_fracture/tiny")
+    os.makedirs(original.run_dir)
+    with open(os.path.join(original.run_dir, "config.json"), "w") as f:
+        f.write(original.to_json())
+    resumed = config_from_args(["--resume", "--out", str(tmp_path)])
+    assert resumed.run.resume and resumed.resume_keys() == original.resume_keys()
+    assert "the run's own options" in capsys.readouterr().out
+    # What is given on the command line still counts (and the resume check then judges it).
+    changed = config_from_args(["--resume", "--out", str(tmp_path), "--phase2-epochs", "4"])
+    assert changed.optim.phase2_epochs == 4 and changed.data.image_size == 64
+    # No saved options: the command line as it is.
+    fresh = config_from_args(["--resume", "--out", str(tmp_path / "elsewhere")])
+    assert fresh.data.image_size == make_config().data.image_size
