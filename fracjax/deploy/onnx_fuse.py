@@ -5,7 +5,12 @@ runs fastest, each exact up to float rounding (the export's parity check bounds 
   BatchNorm, a convolution's bias) goes into the convolution's weights and bias;
 * zero padding before convolutions goes into their ``pads``;
 * ``max(x, 0)`` becomes Relu, ``min(max(x + 3, 0), 6) / 6`` HardSigmoid and ``x`` times that
-  HardSwish: the activations onnxruntime fuses into the convolution before them;
+  HardSwish: the activations onnxruntime fuses into the convolution before them; other
+  ``min(max(x, a), b)`` become Clip;
+* a sum over H and W divided by H * W (``jnp.mean``) becomes GlobalAveragePool;
+* the input's ``x * a + b`` goes into the first convolution's weights, leaving ``x - v``;
+* a run of per-channel constants with no convolution before it (DenseNet's pre-activation
+  BatchNorm) becomes one BatchNormalization; a run that is the identity goes;
 * what no output needs is dropped.
 """
 
