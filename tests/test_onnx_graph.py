@@ -180,3 +180,13 @@ def test_export_says_why_it_cannot_convert_and_writes_nothing(tmp_path, monkeypa
     with pytest.raises(ExportError, match="cumsum.*nothing written"):
         fracjax.export(classifier, str(tmp_path / "out"), format="onnx")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_constant_as_large_as_the_batch_stays_small_in_the_graph():
+    def fn(x):
+        return (x * jnp.full_like(x, 0.5) + jnp.arange(2.0).sum(),)  # a constant the shape of the (symbolic) batch
+
+    model = onnx_model.convert(fn, 6, ["out"])
+    assert all(np.prod(t.dims) <= 1 for t in model.graph.initializer if t.data_type == 1)  # float constants
+    x = pixels(3, 6)
+    np.testing.assert_allclose(run(model, x)[0], np.asarray(fn(jnp.asarray(x))[0]), rtol=1e-6)

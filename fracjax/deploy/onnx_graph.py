@@ -163,9 +163,24 @@ def _materialise(value: np.ndarray, aval) -> np.ndarray:
     raise ConversionError(f"a constant of shape {aval.shape} depends on the batch size")
 
 
+def _unbroadcast(value: np.ndarray, eqn) -> np.ndarray:
+    """A constant's ``broadcast_in_dim``, kept at its small shape (size 1 on the new axes): ONNX's
+    elementwise ops broadcast as lax's do, and a per-channel vector stays a vector even where the
+    target shape holds the batch."""
+    shape, dims = eqn.params["shape"], eqn.params["broadcast_dimensions"]
+    small = [1] * len(shape)
+    for axis, size in zip(dims, np.shape(value), strict=True):
+        small[axis] = size
+    return np.reshape(np.asarray(value), small)
+
+
 def _evaluate(eqn, args: Sequence[np.ndarray]) -> List[np.ndarray]:
     """An equation on constants, computed by JAX now."""
+    if eqn.primitive.name == "broadcast_in_dim" and len(args) == 1:
+        return [_unbroadcast(args[0], eqn)]
     values = [_materialise(a, v.aval) for a, v in zip(args, eqn.invars, strict=True)]
+    if not all(is_static(d) for v in eqn.outvars for d in v.aval.shape):
+        raise ConversionError(f"a constant {eqn.primitive.name!r} whose shape depends on the batch size")
     out = eqn.primitive.bind(*values, **eqn.params)
     out = out if eqn.primitive.multiple_results else [out]
     return [np.asarray(o) for o in out]

@@ -124,7 +124,8 @@ def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = Non
         return config  # nothing saved: what was given (fit says whether there is anything to resume)
     try:
         with open(saved_path) as f:
-            saved = TrainConfig.from_dict(json.load(f))
+            written = json.load(f)  # {"train": the config, "model": its spec} (train.context), or older: the config
+        saved = TrainConfig.from_dict(written.get("train", written))
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"--resume: cannot read the run's options in {saved_path}: {err}") from None
     given = explicit_options(parser, argv)

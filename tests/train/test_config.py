@@ -2,7 +2,6 @@
 command line, its help and the checks."""
 
 import dataclasses
-import os
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest
 from fracjax.train import TrainConfig, make_config
 from fracjax.train.cli import build_parser, config_from_args
 from fracjax.train.config import fields, flag_of
+from fracjax.train.context import _write_config
 
 
 def test_the_command_line_defaults_are_the_config_defaults():
@@ -189,9 +189,7 @@ def test_several_process_options_are_checked_together(options, message):
 def test_resume_alone_takes_the_runs_saved_options(tmp_path, capsys):
     original = make_config(out=str(tmp_path), image_size=64, phase2_epochs=2, batch_size=16, seed=7,
                            dataset="synthetic_fracture/tiny")
-    os.makedirs(original.run_dir)
-    with open(os.path.join(original.run_dir, "config.json"), "w") as f:
-        f.write(original.to_json())
+    _write_config(original, {"model": "mobilenet_v3_small"})  # as fit writes it
     resumed = config_from_args(["--resume", "--out", str(tmp_path)])
     assert resumed.run.resume and resumed.resume_keys() == original.resume_keys()
     assert "the run's own options" in capsys.readouterr().out
