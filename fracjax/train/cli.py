@@ -114,7 +114,8 @@ def _from_text(f: dataclasses.Field, value: Any) -> Any:
 def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = None,
                      parser: Optional[argparse.ArgumentParser] = None) -> TrainConfig:
     """The config the command line asks for. With ``--resume``, the run's saved options
-    (``config.json`` in its folder) stand in for every option not given on the command line."""
+    (``config.json`` in its folder) stand in for the options a resumed run must keep (declared
+    ``resume_key``: model, data, order of steps) that the command line does not give."""
     parser = parser or build_parser(prog)
     args = vars(parser.parse_args(argv))
     options = {name: _from_text(f, args[name]) for _, f, name in fields() if name in args}
@@ -128,10 +129,13 @@ def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = Non
         saved = TrainConfig.from_dict(written.get("train", written))
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"--resume: cannot read the run's options in {saved_path}: {err}") from None
+    # Only what the run must keep (its model, data and order of steps) comes from the saved options;
+    # how this launch runs (processes, coordinator, progress, output) is the command line's.
     given = explicit_options(parser, argv)
-    print(f"--resume: the run's own options from {saved_path}"
+    taken = {name: value for name, value in saved.resume_keys().items() if name not in given}
+    print(f"--resume: the run's own model, data and schedule options from {saved_path}"
           + (f"; given here: {', '.join('--' + n.replace('_', '-') for n in sorted(given))}" if given else ""))
-    return saved.replace(**{name: value for name, value in config.flat().items() if name in given})
+    return config.replace(**taken)
 
 
 def explicit_options(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> set:

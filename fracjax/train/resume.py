@@ -7,8 +7,9 @@ checkpoint holds one tree, :func:`saved_tree` (the train state: the model's
 variables, optimizer tree, step and key; the run's
 :class:`~fracjax.train.state.Progress`), and the history as JSON; it is
 restored replicated over this run's devices, whatever process count saved
-it. A non-finite model is never saved. (``--resume`` alone takes the run's
-own options from its ``config.json``: :func:`fracjax.train.cli.config_from_args`.)
+it. A non-finite model is never saved. (``--resume`` alone keeps the run's
+model, data and schedule options, read from its ``config.json``:
+:func:`fracjax.train.cli.config_from_args`.)
 """
 
 from __future__ import annotations

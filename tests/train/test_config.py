@@ -192,7 +192,7 @@ def test_resume_alone_takes_the_runs_saved_options(tmp_path, capsys):
     _write_config(original, {"model": "mobilenet_v3_small"})  # as fit writes it
     resumed = config_from_args(["--resume", "--out", str(tmp_path)])
     assert resumed.run.resume and resumed.resume_keys() == original.resume_keys()
-    assert "the run's own options" in capsys.readouterr().out
+    assert "the run's own model, data and schedule options" in capsys.readouterr().out
     # What is given on the command line still counts (and the resume check then judges it).
     changed = config_from_args(["--resume", "--out", str(tmp_path), "--phase2-epochs", "4"])
     assert changed.optim.phase2_epochs == 4 and changed.data.image_size == 64
