@@ -105,12 +105,9 @@ def fold_padding_into_convolutions(graph: Graph) -> None:
 
 def _operands(graph: Graph, node: Node, op: str, constant: float):
     """(the non-constant input) when ``node`` is ``op`` of it and the scalar ``constant``; else None."""
-    if node is None or node.op != op or len(node.inputs) != 2:
-        return None
-    for mine, theirs in ((0, 1), (1, 0)):
-        value = _scalar(graph, node.inputs[theirs])
-        if value is not None and np.isclose(value, constant, rtol=1e-6, atol=0.0):
-            return node.inputs[mine]
+    found = _with_scalar(graph, node, op)
+    if found is not None and np.isclose(_scalar(graph, found[1]), constant, rtol=1e-6, atol=0.0):
+        return found[0]
     return None
 
 
