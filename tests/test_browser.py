@@ -127,3 +127,15 @@ def test_the_page_says_a_photograph_is_outside_what_the_model_was_trained_on(ser
     Select(browser.find_element(By.ID, "point")).select_by_value("youden")  # no threshold gives it a label
     assert decision.text.startswith("outside what this model was trained on")
     assert "fractured" not in decision.text
+
+
+def test_the_api_docs_render_without_the_internet(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    browser.get(url + "docs")
+    paths = WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    assert "/v1/predict" in {p.get_attribute("data-path") for p in paths}
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(name.startswith(url) for name in loaded), loaded  # every file from this server

@@ -242,6 +242,18 @@ def test_the_card_and_the_page(app):
     assert call(app, "GET", "/openapi.json").json()["paths"]["/v1/predict"]
 
 
+def test_the_api_docs_come_from_bundled_files_not_a_cdn(app):
+    docs = call(app, "GET", "/docs").text
+    assert "/docs/assets/swagger-ui-bundle.js" in docs and "/openapi.json" in docs
+    assert "cdn" not in docs and "https://" not in docs  # FastAPI's default page loads jsdelivr
+    script = call(app, "GET", "/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and len(script.content) > 100_000
+    assert "javascript" in script.headers["content-type"]
+    assert call(app, "GET", "/docs/assets/swagger-ui.css").status_code == 200
+    assert call(app, "GET", "/docs/assets/..%2F__init__.py").status_code == 404  # listed files only
+    assert call(app, "GET", "/redoc").status_code == 404  # ReDoc would need a CDN too
+
+
 def test_an_export_serves_what_its_checkpoint_computes_and_explains_from_it(run_dir, classifier, tmp_path):
     exported = fracjax.export(classifier, str(tmp_path / "exported"))
     served = open_served(exported)

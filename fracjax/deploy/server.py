@@ -7,7 +7,8 @@
                        ``force_label`` (label inputs the checks flag too)
     GET  /v1/model     the model card
     GET  /healthz      liveness, and the batches run so far
-    GET  /docs         FastAPI's OpenAPI page
+    GET  /docs         the OpenAPI page, from Swagger UI files installed with
+                       the ``serve`` extra (swagger-ui-bundle): it works offline
 
 Each file gets its own result or its own error (413 too many pixels, 415 not
 an image, 422 a damaged image). A result carries ``in_distribution`` and, when
@@ -27,7 +28,8 @@ import os
 from typing import Any, Dict, List, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fracjax.deploy.batcher import DynamicBatcher
@@ -38,6 +40,10 @@ from fracjax.metrics import LABEL_NAMES
 from fracjax.ood import unlike_reason
 
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
+# The files /docs needs, served from the swagger-ui-bundle package (FastAPI's own page loads them from
+# a CDN, and is blank on a machine without internet, as a hospital's server often is).
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
+               "favicon-32x32.png": "image/png"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +94,8 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
         await batcher.stop()
 
     app = FastAPI(title="fracjax", description="Bone-fracture classification of X-rays (research use only)",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    _add_offline_docs(app)
     app.state.batcher, app.state.served = batcher, served
     labels = served.card.get("model", {}).get("labels") or list(LABEL_NAMES)
     ood_threshold = float((served.card.get("ood") or {}).get("threshold", float("inf")))
@@ -146,6 +153,23 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
         return result
 
     return app
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    import swagger_ui_bundle  # the serve extra: Swagger UI's files in a wheel
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="fracjax API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str):
+        if name not in DOCS_ASSETS:  # only the listed files: never a path into the package
+            return _error(404, f"no such asset: {name!r}")
+        return FileResponse(os.path.join(swagger_ui_bundle.swagger_ui_path, name), media_type=DOCS_ASSETS[name])
 
 
 async def _read_form(request: Request, limits: Limits) -> Dict[str, Any]:
