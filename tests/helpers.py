@@ -1,5 +1,7 @@
 """Helpers several test modules share."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,30 @@ def init_once(model, x, seed: int = 0, **kwargs):
     return jax.jit(lambda key: model.init(key, x, **kwargs), compiler_options=INIT_COMPILER_OPTIONS)(
         jax.random.key(seed)
     )
+
+
+def tensorboard_events(run_dir):
+    """What TensorBoard shows of a run folder: ``{tag: {step: value}}`` for
+    scalars, ``{tag: {step: (height, width)}}`` for images. Event files are
+    read in the order written; a ``SessionLog.START`` at step s (a resumed
+    run's purge_step) drops the earlier events at steps >= s, as TensorBoard does."""
+    import glob
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    shown = {}
+    for path in sorted(glob.glob(os.path.join(str(run_dir), "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        at = 0
+        while at < len(data):  # TFRecord: length, its CRC, the record, its CRC
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                shown = {tag: {s: v for s, v in steps.items() if s < event.step} for tag, steps in shown.items()}
+            for value in event.summary.value:
+                seen = (value.image.height, value.image.width) if value.HasField("image") else value.simple_value
+                shown.setdefault(value.tag, {})[event.step] = seen
+    return shown

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import fracjax
 from fracjax.models import pretrained as pretrained_weights
 from fracjax.models import registry
-from fracjax.train import parallel
+from fracjax.train import event_log, parallel
 from fracjax.train.checks import (
     Check,
     at_least,
@@ -262,6 +262,10 @@ class RunConfig:
     checkpoint_every: int = option(0, "also checkpoint every STEPS steps inside an epoch (0: at epoch ends only)",
                                    check=at_least(0), metavar="STEPS")
     progress: bool = option(True, "progress bars", switch="no progress bars")
+    log_to: str = option("tensorboard", "where the run's curves go besides metrics.jsonl: tensorboard (event files "
+                         "in the run folder: tensorboard --logdir runs/), mlflow (the mlflow extra; the store "
+                         "$MLFLOW_TRACKING_URI names), both comma-separated, or none",
+                         check=event_log.targets_problem, metavar="TARGETS")
     log_every: int = option(10, "fetch the steps' losses from the device every STEPS steps (and at epoch ends): "
                             "the progress bar and the non-finite-loss check move then, and the steps between "
                             "run without waiting for the host", check=at_least(1), metavar="STEPS")

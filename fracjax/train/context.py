@@ -25,7 +25,7 @@ from fracjax import metrics as metrics_lib
 from fracjax.data import pipeline, prepare
 from fracjax.data.augment import AugmentConfig
 from fracjax.metrics import LABEL_NAMES
-from fracjax.train import distributed, optim, resume
+from fracjax.train import distributed, event_log, optim, resume
 from fracjax.train.config import TrainConfig
 from fracjax.train.distributed import say
 from fracjax.train.parallel import Parallel
@@ -62,6 +62,7 @@ class RunContext:
     pretrained_note: Optional[str]
     resume_meta: Optional[Dict[str, Any]]  # the checkpoint to resume from (None: a fresh run)
     clock: Clock
+    events: event_log.EventLog  # TensorBoard/MLflow writers: host-side accounting, like the clock
 
     @property
     def run_dir(self) -> str:
@@ -90,6 +91,7 @@ def start(config: TrainConfig) -> Tuple[RunContext, RunState]:
     resume.refuse_overwrite(config)
     distributed.barrier("run folder checked")  # before process 0 makes checkpoints/ in it
     parallel = _parallel(config)
+    event_log.check_store(event_log.parse_targets(config.run.log_to))
     checkpoints = ckpt.RunCheckpoints(config.run_dir) if config.run.resume else None
     resume_meta = resume.resume_meta(config, checkpoints) if checkpoints else None
     # One model for init, training and evaluation: in the per-device mode its BatchNorm
@@ -123,10 +125,20 @@ def start(config: TrainConfig) -> Tuple[RunContext, RunState]:
         pretrained_note=pretrained_note,
         resume_meta=resume_meta,
         clock=clock,
+        events=_event_log(config, resume_meta),
     )
-    if resume_meta is None and os.path.exists(ctx.metrics_path) and distributed.is_primary():
-        os.remove(ctx.metrics_path)
     return ctx, RunState(variables=variables)
+
+
+def _event_log(config: TrainConfig, resume_meta: Optional[Dict[str, Any]]) -> event_log.EventLog:
+    """The run's writers; a fresh start first drops what an earlier attempt logged in this folder."""
+    if resume_meta is None and distributed.is_primary():
+        for name in os.listdir(config.run_dir):
+            if name == "metrics.jsonl" or name.startswith("events.out.tfevents."):
+                os.remove(os.path.join(config.run_dir, name))
+    return event_log.EventLog(config.run_dir, event_log.parse_targets(config.run.log_to),
+                              resume_step=resume_meta["global_step"] if resume_meta else None,
+                              params=config.flat())
 
 
 def _parallel(config: TrainConfig) -> Parallel:
@@ -238,15 +250,18 @@ def step_config(config: TrainConfig, phase: Phase) -> StepConfig:
     )
 
 
+def phase_schedule(ctx: RunContext, phase: Phase):
+    """``phase``'s learning rate by its own step count (each phase's optimizer starts at 0)."""
+    o = ctx.config.optim
+    return optim.learning_rate_schedule("cosine" if o.schedule == "cosine" else "plateau", phase.lr,
+                                        phase.epochs * ctx.steps_per_epoch,
+                                        warmup_steps=int(o.warmup_epochs * ctx.steps_per_epoch))
+
+
 def train_step(ctx: RunContext, params, phase: Phase, config: StepConfig) -> TrainStep:
     """``phase``'s compiled step: its learning-rate schedule and (with ``--schedule plateau``) its plateau."""
     o = ctx.config.optim
-    schedule = optim.learning_rate_schedule(
-        "cosine" if o.schedule == "cosine" else "plateau",
-        phase.lr,
-        phase.epochs * ctx.steps_per_epoch,
-        warmup_steps=int(o.warmup_epochs * ctx.steps_per_epoch),
-    )
+    schedule = phase_schedule(ctx, phase)
     plateau = None
     if o.schedule == "plateau":
         plateau = optax.contrib.reduce_on_plateau(factor=o.plateau_factor, patience=o.plateau_patience)

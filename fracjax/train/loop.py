@@ -32,12 +32,12 @@ from fracjax import caches
 from fracjax import metrics as metrics_lib
 from fracjax.data import pipeline
 from fracjax.evaluation.device_predict import evaluate_source
-from fracjax.train import context, distributed, optim, resume, run_end, run_folder
+from fracjax.train import context, distributed, event_log, optim, resume, run_end, run_folder
 from fracjax.train.config import TrainConfig
 from fracjax.train.context import Phase, RunContext
 from fracjax.train.distributed import say
 from fracjax.train.errors import NonFiniteLossError
-from fracjax.train.progress import EpochTally, Throughput, append_record, budget_spent, progress_bar
+from fracjax.train.progress import EpochTally, Throughput, append_record, budget_spent, progress_bar, restart_clock
 from fracjax.train.state import EpochRecord, Progress, RunState, TrainState
 from fracjax.train.steps import StepConfig, TrainStep
 
@@ -51,15 +51,21 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
             f"{config.optim.batch_size // jax.process_count()} per process")
     with run_folder.claim(config.run_dir, "--out/--name", lock=distributed.is_primary(), log=say):
         ctx, run = context.start(config)
-        resuming = ctx.resume_meta
-        for phase in ctx.phases:
-            if resuming is not None and resuming["phase"] > phase.number:
-                continue  # done before the run was stopped
-            run, more = train_phase(ctx, run, phase, resuming=resuming is not None)
-            resuming = None
-            if not more:
-                break
-        return run_end.finish(ctx, run)
+        try:
+            resuming = ctx.resume_meta
+            for phase in ctx.phases:
+                if resuming is not None and resuming["phase"] > phase.number:
+                    continue  # done before the run was stopped
+                run, more = train_phase(ctx, run, phase, resuming=resuming is not None)
+                resuming = None
+                if not more:
+                    break
+            report = run_end.finish(ctx, run)
+        except BaseException:
+            ctx.events.close(failed=True)  # what was logged before the failure stays readable
+            raise
+        ctx.events.close()
+        return report
 
 
 def train_phase(ctx: RunContext, run: RunState, phase: Phase, resuming: bool = False) -> Tuple[RunState, bool]:
@@ -153,6 +159,7 @@ def _collect(ctx: RunContext, run: RunState, phase: Phase, pending, tally: Epoch
         tally.losses.append(loss)
         tally.correct += int(metrics["correct"])
         tally.count += int(metrics["count"])
+    ctx.events.step_losses(tally.losses[-len(pending):], run.step)
     if compiles is not None:
         say(f"compiled and ran the first step in {time.perf_counter() - tally.start:.1f} s"
             f"{caches.cache_note(compiles)}")
@@ -160,6 +167,8 @@ def _collect(ctx: RunContext, run: RunState, phase: Phase, pending, tally: Epoch
     if bar is not None:
         bar.set_postfix(loss=f"{np.mean(tally.losses[-20:]):.4f}", img_s=f"{tally.throughput.rate(tally.count):.1f}")
         bar.update(len(pending))
+        if compiles is not None:
+            restart_clock(bar)  # the time left is estimated from the steps after the compile
 
 
 def _end_epoch(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, state: TrainState,
@@ -182,6 +191,7 @@ def _end_epoch(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, s
     )
     run = dataclasses.replace(run, history=run.history + (record,))
     append_record(ctx.metrics_path, record.to_json())
+    _log_events(ctx, run, phase, record, tally)
     progress, improved = _track_best(ctx, run, state.variables, val)
     say(f"epoch {epoch + 1} (phase {phase.number}): train loss {record.train_loss:.4f} acc "
         f"{record.train_accuracy:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} "
@@ -190,6 +200,15 @@ def _end_epoch(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, s
     run = dataclasses.replace(run, progress=_check_stopping(ctx, run.step, progress, phase, tally.throughput.seconds()))
     resume.save_latest(ctx, run, state)
     return run, state
+
+
+def _log_events(ctx: RunContext, run: RunState, phase: Phase, record: EpochRecord, tally: EpochTally) -> None:
+    """The epoch's values in TensorBoard (and MLflow), at its last step (its steps' losses went as fetched)."""
+    learning_rate = float(context.phase_schedule(ctx, phase)(run.step - phase.first_step)) * record.lr_scale
+    ctx.events.scalars({"train/loss": record.train_loss, "train/accuracy": record.train_accuracy,
+                        "train/learning_rate": learning_rate, "train/images_per_s": record.images_per_s,
+                        "train/phase": phase.number,
+                        **event_log.flat_metrics("validation", record.validation)}, run.step)
 
 
 def _validate(ctx: RunContext, run: RunState, state: TrainState) -> Dict[str, Any]:

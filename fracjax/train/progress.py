@@ -81,3 +81,13 @@ def progress_bar(enabled: bool, total: int, desc: str):
         from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def restart_clock(bar) -> None:
+    """Start ``bar``'s clock afresh at the steps done so far: its rate and the
+    time left then leave out what came before (the compile: a first estimate
+    of "21:15" left for a two-minute epoch)."""
+    done = bar.n
+    bar.reset(total=bar.total)  # n = 0 and the clock from now
+    bar.n = bar.last_print_n = done
+    bar.refresh()

@@ -154,3 +154,4 @@ def save_latest(ctx, run: RunState, state: TrainState) -> None:
                                  "history": history_json(run.history), "config": ctx.config.flat(),
                                  "model": ctx.spec})
     ctx.checkpoints.save_latest(run.step, saved_tree(run, state), meta)
+    ctx.events.flush()  # a resume continues from here: what was logged up to it must be on disk

@@ -15,7 +15,7 @@ import jax
 from fracjax.evaluation import evaluate_run, figures
 from fracjax.evaluation.stats import format_interval
 from fracjax.metrics import jsonable
-from fracjax.train import distributed
+from fracjax.train import distributed, event_log
 from fracjax.train.context import RunContext, data_name
 from fracjax.train.distributed import say
 from fracjax.train.state import RunState, history_json
@@ -42,8 +42,16 @@ def finish(ctx: RunContext, run: RunState) -> Dict[str, Any]:
         )
         for warning in report["warnings"]:
             say(f"WARNING: {warning}")
+        _log_events(ctx, run, report)
     distributed.barrier("evaluated")  # the others wait for process 0's evaluation and report
     return report
+
+
+def _log_events(ctx: RunContext, run: RunState, report: Dict[str, Any]) -> None:
+    """The test metrics (with their intervals) and the report's figures, at the run's last step."""
+    ctx.events.scalars(event_log.flat_metrics("test", report["test"]), run.step)
+    ctx.events.image_files({f"report/{name}": os.path.join(ctx.run_dir, f"{name}.png")
+                            for name in ("curves", "roc", "gradcam")}, run.step)
 
 
 def training_report(ctx: RunContext, run: RunState) -> Dict[str, Any]:

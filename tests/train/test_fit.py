@@ -16,6 +16,7 @@ import fracjax
 from fracjax import checkpoint as ckpt
 from fracjax.train import ResumeError, TrainConfig, fit
 from fracjax.train.cli import main as cli_main
+from tests.helpers import tensorboard_events
 from tests.train.fitting import config, flags, latest_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,6 +65,25 @@ def test_outputs(first_run):
     assert (restored.optim.batch_size, restored.data.image_size, restored.run.name) == (16, 32, "a")
 
 
+def test_the_run_is_in_tensorboard_with_the_numbers_of_its_files(first_run):
+    out, report = first_run
+    events = tensorboard_events(out / "a")
+    lines = [json.loads(line) for line in (out / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(events["train/step_loss"]) == list(range(1, 13))  # every step's loss
+    for line in lines:  # each epoch at its last step, as metrics.jsonl has it (float32 in the file)
+        for tag, value in (("train/loss", line["train_loss"]), ("validation/auroc", line["validation"]["auroc"]),
+                           ("validation/loss", line["validation"]["loss"])):
+            assert events[tag][line["step"]] == pytest.approx(value, rel=1e-6), tag
+    rates = events["train/learning_rate"]
+    assert rates[4] > 0 and rates[12] < rates[8]  # the cosine schedule, phase 2 decaying
+    assert events["test/auroc"][12] == pytest.approx(report["test"]["auroc"], rel=1e-6)
+    low, high = report["test"]["intervals"]["auroc"]
+    assert (events["test/auroc_low"][12], events["test/auroc_high"][12]) == pytest.approx((low, high), rel=1e-6)
+    for figure in ("report/roc", "report/gradcam", "report/curves"):
+        height, width = events[figure][12]
+        assert height > 100 and width > 100, figure
+
+
 def test_same_seed_same_metrics(first_run, data_dir):
     out, report = first_run
     again = fit(config(data_dir, out, "b", report=False))
@@ -109,6 +129,10 @@ def test_kill_then_resume_gives_the_same_model(first_run, data_dir, tmp_path):
     report_a = json.loads((out / "a" / "report.json").read_text())
     report_k = json.loads((tmp_path / "k" / "report.json").read_text())
     assert report_k["test"]["auroc"] == pytest.approx(report_a["test"]["auroc"], abs=1e-6)
+    # TensorBoard shows one curve: what the killed attempt logged past its checkpoint is purged.
+    losses_a, losses_k = (tensorboard_events(run)["train/step_loss"] for run in (out / "a", tmp_path / "k"))
+    assert sorted(losses_k) == list(range(1, 13))
+    assert [losses_k[s] for s in range(1, 13)] == pytest.approx([losses_a[s] for s in range(1, 13)], rel=1e-4)
 
 
 def _same(a, b):
