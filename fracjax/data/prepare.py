@@ -7,6 +7,7 @@ memory.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -72,9 +73,27 @@ def prepare_builder(builder, download_config=None, log: Callable[[str], None] = 
     # TFDS's own bars (one per split, plus shuffling) say less than the
     # builder's line and flood a notebook; training has its own bars.
     tfds.display_progress_bar(False)
-    builder.download_and_prepare(download_config=download_config)  # says what it prepares, from where
+    made = _first_missing_folder(builder)
+    try:
+        builder.download_and_prepare(download_config=download_config)  # says what it prepares, from where
+    except BaseException:
+        # TFDS removes its own temporary folder, not the set's folders it made around it: an empty
+        # fracture_xray/ would look prepared-but-broken to the next run.
+        if made is not None and os.path.isdir(made):
+            shutil.rmtree(made, ignore_errors=True)
+            log(f"preparation failed: removed {made}, which it had made")
+        raise
     log(f"prepared in {time.perf_counter() - start:.0f} s")
     return builder
+
+
+def _first_missing_folder(builder) -> Optional[str]:
+    """The outermost of the set's folders (name/config/version, under the data dir) that does not exist yet."""
+    root = os.path.abspath(str(builder.data_dir_root))
+    missing, folder = None, os.path.abspath(str(builder.data_dir))
+    while folder.startswith(root + os.sep) and not os.path.exists(folder):
+        missing, folder = folder, os.path.dirname(folder)
+    return missing
 
 
 def load_source(dataset: str, split: str, data_dir: Optional[str] = None):

@@ -259,6 +259,8 @@ class RunConfig:
     out: str = option("runs", "parent folder of run folders", metavar="DIR")
     name: Optional[str] = option(None, "run folder name", default_text="<model>_<head>")
     resume: bool = option(False, "continue the run from its latest checkpoint")
+    overwrite: bool = option(False, "start the run folder afresh: an earlier run in it (only a run's own files) "
+                             "is removed first")
     checkpoint_every: int = option(0, "also checkpoint every STEPS steps inside an epoch (0: at epoch ends only)",
                                    check=at_least(0), metavar="STEPS")
     progress: bool = option(True, "progress bars", switch="no progress bars")
@@ -443,6 +445,8 @@ def _process_problems(run: "RunConfig") -> Iterator[Tuple[str, str]]:
         yield "process-id", f"must be below --num-processes {run.num_processes}, got {run.process_id}"
     if run.distributed and run.coordinator is not None:
         yield "distributed", "detects the coordinator from the environment; do not give --coordinator too"
+    if run.overwrite and run.resume:
+        yield "overwrite", "starts the run afresh; --resume continues it: give one of them"
     if run.parallel == "pmap" and (run.distributed or (run.num_processes or 1) > 1):
         yield "parallel", "pmap runs in one process; several processes use jit (the default) over all their devices"
 

@@ -25,7 +25,7 @@ from fracjax import metrics as metrics_lib
 from fracjax.data import pipeline, prepare
 from fracjax.data.augment import AugmentConfig
 from fracjax.metrics import LABEL_NAMES
-from fracjax.train import distributed, event_log, optim, resume
+from fracjax.train import distributed, event_log, optim, resume, run_folder
 from fracjax.train.config import TrainConfig
 from fracjax.train.distributed import say
 from fracjax.train.parallel import Parallel
@@ -88,6 +88,8 @@ class RunContext:
 def start(config: TrainConfig) -> Tuple[RunContext, RunState]:
     """The checked, prepared run and its first state (restored later, at its phase, when resuming)."""
     clock = Clock()
+    if config.run.overwrite and distributed.is_primary():
+        run_folder.clear_run(config.run_dir, say)
     resume.refuse_overwrite(config)
     distributed.barrier("run folder checked")  # before process 0 makes checkpoints/ in it
     parallel = _parallel(config)

@@ -75,6 +75,7 @@ def train_phase(ctx: RunContext, run: RunState, phase: Phase, resuming: bool = F
     train = context.train_step(ctx, run.variables["params"], phase, step_config)
     if resuming:
         run, state = resume.restore(ctx, run, train.tx)
+        _say_schedule_change(ctx, run, ctx.resume_meta.get("extensions", {}))
         if run.progress.budget_spent:
             return run, False
         if run.progress.phase_done:  # it had stopped early in this phase
@@ -91,6 +92,19 @@ def train_phase(ctx: RunContext, run: RunState, phase: Phase, resuming: bool = F
             break
     run = dataclasses.replace(run, variables=state.variables)
     return run, run.step < ctx.total_steps and not run.progress.budget_spent
+
+
+def _say_schedule_change(ctx: RunContext, run: RunState, longer: Dict[str, Tuple[Any, Any]]) -> None:
+    """What more phase-2 epochs do to its cosine schedule from the resumed step: a longer decay."""
+    if "phase2_epochs" not in longer or run.progress.phase != 2 or ctx.config.optim.schedule != "cosine":
+        return
+    phase = next(p for p in ctx.phases if p.number == 2)
+    shorter = dataclasses.replace(phase, epochs=longer["phase2_epochs"][0])
+    at = run.step - phase.first_step
+    before, after = (float(context.phase_schedule(ctx, p)(at)) for p in (shorter, phase))
+    say(f"--resume: phase 2's cosine schedule now decays over {phase.epochs} epochs, not {shorter.epochs}: at step "
+        f"{run.step} the learning rate is {after:.3g}, not {before:.3g}, so this run will not give the numbers of "
+        f"an uninterrupted {phase.epochs}-epoch run")
 
 
 def _log_phase(ctx: RunContext, run: RunState, phase: Phase, train: TrainStep, step_config: StepConfig) -> None:

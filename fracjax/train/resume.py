@@ -14,6 +14,7 @@ model, data and schedule options, read from its ``config.json``:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -28,6 +29,7 @@ from fracjax.train.config import TrainConfig
 from fracjax.train.distributed import say
 from fracjax.train.errors import NonFiniteLossError, ResumeError
 from fracjax.train.progress import write_metrics
+from fracjax.train.run_folder import has_checkpoint
 from fracjax.train.state import EpochRecord, Progress, RunState, TrainState, history_json
 
 # Of the latest/ checkpoints: 2, a RunState tree (opt_state with its plateau, progress) and the history;
@@ -35,13 +37,15 @@ from fracjax.train.state import EpochRecord, Progress, RunState, TrainState, his
 # 4, the model and the rest of the run's state as one item, ``state``.
 LAYOUT = 4
 NEEDED = ("model", "head", "dataset")  # a checkpoint that does not say these cannot be checked
+# Options a resume may raise (None: no limit): they only let the run train on, and are said.
+EXTENDS = ("phase2_epochs", "max_steps", "early_stopping_patience", "train_minutes")
 
 
 def refuse_overwrite(config: TrainConfig) -> None:
-    checkpoints_dir = os.path.join(config.run_dir, "checkpoints")
-    if os.path.isdir(checkpoints_dir) and os.listdir(checkpoints_dir) and not config.run.resume:
+    if has_checkpoint(config.run_dir) and not config.run.resume:
         raise ResumeError(
-            f"{config.run_dir} already holds checkpoints: pass --resume to continue it, or another --name / --out"
+            f"{config.run_dir} already holds checkpoints: pass --resume to continue it, --overwrite to start it "
+            "afresh, or another --name / --out"
         )
 
 
@@ -62,13 +66,42 @@ def resume_meta(config: TrainConfig, checkpoints: ckpt.RunCheckpoints) -> Option
             "to train again, pass another --name or --out."
         )
     check_resumable(meta, config)
-    return meta
+    longer = extensions(meta.get("config", {}), config)
+    for name, (before, after) in longer.items():
+        say(f"--resume: --{_flag(name)} {_said(before)} -> {_said(after)}: the run trains on past where it "
+            "would have stopped")
+    return {**meta, "extensions": longer}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def extensions(saved: Dict[str, Any], config: TrainConfig) -> Dict[str, Tuple[Any, Any]]:
+    """``{option: (saved, now)}`` of the options in :data:`EXTENDS` that ``config`` raises:
+    they let the resumed run train longer and change nothing it has done."""
+    now = config.flat()
+    return {name: (saved[name], now[name]) for name in EXTENDS
+            if name in saved and saved[name] != now[name]
+            and (now[name] is None or (saved[name] is not None and now[name] > saved[name]))}
+
+
+def reopened(progress: Progress, longer: Dict[str, Tuple[Any, Any]]) -> Progress:
+    """The restored progress, its stops lifted where an extension asks for more training: more
+    epochs or patience reopen a phase early stopping had closed, a larger budget one it had spent."""
+    more_epochs = bool({"phase2_epochs", "early_stopping_patience", "max_steps"} & set(longer))
+    return dataclasses.replace(
+        progress, phase_done=progress.phase_done and not more_epochs and "train_minutes" not in longer,
+        stopped_early=progress.stopped_early and not more_epochs,
+        budget_spent=progress.budget_spent and "train_minutes" not in longer)
 
 
 def check_resumable(meta: Dict[str, Any], config: TrainConfig) -> None:
     saved = meta.get("config", {})
-    changed = [f"--{name.replace('_', '-')} {_said(saved.get(name))} -> {_said(value)}"
-               for name, value in config.resume_keys().items() if name in saved and _said(saved[name]) != _said(value)]
+    longer = extensions(saved, config)
+    changed = [f"--{_flag(name)} {_said(saved.get(name))} -> {_said(value)}"
+               for name, value in config.resume_keys().items()
+               if name in saved and _said(saved[name]) != _said(value) and name not in longer]
     missing = [name for name in NEEDED if name not in saved]
     if changed or missing:
         raise ResumeError(
@@ -109,8 +142,9 @@ def restore(ctx, run: RunState, tx) -> Tuple[RunState, TrainState]:
                        batch_stats=variables["batch_stats"], opt_state=saved["opt_state"],
                        key=jax.random.wrap_key_data(saved["key"]))
     history = tuple(EpochRecord.from_json(r) for r in meta["history"])
+    longer = (ctx.resume_meta or {}).get("extensions", {})
     run = RunState(variables=variables, step=int(meta["global_step"]),
-                   progress=Progress.from_tree(saved["progress"]), history=history)
+                   progress=reopened(Progress.from_tree(saved["progress"]), longer), history=history)
     # The checkpoint's history is the truth: a run killed between writing an
     # epoch's line and saving its checkpoint redoes that epoch.
     write_metrics(ctx.metrics_path, history_json(history))

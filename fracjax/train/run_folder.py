@@ -5,19 +5,27 @@ writable (a probe file) and takes an advisory lock: ``.lock`` holds the
 owner's pid, host and start time. A second training into the same folder is
 refused with the owner named; a lock left by a process that no longer runs
 on this host is taken over (and said so). The lock goes when the run ends,
-however it ends.
+however it ends. A run that fails before its first checkpoint removes the
+folder it made (a folder that existed is left as it was); ``--overwrite``
+empties a folder of an earlier run, once it is sure the folder holds nothing
+but a run's outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import socket
 import time
 from typing import Callable, Dict, Iterator, Optional
 
 LOCK_FILE = ".lock"
+# What fit writes in a run folder (besides TensorBoard's events.out.tfevents.* files).
+RUN_OUTPUTS = ("checkpoints", "config.json", "metrics.jsonl", "report.json", "report.html", "evaluation.json",
+               "curves.png", "roc.png", "gradcam.png")
 
 
 class RunFolderError(RuntimeError):
@@ -114,13 +122,56 @@ def release(path: str) -> None:
         os.remove(path)
 
 
+def has_checkpoint(folder: str) -> bool:
+    return bool(glob.glob(os.path.join(folder, "checkpoints", "*", "[0-9]*")))
+
+
+def _is_run_output(name: str) -> bool:
+    return name in RUN_OUTPUTS or name.startswith("events.out.tfevents.")
+
+
+def clear_run(folder: str, log: Callable[[str], None] = print) -> None:
+    """Empty ``folder`` of an earlier run (``--overwrite``); refused, with nothing removed, unless
+    it is a fracjax run (its ``config.json`` or ``checkpoints/``) holding only a run's outputs."""
+    entries = sorted(e for e in os.listdir(folder) if e != LOCK_FILE and not e.startswith(".write-probe-"))
+    if not entries:
+        return
+    if not ("checkpoints" in entries or _written_by_fit(os.path.join(folder, "config.json"))):
+        raise RunFolderError(f"--overwrite: {folder} is not a fracjax run folder (no checkpoints/, no config.json "
+                             "written by training); nothing removed")
+    foreign = [e for e in entries if not _is_run_output(e)]
+    if foreign:
+        raise RunFolderError(f"--overwrite: {folder} also holds {', '.join(foreign)}, which training did not "
+                             "write; nothing removed (move them, or pass another --name / --out)")
+    for entry in entries:
+        path = os.path.join(folder, entry)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    log(f"--overwrite: removed the earlier run in {folder} ({len(entries)} entries)")
+
+
+def _written_by_fit(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return "train" in json.load(f)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 @contextlib.contextmanager
 def claim(folder: str, flag: str = "--out", lock: bool = True, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Writable (else raise naming ``flag``) and locked for the ``with`` block."""
+    """Writable (else raise naming ``flag``) and locked for the ``with`` block; a folder made
+    here is removed again when the block fails before any checkpoint is in it."""
+    made = not os.path.exists(folder)
     probe_writable(folder, flag)
     path = acquire(folder, log) if lock else None
     try:
         yield
+    except BaseException:
+        if made and path and not has_checkpoint(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"removed {folder}: the run failed before its first checkpoint")
+            path = None
+        raise
     finally:
         if path:
             release(path)

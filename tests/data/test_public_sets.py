@@ -324,3 +324,16 @@ def test_class_names_any_case_and_separator(name, separator, upper):
     written = name.replace(" ", separator[0])
     written = written.upper() if upper else written.title()
     assert builders.class_label(written) == int(name in builders.POSITIVE_NAMES)
+
+
+def test_a_failed_preparation_leaves_no_half_built_data_set(tmp_path):
+    (tmp_path / "download").mkdir()
+    (tmp_path / "download" / "readme.txt").write_text("not the Kaggle folders")
+    (tmp_path / "data" / "fracture_xray" / "384").mkdir(parents=True)  # another config's folder: kept
+    with pytest.raises(FileNotFoundError, match="no folder with train/, val/ and test/"):
+        prepare.prepare_dataset("fracture_xray", data_dir=str(tmp_path / "data"), manual_dir=str(tmp_path / "download"))
+    assert "384" in os.listdir(tmp_path / "data" / "fracture_xray")  # its config folder went, the other stayed
+    assert "224" not in os.listdir(tmp_path / "data" / "fracture_xray")
+    with pytest.raises(FileNotFoundError):
+        prepare.prepare_dataset("fracture_xray", data_dir=str(tmp_path / "new"), manual_dir=str(tmp_path / "download"))
+    assert not (tmp_path / "new" / "fracture_xray").exists()

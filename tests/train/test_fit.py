@@ -310,3 +310,20 @@ def test_the_fracjax_command_exports_a_run_with_its_model_card(first_run, tmp_pa
     np.testing.assert_allclose(fracjax.deploy.load(tmp_path / "e")(images)["probability"], expected, atol=1e-5)
     assert cli.main(["export", str(out / "a"), "--out", str(tmp_path / "e")]) == 2  # exists: --force to replace
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_resume_with_more_epochs_trains_on_and_says_what_the_schedule_does(first_run, data_dir, tmp_path, capsys):
+    import shutil
+
+    out, _ = first_run
+    shutil.copytree(out / "a", tmp_path / "a")
+    with pytest.raises(ResumeError, match=r"--phase2-epochs 2 -> 1"):  # fewer epochs: not a continuation
+        fit(config(data_dir, tmp_path, "a", resume=True, phase2_epochs=1))
+    fit(config(data_dir, tmp_path, "a", resume=True, phase2_epochs=3, report=False, bootstrap=0))
+    said = capsys.readouterr().out
+    assert "--resume: --phase2-epochs 2 -> 3: the run trains on" in said
+    assert "phase 2's cosine schedule now decays over 3 epochs, not 2: at step 12 the learning rate is" in said
+    assert latest_variables(tmp_path / "a")[0] == 16
+    lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [4, 8, 12, 16]
+    assert sorted(tensorboard_events(tmp_path / "a")["train/step_loss"]) == list(range(1, 17))

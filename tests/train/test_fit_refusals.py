@@ -165,12 +165,7 @@ def test_a_diverged_model_is_never_saved_or_reported(data_dir, tmp_path, monkeyp
     cfg = config(data_dir, tmp_path, "div", max_steps=1, report=False, bootstrap=0)
     with pytest.raises(NonFiniteLossError, match=r"variables hold NaN.*after step 1.*nothing of this step is saved"):
         fit(cfg)
-    run = tmp_path / "div"
-    assert not (run / "report.json").exists()
-    for manager in ("best", "latest"):
-        folder = run / "checkpoints" / manager
-        assert not folder.exists() or not [d for d in os.listdir(folder) if d.isdigit()]
-    assert not (run / ".lock").exists()  # the lock goes however the run ends
+    assert not (tmp_path / "div").exists()  # nothing saved, and the folder this run made is removed
 
 
 def test_an_unwritable_out_folder_is_refused_before_any_work(data_dir, tmp_path):
@@ -201,9 +196,18 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(data_dir, tmp_pa
     finally:
         sleeper.kill()
         sleeper.wait()
-    fit(cfg)  # its owner is gone: the lock is stale
-    assert "took over the stale lock" in capsys.readouterr().out
+    # An earlier run's files, then the lock's owner gone (stale): --overwrite starts afresh.
+    os.makedirs(os.path.join(cfg.run_dir, "checkpoints", "latest", "7"))
+    for name, text in (("config.json", '{"train": {}}'), ("metrics.jsonl", '{"step": 7}\n')):
+        with open(os.path.join(cfg.run_dir, name), "w") as f:
+            f.write(text)
+    with pytest.raises(ResumeError, match="--overwrite to start it afresh"):
+        fit(cfg)
+    fit(cfg.replace(overwrite=True))
+    said = capsys.readouterr().out
+    assert "took over the stale lock" in said and "--overwrite: removed the earlier run" in said
     assert not (tmp_path / "locked" / ".lock").exists()
+    assert sorted(os.listdir(tmp_path / "locked" / "checkpoints" / "latest")) == ["4"]
 
 
 def test_a_validation_split_of_one_class_is_refused_before_compiling(tmp_path):
