@@ -26,6 +26,7 @@ LOCAL = {"fracjax", "tests"}
 EXTRA_MODULES = {
     "serve": {"fracjax/deploy/server.py", "fracjax/commands/serve.py"},
     "onnx": {"fracjax/deploy/onnx_model.py", "fracjax/deploy/onnx_graph.py"},
+    "mlflow": {"fracjax/train/event_log.py"},  # --log-to mlflow only (the import is inside _MLflow and check_store)
 }
 
 

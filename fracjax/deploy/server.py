@@ -8,7 +8,7 @@
     GET  /v1/model     the model card
     GET  /healthz      liveness, and the batches run so far
     GET  /docs         the OpenAPI page, from Swagger UI files installed with
-                       the ``serve`` extra (swagger-ui-bundle): it works offline
+                       the ``serve`` extra (fastapi-offline's): it works offline
 
 Each file gets its own result or its own error (413 too many pixels, 415 not
 an image, 422 a damaged image). A result carries ``in_distribution`` and, when
@@ -40,10 +40,10 @@ from fracjax.metrics import LABEL_NAMES
 from fracjax.ood import unlike_reason
 
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
-# The files /docs needs, served from the swagger-ui-bundle package (FastAPI's own page loads them from
-# a CDN, and is blank on a machine without internet, as a hospital's server often is).
-DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-               "favicon-32x32.png": "image/png"}
+# The files /docs needs, served from the fastapi-offline package (FastAPI's own page loads them from
+# a CDN, and is blank on a machine without internet, as a hospital's server often is). Its Swagger UI
+# is 5.x: it reads the OpenAPI 3.1 that FastAPI writes (swagger-ui-bundle's 4.x shows "Unable to render").
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,20 +156,22 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
 
 
 def _add_offline_docs(app: FastAPI) -> None:
-    import swagger_ui_bundle  # the serve extra: Swagger UI's files in a wheel
+    import fastapi_offline  # the serve extra: Swagger UI's files in a wheel
+
+    static = os.path.join(os.path.dirname(fastapi_offline.__file__), "static")
 
     @app.get("/docs", include_in_schema=False)
     def docs():
         return get_swagger_ui_html(openapi_url=app.openapi_url, title="fracjax API",
                                    swagger_js_url="/docs/assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+                                   swagger_favicon_url="/docs/assets/favicon.png")
 
     @app.get("/docs/assets/{name}", include_in_schema=False)
     def docs_asset(name: str):
         if name not in DOCS_ASSETS:  # only the listed files: never a path into the package
             return _error(404, f"no such asset: {name!r}")
-        return FileResponse(os.path.join(swagger_ui_bundle.swagger_ui_path, name), media_type=DOCS_ASSETS[name])
+        return FileResponse(os.path.join(static, name), media_type=DOCS_ASSETS[name])
 
 
 async def _read_form(request: Request, limits: Limits) -> Dict[str, Any]:

@@ -17,7 +17,15 @@ from typing import Any, List, Optional
 from fracjax.argparsing import CommandParser
 from fracjax.models.pretrained import WeightsUnavailableError
 from fracjax.models.weights import KerasWeightsError
-from fracjax.train.config import SECTIONS, TrainConfig, fields, flag_of
+from fracjax.train.config import (
+    MIN_SIZE_FROM_SCRATCH,
+    MIN_STEPS_FROM_SCRATCH,
+    PRESETS,
+    SECTIONS,
+    TrainConfig,
+    fields,
+    flag_of,
+)
 from fracjax.train.errors import NonFiniteLossError, ResumeError
 from fracjax.train.loop import fit
 from fracjax.train.run_folder import RunFolderError
@@ -25,8 +33,14 @@ from fracjax.train.run_folder import RunFolderError
 DESCRIPTION = (
     "Train a fracture classifier in two phases: phase 1 trains the head with the backbone frozen, phase 2 "
     "fine-tunes the backbone. With no arguments: the paper's hybrid MobileNetV3-Small on the embedded synthetic "
-    "data set (prepared on first use), into runs/<name>/."
+    "data set (prepared on first use), into runs/<name>/ (5-10 minutes on 2 CPU cores). --quick: a recipe that "
+    "learns in about 5 minutes (test AUROC about 0.85). Without --pretrained the backbone starts random, and "
+    f"settings that give it fewer than {MIN_STEPS_FROM_SCRATCH} fine-tuning steps (phase-2 epochs x training "
+    f"images / batch size) or images under {MIN_SIZE_FROM_SCRATCH} px stay near chance: the run says so when it "
+    "starts."
 )
+QUICK_HELP = ("the quick recipe: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in PRESETS["quick"].items())
+              + " (options given beside it win)")
 GROUP_TITLES = {"model": "model", "data": "data", "optim": "optimisation", "evaluation": "evaluation",
                 "run": "running"}
 
@@ -92,6 +106,7 @@ def options_from_args(args: argparse.Namespace, options_cls) -> dict:
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     parser = CommandParser(prog=prog, description=DESCRIPTION)
+    parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
     groups = {section: parser.add_argument_group(GROUP_TITLES[section]) for section, _ in SECTIONS}
     classes = dict(SECTIONS)
     for section, f, name in fields():
@@ -119,6 +134,9 @@ def config_from_args(argv: Optional[List[str]] = None, prog: Optional[str] = Non
     parser = parser or build_parser(prog)
     args = vars(parser.parse_args(argv))
     options = {name: _from_text(f, args[name]) for _, f, name in fields() if name in args}
+    if args.get("quick"):  # the preset, then what the command line names itself
+        given = explicit_options(parser, argv)
+        options = {**PRESETS["quick"], **{name: value for name, value in options.items() if name in given}}
     config = TrainConfig().replace(**options)
     saved_path = os.path.join(config.run_dir, "config.json")
     if not config.run.resume or not os.path.isfile(saved_path):

@@ -26,7 +26,7 @@ from fracjax.data import pipeline, prepare
 from fracjax.data.augment import AugmentConfig
 from fracjax.metrics import LABEL_NAMES
 from fracjax.train import distributed, event_log, optim, resume, run_folder
-from fracjax.train.config import TrainConfig
+from fracjax.train.config import TrainConfig, learning_problem
 from fracjax.train.distributed import say
 from fracjax.train.parallel import Parallel
 from fracjax.train.progress import Clock
@@ -106,6 +106,9 @@ def start(config: TrainConfig) -> Tuple[RunContext, RunState]:
     order = pipeline.TrainOrder(len(splits["train"]), config.optim.batch_size, config.run.seed, jax.process_index(),
                                 jax.process_count())
     phases = phases_of(config, order.steps_per_epoch)
+    problem = learning_problem(config, order.steps_per_epoch, image_size)
+    if problem and resume_meta is None:
+        say(f"WARNING: {problem}")
     total_steps = sum(p.epochs for p in phases) * order.steps_per_epoch
     if config.run.max_steps is not None:
         total_steps = min(total_steps, config.run.max_steps)

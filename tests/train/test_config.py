@@ -199,3 +199,28 @@ def test_resume_alone_takes_the_runs_saved_options(tmp_path, capsys):
     # No saved options: the command line as it is.
     fresh = config_from_args(["--resume", "--out", str(tmp_path / "elsewhere")])
     assert fresh.data.image_size == make_config().data.image_size
+
+
+def test_the_quick_preset_and_the_options_given_beside_it():
+    quick = config_from_args(["--quick"])
+    assert (quick.data.dataset, quick.optim.phase1_epochs, quick.run.name) == ("synthetic_fracture/quick", 0, "quick")
+    assert quick == make_config("quick")
+    mine = config_from_args(["--quick", "--phase2-epochs", "3", "--name", "mine"])
+    assert (mine.optim.phase2_epochs, mine.run.name, mine.data.dataset) == (3, "mine", "synthetic_fracture/quick")
+    assert make_config("quick", phase2_epochs=3, name="mine") == mine
+    with pytest.raises(ValueError, match=r"unknown preset 'fast'; presets: \['quick'\]"):
+        make_config("fast")
+    assert "--quick" in build_parser().format_help() and "learns in about 5 minutes" in build_parser().format_help()
+
+
+def test_settings_too_small_to_learn_from_scratch_are_named():
+    from fracjax.train.config import MIN_STEPS_FROM_SCRATCH, learning_problem
+
+    quick = make_config("quick")
+    assert learning_problem(quick, 94, 128) is None  # 7 epochs of 94 steps
+    problem = learning_problem(quick.replace(phase2_epochs=2), 94, 128)
+    assert problem.startswith("188 fine-tuning steps from scratch (no --pretrained) are too few to learn")
+    assert learning_problem(quick.replace(max_steps=100), 94, 128).startswith("100 fine-tuning steps")
+    assert learning_problem(quick, 94, 64).startswith("64 px is too small to learn from scratch")
+    assert learning_problem(quick.replace(phase2_epochs=2, pretrained="imagenet"), 94, 48) is None
+    assert learning_problem(make_config(), 187, 128) is None and MIN_STEPS_FROM_SCRATCH <= 8 * 187
