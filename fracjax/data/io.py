@@ -255,8 +255,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 def grey_pixels(image, source: str = "the array", seen: Optional[Observations] = None) -> np.ndarray:
     """Pixels as (H, W, 1) float64 on the 0..255 scale: (H, W) and (H, W, 1)
-    as they are, RGB as luminance, RGBA as luminance over black (as
-    :func:`read_image` does for files); values of any dtype by
+    as they are, RGB as luminance, RGBA as luminance over black, rounded to
+    whole grey levels (as :func:`read_image` does for files); values of any dtype by
     :func:`pixel_values`; colour counted into ``seen``."""
     array = np.asarray(image)
     if array.ndim == 2:
@@ -269,9 +269,11 @@ def grey_pixels(image, source: str = "the array", seen: Optional[Observations] =
         return array
     if seen is not None:
         seen.count_colour(array[..., :3] * (array[..., 3:] / 255.0) if array.shape[-1] == 4 else array)
+    # Rounded to whole grey levels as the file decoders round them (_rgb_grey, _rgba_grey): a colour
+    # image gives the model the same input as an array and as a PNG file.
     if array.shape[-1] == 4:
-        return (luminance(array[..., :3]) * array[..., 3] / 255.0)[..., None]
-    return luminance(array)[..., None]
+        return _round_u8(luminance(array[..., :3]) * array[..., 3] / 255.0)[..., None].astype(np.float64)
+    return _round_u8(luminance(array))[..., None].astype(np.float64)
 
 
 def model_input(image, size: int, source: str = "the array", seen: Optional[Observations] = None) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 from fracjax import caches
 from fracjax import metrics as metrics_lib
-from fracjax.data import pipeline
+from fracjax.data import array_folder, pipeline
 from fracjax.evaluation.device_predict import evaluate_source
 from fracjax.train import context, distributed, event_log, optim, resume, run_end, run_folder
 from fracjax.train.config import TrainConfig
@@ -42,10 +42,18 @@ from fracjax.train.state import EpochRecord, Progress, RunState, TrainState
 from fracjax.train.steps import StepConfig, TrainStep
 
 
-def fit(config: TrainConfig) -> Dict[str, Any]:
+def fit(config: TrainConfig, data=None, validation=None, test=None) -> Dict[str, Any]:
     """Train as ``config`` says; return the report (also in report.json).
-    The run folder is claimed first: writable, and one writer at a time."""
+    The run folder is claimed first: writable, and one writer at a time.
+
+    ``data=(images, labels)`` (and ``validation=``, ``test=``): arrays from a notebook (uint8, wider
+    integers or floats; grey or RGB; any size, a list where sizes differ; labels 0/1), trained on as
+    a data folder of them is (:mod:`fracjax.data.array_folder`: same decoding, checks and splits)."""
     config.validate()
+    if data is not None:
+        config = _with_arrays(config, data, validation, test)
+    elif validation is not None or test is not None:
+        raise ValueError("validation= and test= go with data=(images, labels)")
     if distributed.from_config(config.run):
         say(f"{distributed.describe()}; global batch {config.optim.batch_size}, "
             f"{config.optim.batch_size // jax.process_count()} per process")
@@ -66,6 +74,17 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
             raise
         ctx.events.close()
         return report
+
+
+def _with_arrays(config: TrainConfig, data, validation, test) -> TrainConfig:
+    own = config.data.data_folder or config.data.data_csv
+    if own or config.data.dataset != TrainConfig().data.dataset:
+        raise ValueError(f"data= replaces the data set; the config names one too ({own or config.data.dataset})")
+    if config.run.distributed or (config.run.num_processes or 1) > 1:
+        raise ValueError("data= is for one process; several processes read a --data-folder")
+    folder = array_folder.write_array_folder(data, validation, test, seed=config.run.seed)
+    say(f"data: the arrays, as PNG files in {folder}")
+    return config.replace(data_folder=folder).validate()
 
 
 def train_phase(ctx: RunContext, run: RunState, phase: Phase, resuming: bool = False) -> Tuple[RunState, bool]:

@@ -213,3 +213,21 @@ def test_a_validation_split_of_one_class_is_refused_before_compiling(tmp_path):
         prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)
     splits["validation"] = splits["train"]
     assert prepare.check_classes(splits, "mine", fracjax.metrics.LABEL_NAMES)["test"] == [4, 0]
+
+
+def test_fit_takes_arrays_through_the_folder_pipeline(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FRACJAX_CACHE", str(tmp_path / "cache"))
+    train, val = (fracjax.data.load_arrays(fracjax.data.load_source("synthetic_fracture/tiny", split, data_dir))
+                  for split in ("train", "validation"))
+    x, y = train.images[:64], train.labels[:64]
+    cfg = fracjax.train.make_config(image_size=32, batch_size=16, phase1_epochs=1, phase2_epochs=0, out=str(tmp_path),
+                                    name="arrays", report=False, bootstrap=0, progress=False)
+    with pytest.raises(ValueError, match="data= replaces the data set"):
+        fit(cfg.replace(dataset="fracatlas"), data=(x, y))
+    with pytest.raises(ValueError, match=r"validation: 64 images but labels of shape \(3,\)"):
+        fit(cfg, data=(x, y), validation=(val.images, [0, 1, 0]))
+    assert not (tmp_path / "arrays").exists() and not (tmp_path / "cache").exists()  # refused before any work
+    report = fit(cfg, data=(x, y), validation=(np.repeat(val.images, 3, axis=-1), val.labels))  # RGB: any form
+    drawn = sum(int(round(0.15 * n)) for n in np.bincount(y))  # the test split, drawn from data per class
+    assert report["data"]["examples"] == {"train": 64 - drawn, "validation": 64, "test": drawn}
+    assert report["data"]["dataset"].startswith(str(tmp_path / "cache" / "arrays"))
