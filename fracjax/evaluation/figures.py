@@ -109,7 +109,8 @@ def training_curves(history: List[Dict[str, Any]], path: Optional[str] = None) -
             ax.axvline(x, color="grey", linestyle=":")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("training (dotted: phase 1 -> phase 2)")
+    fig.suptitle("training (dotted: phase 1 -> phase 2)" if changes else f"training (phase {history[0]['phase']})"
+                 if history else "training")
     return _finish(fig, path)
 
 

@@ -119,6 +119,9 @@ def summary_table(by_method: Dict[str, Dict[str, object]], digits: int = 3):
     header = ["method", "n", "pointing game", "(chance)", "tolerance (px)", "energy inside the boxes", "(chance)"]
     rows = []
     for method, scores in by_method.items():
+        if not scores["n"]:  # no true positive with a box: nothing to score, said in words, not as nan
+            rows.append([method, "0", "no true positives with a box to score", "-", "-", "-", "-"])
+            continue
         cells = [format_interval(scores[k]["value"], scores[k]["interval"], digits)
                  for k in ("pointing_game", "energy_inside")]
         chance = [f"{scores['chance'][k]:.{digits}f}" for k in ("pointing_game", "energy_inside")]

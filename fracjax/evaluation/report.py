@@ -180,11 +180,34 @@ def data_line(run_dir: str) -> str:
         return ""
     own = data.get("data_folder") or data.get("data_csv")
     name = str(own or data.get("dataset", "?"))
-    grouped = bool(own) or "grouped" in name.split("/")[-1] or name.split("/")[0] in GROUPED_BY_DEFAULT
-    split = ("its own split or a grouped one (every near-duplicate group and patient in one split; "
-             "see the prepared data set's info.metadata['split'])" if grouped
-             else "the data set's published split (which may hold copies across splits: see the leakage audit)")
-    return f"<p>Data set {html.escape(name)}; {split}.</p>"
+    return f"<p>Data set {html.escape(name)}; {split_words(data, name)}.</p>"
+
+
+def split_words(data: Dict[str, Any], name: str) -> str:
+    """Which split the run used, in words: generated, given by the user's folders or CSV column,
+    grouped here, or a published one."""
+    if name.split("/")[0] == "synthetic_fracture":
+        return "generated images, each made once, in generated splits (no copies across them)"
+    own = data.get("data_folder") or data.get("data_csv")
+    if own and _split_given(data):
+        return ("the split given by the " + ("split folders" if data.get("data_folder") else "CSV's split column")
+                + " (the leakage audit says whether copies cross it)")
+    if own or "grouped" in name.split("/")[-1] or name.split("/")[0] in GROUPED_BY_DEFAULT:
+        return ("a split drawn here that keeps every patient and near-duplicate group in one split "
+                "(the prepared data set's info.metadata['split'])")
+    return "the data set's published split (which may hold copies across splits: see the leakage audit)"
+
+
+def _split_given(data: Dict[str, Any]) -> bool:
+    if data.get("data_folder"):
+        folder = data["data_folder"]
+        return any(os.path.isdir(os.path.join(folder, n)) for n in os.listdir(folder)
+                   if n.lower() in ("train", "val", "validation", "test")) if os.path.isdir(folder) else False
+    try:
+        with open(data["data_csv"], newline="") as f:
+            return "split" in [c.strip().lower() for c in f.readline().split(",")]
+    except OSError:
+        return False
 
 
 GROUPED_BY_DEFAULT = ("fracatlas", "mura", "image_folder")

@@ -214,7 +214,7 @@ def test_image_folder_class_names_and_a_seeded_grouped_split(tmp_path):
     assert again.info.full_name == builder.info.full_name  # prepared once per source
 
 
-def test_image_folder_csv_patients_stay_in_one_split_and_missing_files_are_skipped(tmp_path):
+def test_image_folder_csv_patients_stay_in_one_split_and_missing_files_are_skipped(tmp_path, capsys):
     root = tmp_path / "site"
     lines = ["Path,Label,Patient"]
     for i in range(30):
@@ -232,6 +232,9 @@ def test_image_folder_csv_patients_stay_in_one_split_and_missing_files_are_skipp
     assert len(home) == 10
     assert builder.info.metadata["skipped"][0]["path"] == "img/gone.png"
     assert "line 32" in builder.info.metadata["skipped"][0]["reason"]
+    said = capsys.readouterr().out
+    assert "skipped 1 file(s) (listed in info.metadata['skipped']): img/gone.png (" in said
+    assert "WARNING:" not in said
 
 
 @pytest.mark.parametrize("rows, message", [

@@ -29,8 +29,6 @@ from fracjax.data.io import IMAGE_EXTENSIONS, ImageDecodeError, model_input, rea
 from fracjax.data.splits import SPLITS
 from fracjax.metrics import LABEL_NAMES
 
-log = logging.getLogger(__name__)
-
 # Folder name of each split in the download -> TFDS split name.
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
@@ -252,10 +250,16 @@ def decode_records(root: str, records: Sequence[Record], size: int, strict: bool
         first = skipped[0]
         raise ValueError(f"{name}: none of the {len(records)} image file(s) in {root} is readable "
                          f"(the first, {first['path']}: {first['reason']})")
-    if skipped:
-        log.warning("%s: skipped %d unreadable file(s) (see info.metadata['skipped']): %s", name, len(skipped),
-                    ", ".join(s["path"] for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     return kept, pngs, skipped
+
+
+def say_skipped(name: str, skipped: Sequence[Dict[str, str]]) -> None:
+    """The files left out, said as the builder's other lines are (printed), not in logging's raw
+    "WARNING:name:" form; all of them are in info.metadata['skipped']."""
+    if skipped:
+        print(f"{name}: skipped {len(skipped)} file(s) (listed in info.metadata['skipped']): "
+              + ", ".join(f"{s['path']} ({s['reason']})" for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+              flush=True)
 
 
 def png_pixels(png: bytes) -> np.ndarray:
@@ -383,6 +387,7 @@ class DecodedThenSplit(SaysWhatItPrepares):
         if empty:
             raise empty_split_error(self.name, root, empty[0], records, skipped, said.get("kind"))
         self.info.metadata["skipped"] = unlisted + skipped
+        say_skipped(self.name, unlisted + skipped)
         self.info.metadata["split"] = said
         self.info.metadata["source_root"] = os.path.basename(os.path.normpath(root))
         return {split: self._generate_examples(kept, pngs, names, split) for split in SPLITS}
