@@ -389,7 +389,7 @@ def _locate(option: str) -> Tuple[str, str]:
 # random backbone learns next to nothing), enough steps for a from-scratch model to start learning
 # (benchmarks/NOTES.md, session 19, has the runs that chose these values).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "quick": dict(dataset="synthetic_fracture/quick", phase1_epochs=0, phase2_epochs=7, name="quick"),
+    "quick": dict(dataset="synthetic_fracture/quick", phase1_epochs=0, phase2_epochs=9, name="quick"),
 }
 # From scratch (no --pretrained), runs with fewer fine-tuning steps than this stayed near chance on
 # the synthetic set (NOTES, session 19): a run that will take fewer says so before it starts.

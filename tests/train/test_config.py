@@ -217,7 +217,7 @@ def test_settings_too_small_to_learn_from_scratch_are_named():
     from fracjax.train.config import MIN_STEPS_FROM_SCRATCH, learning_problem
 
     quick = make_config("quick")
-    assert learning_problem(quick, 94, 128) is None  # 7 epochs of 94 steps
+    assert learning_problem(quick, 94, 128) is None  # 9 epochs of 94 steps
     problem = learning_problem(quick.replace(phase2_epochs=2), 94, 128)
     assert problem.startswith("188 fine-tuning steps from scratch (no --pretrained) are too few to learn")
     assert learning_problem(quick.replace(max_steps=100), 94, 128).startswith("100 fine-tuning steps")
