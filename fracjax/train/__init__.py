@@ -5,11 +5,12 @@
 """
 
 from fracjax.metrics import auroc, binary_metrics
-from fracjax.train.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig, make_config
+from fracjax.train.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from fracjax.train.errors import NonFiniteLossError, ResumeError
 from fracjax.train.loop import fit
 from fracjax.train.optim import make_optimizer, trainable_mask
 from fracjax.train.parallel import Parallel
+from fracjax.train.presets import make_config
 from fracjax.train.run_folder import RunFolderError
 from fracjax.train.steps import StepConfig, TrainState, TrainStep, eval_step, make_train_step, train_step
 

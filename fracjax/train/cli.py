@@ -17,17 +17,10 @@ from typing import Any, List, Optional
 from fracjax.argparsing import CommandParser
 from fracjax.models.pretrained import WeightsUnavailableError
 from fracjax.models.weights import KerasWeightsError
-from fracjax.train.config import (
-    MIN_SIZE_FROM_SCRATCH,
-    MIN_STEPS_FROM_SCRATCH,
-    PRESETS,
-    SECTIONS,
-    TrainConfig,
-    fields,
-    flag_of,
-)
+from fracjax.train.config import SECTIONS, TrainConfig, fields, flag_of
 from fracjax.train.errors import NonFiniteLossError, ResumeError
 from fracjax.train.loop import fit
+from fracjax.train.presets import MIN_SIZE_FROM_SCRATCH, MIN_STEPS_FROM_SCRATCH, PRESETS
 from fracjax.train.run_folder import RunFolderError
 
 DESCRIPTION = (

@@ -26,9 +26,10 @@ from fracjax.data import pipeline, prepare
 from fracjax.data.augment import AugmentConfig
 from fracjax.metrics import LABEL_NAMES
 from fracjax.train import distributed, event_log, optim, resume, run_folder
-from fracjax.train.config import TrainConfig, learning_problem
+from fracjax.train.config import TrainConfig
 from fracjax.train.distributed import say
 from fracjax.train.parallel import Parallel
+from fracjax.train.presets import learning_problem
 from fracjax.train.progress import Clock
 from fracjax.train.state import RunState
 from fracjax.train.steps import StepConfig, TrainStep, eval_step, make_train_step

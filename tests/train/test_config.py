@@ -214,7 +214,7 @@ def test_the_quick_preset_and_the_options_given_beside_it():
 
 
 def test_settings_too_small_to_learn_from_scratch_are_named():
-    from fracjax.train.config import MIN_STEPS_FROM_SCRATCH, learning_problem
+    from fracjax.train.presets import MIN_STEPS_FROM_SCRATCH, learning_problem
 
     quick = make_config("quick")
     assert learning_problem(quick, 94, 128) is None  # 9 epochs of 94 steps
