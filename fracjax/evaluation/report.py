@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from fracjax.data.builders.base import SPLIT_FOLDERS  # the folder builder's split names
 from fracjax.evaluation import figures, gradcam, stats, tables
 from fracjax.metrics import binary_metrics
 
@@ -202,7 +203,7 @@ def _split_given(data: Dict[str, Any]) -> bool:
     if data.get("data_folder"):
         folder = data["data_folder"]
         return any(os.path.isdir(os.path.join(folder, n)) for n in os.listdir(folder)
-                   if n.lower() in ("train", "val", "validation", "test")) if os.path.isdir(folder) else False
+                   if n.lower() in SPLIT_FOLDERS) if os.path.isdir(folder) else False
     try:
         with open(data["data_csv"], newline="") as f:
             return "split" in [c.strip().lower() for c in f.readline().split(",")]

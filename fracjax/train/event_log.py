@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 import numpy as np
 
 from fracjax.train import distributed
+from fracjax.train.checks import is_number
 
 TARGETS = ("tensorboard", "mlflow", "none")
 # The validation and test metrics that become curves (fracjax.metrics.binary_metrics's numbers).
@@ -61,7 +62,7 @@ class EventLog:
             self._writers.append(_MLflow(run_dir, params or {}))
 
     def scalars(self, values: Dict[str, Any], step: int) -> None:
-        finite = {tag: float(v) for tag, v in values.items() if _is_number(v) and math.isfinite(float(v))}
+        finite = {tag: float(v) for tag, v in values.items() if is_number(v) and math.isfinite(float(v))}
         for writer in self._writers:
             writer.scalars(finite, step)
 
@@ -97,15 +98,11 @@ class EventLog:
         self._writers = []
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def flat_metrics(prefix: str, metrics: Dict[str, Any], keys: Iterable[str] = METRICS) -> Dict[str, Any]:
     """``{prefix/key: value}`` of those ``keys`` that ``metrics`` holds as numbers, with
     ``prefix/key_low`` and ``_high`` where ``metrics["intervals"]`` has the key's 95% interval."""
     intervals = metrics.get("intervals") or {}
-    out = {f"{prefix}/{key}": metrics[key] for key in keys if _is_number(metrics.get(key))}
+    out = {f"{prefix}/{key}": metrics[key] for key in keys if is_number(metrics.get(key))}
     for key in keys:
         interval = intervals.get(key)
         if isinstance(interval, (list, tuple)) and len(interval) == 2:

@@ -123,7 +123,9 @@ def release(path: str) -> None:
 
 
 def has_checkpoint(folder: str) -> bool:
-    return bool(glob.glob(os.path.join(folder, "checkpoints", "*", "[0-9]*")))
+    """A finished step folder under ``checkpoints/<manager>/`` (Orbax's ``12.orbax-checkpoint-tmp-*``
+    of a save cut short is not one)."""
+    return any(os.path.basename(step).isdigit() for step in glob.glob(os.path.join(folder, "checkpoints", "*", "*")))
 
 
 def _is_run_output(name: str) -> bool:
@@ -145,7 +147,10 @@ def clear_run(folder: str, log: Callable[[str], None] = print) -> None:
                              "write; nothing removed (move them, or pass another --name / --out)")
     for entry in entries:
         path = os.path.join(folder, entry)
-        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     log(f"--overwrite: removed the earlier run in {folder} ({len(entries)} entries)")
 
 
