@@ -21,6 +21,8 @@ import numpy as np
 
 # The three splits of every fracjax data set, in this order.
 SPLITS = ("train", "validation", "test")
+# Folder name of each split in a download -> TFDS split name.
+SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 
 
 class _UnionFind:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fracjax.data.builders.base import SPLIT_FOLDERS  # the folder builder's split names
+from fracjax.data.splits import SPLIT_FOLDERS  # the folder builder's split names (no TFDS import)
 from fracjax.evaluation import figures, gradcam, stats, tables
 from fracjax.metrics import binary_metrics
 

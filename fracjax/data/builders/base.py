@@ -26,11 +26,9 @@ import tensorflow_datasets as tfds
 from fracjax.data import audit as audit_lib
 from fracjax.data import splits
 from fracjax.data.io import IMAGE_EXTENSIONS, ImageDecodeError, model_input, read_image
-from fracjax.data.splits import SPLITS
+from fracjax.data.splits import SPLIT_FOLDERS, SPLITS
 from fracjax.metrics import LABEL_NAMES
 
-# Folder name of each split in the download -> TFDS split name.
-SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 KAGGLE_URL = "https://www.kaggle.com/datasets/bmadushanirodrigo/fracture-multi-region-x-ray-data"

@@ -31,8 +31,9 @@ import tensorflow_datasets as tfds
 
 from fracjax.data import splits
 from fracjax.data.builders import base
-from fracjax.data.builders.base import SPLIT_FOLDERS, Record, class_files, class_label, subfolders
+from fracjax.data.builders.base import Record, class_files, class_label, subfolders
 from fracjax.data.io import DICOM_EXTENSIONS
+from fracjax.data.splits import SPLIT_FOLDERS
 
 
 def list_folder(root: str) -> List[Record]:
