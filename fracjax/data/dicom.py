@@ -6,12 +6,18 @@ decoded, and only the first frame of a multi-frame file is decoded."""
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+import warnings
+import zlib
 from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from fracjax.data.pixels import (
     ImageDecodeError,
+    ImageTooLargeError,
     PathLike,
     by_rows,
     check_pixel_count,
@@ -21,6 +27,10 @@ from fracjax.data.pixels import (
     scale_block,
 )
 from fracjax.data.screening import Observations
+
+MAX_META_BYTES = 1 << 20  # a file meta group is some hundreds of bytes
+INFLATE_CHUNK = 1 << 22
+PIXEL_DATA = 0x7FE00010
 
 
 def _window(values: np.ndarray, centre: float, width: float, function: str = "LINEAR") -> np.ndarray:
@@ -68,14 +78,17 @@ def _first(value) -> float:
 
 def _dicom_pixels(source, path: PathLike, limit: int):
     """(dataset, the first frame's pixels), the size checked from the header before decoding."""
-    import pydicom
-
     try:
-        ds = pydicom.dcmread(source)
+        ds = _read_dataset(source, path, limit)
         rows, columns = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 16) or 16)
+    except ImageDecodeError:
+        raise
     except Exception as err:  # pydicom raises many types for bad files
         raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
     check_pixel_count(path, columns, rows, limit)
+    if samples not in (1, 3) or bits not in (1, 8, 16, 32):  # a decoder's buffer grows with both
+        raise ImageDecodeError(path, f"DICOM: {samples} samples per pixel of {bits} bits is not an X-ray")
     try:
         if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
             ds.pixel_array_options(index=0)  # decode the first frame only
@@ -84,6 +97,73 @@ def _dicom_pixels(source, path: PathLike, limit: int):
         raise
     except Exception as err:
         raise ImageDecodeError(path, f"DICOM: {type(err).__name__}: {err}") from None
+
+
+def _read_dataset(source, path: PathLike, limit: int):
+    """``pydicom.dcmread``, except for a deflated data set: pydicom would inflate it whole before
+    any size is known (a 1 MB file can inflate to gigabytes), so it is inflated here under a byte
+    budget: what the largest image within ``limit`` pixels could need."""
+    import pydicom
+
+    opened = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+    try:
+        start = opened.tell()
+        head = opened.read(132 + 12)
+        if head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
+            opened.seek(start)
+            return pydicom.dcmread(opened)  # no file meta group: nothing can say the data is deflated
+        meta_end = 132 + 12 + struct.unpack("<I", head[140:144])[0]
+        if meta_end > MAX_META_BYTES:
+            raise ImageDecodeError(path, f"DICOM: a file meta group of {meta_end:,} bytes")
+        opened.seek(start)
+        meta = pydicom.dcmread(io.BytesIO(opened.read(meta_end)), force=True)
+        if meta.file_meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+            opened.seek(start)
+            return pydicom.dcmread(opened)
+        inflated = _inflate(opened.read(), budget=limit * 4 + MAX_META_BYTES, path=path)
+    finally:
+        if opened is not source:
+            opened.close()
+    dataset = pydicom.filereader.read_dataset(io.BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+    meta.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian  # what it is once inflated
+    return pydicom.dataset.FileDataset(os.fspath(path), dataset, preamble=meta.preamble, file_meta=meta.file_meta,
+                                       is_implicit_VR=False, is_little_endian=True)
+
+
+def _inflate(data: bytes, budget: int, path: PathLike) -> bytes:
+    """Raw deflate of ``data``, refused as soon as the output passes ``budget`` bytes, or what the
+    header inflated first declares (rows x columns x samples x bytes x frames), if that is less."""
+    inflater, out, size = zlib.decompressobj(-zlib.MAX_WBITS), [], 0
+    pending = data
+    while pending and not inflater.eof:
+        chunk = inflater.decompress(pending, INFLATE_CHUNK)
+        if not out:
+            budget = min(budget, _declared_bytes(chunk) or budget)
+        size += len(chunk)
+        if size > budget:
+            raise ImageTooLargeError(path, f"DICOM: a deflated data set that inflates past {budget:,} bytes, "
+                                           "more than its header's image needs")
+        out.append(chunk)
+        pending = inflater.unconsumed_tail
+    return b"".join(out)
+
+
+def _declared_bytes(head: bytes) -> Optional[int]:
+    """The bytes a data set whose first bytes are ``head`` needs: those before its pixel data,
+    the pixels its header declares, and room for elements after them; None if unknown."""
+    import pydicom
+
+    stream = io.BytesIO(head)
+    try:
+        with warnings.catch_warnings():  # a guess at a header: pydicom's complaints about it say nothing
+            warnings.simplefilter("ignore")
+            ds = pydicom.filereader.read_dataset(stream, is_implicit_VR=False, is_little_endian=True,
+                                                 stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
+        pixels = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+                  * -(-int(ds.BitsAllocated) // 8) * max(1, int(ds.get("NumberOfFrames", 1) or 1)))
+    except Exception:  # a header longer than the first chunk, or none: the pixel limit's budget holds
+        return None
+    return stream.tell() + pixels + MAX_META_BYTES
 
 
 def read_dicom(source, path: PathLike, limit: int, seen: Optional[Observations] = None) -> np.ndarray:

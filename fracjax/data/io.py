@@ -44,12 +44,17 @@ from fracjax.data.screening import Observations
 
 # What the other modules of fracjax and its users import from here (defined in pixels).
 __all__ = [
-    "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "ImageDecodeError", "ImageTooLargeError", "NotAnImageError",
+    "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "MAX_PIXELS", "PIL_FORMATS", "READ_FORMATS", "ImageDecodeError",
+    "ImageTooLargeError", "NotAnImageError",
     "decode_image", "image_files", "gaussian_blur", "grey_pixels", "luminance", "model_input", "pixel_limit",
     "pixel_values", "read_image", "rescale_to_uint8", "resize_bilinear", "scale_block", "to_uint8", "value_scaling",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+# The only Pillow plugins ever asked to open a file, whatever its name: never one that hands the
+# file to an outside program (EPS runs Ghostscript) and none the documentation does not list.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "DICOM")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 
@@ -135,15 +140,26 @@ def _numeric(block) -> np.ndarray:
     return arr if arr.dtype.kind in "iuf" else np.asarray(block.convert("I"))
 
 
+def _let_pillow_open(limit: int) -> None:
+    """Pillow refuses images of more than twice ``Image.MAX_IMAGE_PIXELS`` at open, before our
+    own limit is checked: a limit raised past it ($FRACJAX_MAX_PIXELS) raises Pillow's with it,
+    so that the one limit said in errors is ours (and a server answers 413, not 422)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def _read_pil(source, path: PathLike, limit: int, seen: Optional[Observations] = None) -> np.ndarray:
     """``source``: a path or a binary file object; ``path``: its name in errors."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    _let_pillow_open(limit)
     try:
         with warnings.catch_warnings():
             # Pillow warns on a large header at open; our own limit, checked next, decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(source)
+            image = Image.open(source, formats=PIL_FORMATS)
         with image:
             check_pixel_count(path, *image.size, limit)  # from the header, before decoding
             image.load()  # decode now: a truncated file fails here, not later
@@ -152,8 +168,10 @@ def _read_pil(source, path: PathLike, limit: int, seen: Optional[Observations] =
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise NotAnImageError(path, "not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise NotAnImageError(path, f"not a recognised image format (fracjax reads {', '.join(READ_FORMATS)})") from None
+    except Image.DecompressionBombError as err:  # only past a limit raised elsewhere in this process
+        raise ImageTooLargeError(path, f"{err} (Pillow's own limit)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(path, f"{type(err).__name__}: {err}") from None
     return grey
 
@@ -230,23 +248,32 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 def resize_bilinear(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Bilinear resize with half-pixel centres and no antialiasing: what Keras
     ``image_dataset_from_directory`` (``tf.image.resize``) does; aspect ratio
-    is not kept. (H, W, C) -> (size[0], size[1], C), float32."""
+    is not kept. (H, W, C) -> (size[0], size[1], C), float32.
+
+    Rows are resized first unless that would make the intermediate many times larger than
+    both input and output (a thin strip made taller: 1 x 30,000 to 224 x 224 would hold
+    224 x 30,000 floats); then columns go first, which may move a value by a float32 rounding.
+    Memory stays within a few copies of the larger of input and output."""
     h, w = image.shape[:2]
     out_h, out_w = size
-    img = image.astype(np.float32)
+    if out_h * w <= 16 * max(h * w, out_h * out_w):
+        return _resize_axis(_resize_axis(image, 0, out_h), 1, out_w)
+    return _resize_axis(_resize_axis(image, 1, out_w), 0, out_h)
 
-    def axis(n_in, n_out):
-        pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        low = np.floor(pos)
-        frac = (pos - low).astype(np.float32)
-        lo = np.clip(low, 0, n_in - 1).astype(np.int64)
-        hi = np.clip(low + 1, 0, n_in - 1).astype(np.int64)
-        return lo, hi, frac
 
-    y0, y1, fy = axis(h, out_h)
-    x0, x1, fx = axis(w, out_w)
-    rows = img[y0] * (1 - fy)[:, None, None] + img[y1] * fy[:, None, None]
-    return rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
+def _resize_axis(image: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """One axis of :func:`resize_bilinear`: two taps per output position, float32."""
+    n_in = image.shape[axis]
+    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    low = np.floor(pos)
+    frac = (pos - low).astype(np.float32)
+    lo = np.clip(low, 0, n_in - 1).astype(np.int64)
+    hi = np.clip(low + 1, 0, n_in - 1).astype(np.int64)
+    shape = [1] * image.ndim
+    shape[axis] = n_out
+    frac = frac.reshape(shape)
+    # Gathered before the float32 copy: only the taps are ever held as floats.
+    return np.take(image, lo, axis).astype(np.float32) * (1 - frac) + np.take(image, hi, axis).astype(np.float32) * frac
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -264,6 +291,7 @@ def grey_pixels(image, source: str = "the array", seen: Optional[Observations] =
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or min(array.shape[:2]) < 1:
         raise ValueError(f"{source}: expected an image (H, W) or (H, W, C) with C in 1, 3, 4; got shape "
                          f"{array.shape}")
+    check_pixel_count(source, array.shape[1], array.shape[0], pixel_limit())  # the files' limits, before any copy
     array = pixel_values(array, source).astype(np.float64)
     if array.shape[-1] == 1:
         return array

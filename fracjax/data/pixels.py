@@ -135,6 +135,8 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 MAX_PIXELS = 50_000_000  # about 7000 x 7000: well above real radiographs (large detectors are ~4300 x 4300)
+# The longest side any decoder accepts: stitched full-leg and full-spine images are some 8,000 pixels long.
+MAX_SIDE = 32_768
 
 
 def pixel_limit() -> int:
@@ -146,14 +148,20 @@ def pixel_limit() -> int:
         value = int(text)
     except ValueError:
         raise ValueError(f"FRACJAX_MAX_PIXELS must be a whole number of pixels, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"FRACJAX_MAX_PIXELS must be >= 1, got {value}")
+    if not 1 <= value <= MAX_SIDE**2:
+        raise ValueError(f"FRACJAX_MAX_PIXELS must be between 1 and {MAX_SIDE**2:,} ({MAX_SIDE} squared), got {value}")
     return value
 
 
 def check_pixel_count(path: PathLike, width: int, height: int, limit: int) -> None:
+    """Refuse, from a header before anything is decoded, an image of more than ``limit`` pixels
+    or with a side longer than :data:`MAX_SIDE` (a 1 x 5,000,000 strip is under the pixel limit
+    but no radiograph, and its buffers grow with the long side)."""
     if width * height > limit:
         raise ImageTooLargeError(
             path, f"{width} x {height} = {width * height:,} pixels is more than the limit of {limit:,} "
             "(read_image(max_pixels=...) or $FRACJAX_MAX_PIXELS raise it)"
         )
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLargeError(
+            path, f"{width} x {height}: a side of more than {MAX_SIDE:,} pixels (no radiograph is that long)")

@@ -126,7 +126,7 @@ def decode_upload(data: bytes, name: str, image_size: int,
     except ImageTooLargeError as err:
         raise UploadError(name, 413, err.reason) from None
     except NotAnImageError as err:
-        raise UploadError(name, 415, f"{err.reason} (PNG, JPEG, BMP, TIFF or DICOM)") from None
+        raise UploadError(name, 415, err.reason) from None
     except ImageDecodeError as err:
         raise UploadError(name, 422, err.reason) from None
     pixels = model_input(grey, image_size, name)

@@ -215,6 +215,8 @@ def _decode_for_store(job: Tuple[str, str, int]):
         image = model_input(read_image(os.path.join(root, rel)), size)
     except ImageDecodeError as err:
         return rel, None, err.reason
+    except MemoryError:  # one file past what this machine holds is one skipped file, not a failed build
+        return rel, None, "out of memory while decoding and resizing"
     return rel, encode_png(image), ""
 
 
