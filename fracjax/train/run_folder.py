@@ -2,7 +2,8 @@
 
 Before any data or model work, :func:`claim` makes the folder, proves it is
 writable (a probe file) and takes an advisory lock: ``.lock`` holds the
-owner's pid, host and start time. A second training into the same folder is
+owner's pid, host and start time, and is made and taken over atomically
+(:func:`acquire`). A second training into the same folder is
 refused with the owner named; a lock left by a process that no longer runs
 on this host is taken over (and said so). The lock goes when the run ends,
 however it ends. A run that fails before its first checkpoint removes the
@@ -75,6 +76,23 @@ def _alive_here(owner: Dict[str, object]) -> Optional[bool]:
 
 
 def _create(path: str) -> bool:
+    """Make the lock with its content in one step: written under a private name, then hard-linked
+    to ``path`` (which fails if it exists), so that no reader ever sees a lock without its owner."""
+    temp = f"{path}.{os.getpid()}.{time.monotonic_ns()}"
+    with open(temp, "w") as f:
+        json.dump(_owner(), f)
+    try:
+        os.link(temp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: exclusive creation, then the content
+        return _create_exclusive(path)
+    finally:
+        os.remove(temp)
+
+
+def _create_exclusive(path: str) -> bool:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -84,19 +102,40 @@ def _create(path: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _takers_one_at_a_time(folder: str) -> Iterator[None]:
+    """Lock takers of ``folder`` one at a time: an flock on the folder itself, which the kernel
+    lets go when its holder exits, however it exits. A stale lock is judged and removed under it,
+    so two takers cannot both remove it, nor one remove the lock another has just made."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # no flock here (Windows): the link still makes creation atomic
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # a file system without flock: as above
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # lets the flock go
+
+
 def acquire(folder: str, log: Callable[[str], None] = print) -> str:
     """Take ``folder``'s lock; return the lock file's path."""
     path = os.path.join(folder, LOCK_FILE)
-    if _create(path):
-        return path
-    owner = _read_owner(path) or {}
-    alive = _alive_here(owner) if owner else False
-    if alive is False:
-        os.replace(_write_temp(path), path)
-        if _read_owner(path) == _mine(path):  # two takers at once: the last rename wins
-            log(f"took over the stale lock of {folder} (pid {owner.get('pid', '?')} no longer runs)")
+    with _takers_one_at_a_time(folder):
+        if _create(path):
             return path
-        owner, alive = _read_owner(path) or {}, True
+        owner = _read_owner(path) or {}
+        alive = _alive_here(owner) if owner else False
+        if alive is False:
+            os.remove(path)
+            if _create(path):
+                log(f"took over the stale lock of {folder} (pid {owner.get('pid', '?')} no longer runs)")
+                return path
+            owner, alive = _read_owner(path) or {}, True  # made by a taker on a host without the flock
     where = "on this host" if alive else f"on host {owner.get('host')}"
     raise RunFolderError(
         f"{folder} is being written by another training (pid {owner.get('pid')} {where}, since "
@@ -105,21 +144,15 @@ def acquire(folder: str, log: Callable[[str], None] = print) -> str:
     )
 
 
-def _write_temp(path: str) -> str:
-    temp = f"{path}.{os.getpid()}"
-    with open(temp, "w") as f:
-        json.dump(_owner(), f)
-    return temp
-
-
 def _mine(path: str) -> Optional[Dict[str, object]]:
     owner = _read_owner(path)
     return owner if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname() else None
 
 
 def release(path: str) -> None:
-    if _mine(path):
-        os.remove(path)
+    with _takers_one_at_a_time(os.path.dirname(path) or "."):
+        if _mine(path):
+            os.remove(path)
 
 
 def has_checkpoint(folder: str) -> bool:
@@ -135,7 +168,8 @@ def _is_run_output(name: str) -> bool:
 def clear_run(folder: str, log: Callable[[str], None] = print) -> None:
     """Empty ``folder`` of an earlier run (``--overwrite``); refused, with nothing removed, unless
     it is a fracjax run (its ``config.json`` or ``checkpoints/``) holding only a run's outputs."""
-    entries = sorted(e for e in os.listdir(folder) if e != LOCK_FILE and not e.startswith(".write-probe-"))
+    entries = sorted(e for e in os.listdir(folder)
+                     if e != LOCK_FILE and not e.startswith((LOCK_FILE + ".", ".write-probe-")))
     if not entries:
         return
     if not ("checkpoints" in entries or _written_by_fit(os.path.join(folder, "config.json"))):
