@@ -126,9 +126,17 @@ def available_splits(dataset: str, data_dir: Optional[str] = None) -> List[str]:
 def from_folder(source: str, image_size: int = 224, data_dir: Optional[str] = None, seed: int = 0,
                 audit: bool = True, strict: bool = False, log=print):
     """Prepare (once) and return the TFDS builder of a folder or CSV of X-rays."""
-    from fracjax.data.builders.image_folder import ImageFolder, folder_config
+    from fracjax.data.builders.image_folder import ImageFolder, config_prefix, folder_config
 
-    builder = ImageFolder(config=folder_config(source, image_size, seed, audit), data_dir=data_dir, strict=strict)
+    config = folder_config(source, image_size, seed, audit)
+    builder = ImageFolder(config=config, data_dir=data_dir, strict=strict)
+    if not builder.is_prepared():
+        configs = os.path.dirname(os.path.dirname(str(builder.data_dir)))
+        prefix = config_prefix(config.source, image_size, seed, audit)
+        earlier = sorted(n for n in os.listdir(configs) if n.startswith(prefix)) if os.path.isdir(configs) else []
+        if earlier:
+            log(f"{source} changed since it was prepared (a row, a label or a file differs): preparing it again "
+                f"(the earlier copy stays in {os.path.join(configs, earlier[-1])}; delete it to free the space)")
     return prepare_builder(builder, None, log)
 
 

@@ -237,12 +237,46 @@ def test_image_folder_csv_patients_stay_in_one_split_and_missing_files_are_skipp
     assert "WARNING:" not in said
 
 
+def test_prepared_data_follows_the_csv_and_its_files_not_just_their_names(tmp_path):
+    root = tmp_path / "site"
+    rows = ["path,label"]
+    for i in range(16):
+        _write(root / f"{i}.png", _xray(5000 + i, i % 2))
+        rows.append(f"{i}.png,{i % 2}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    said = []
+
+    def labels_of(builder):
+        return {_text(e["filename"]): int(e["label"]) for s in SPLITS for e in _read(builder)[s]}
+
+    first = fracjax.data.from_folder(str(root / "labels.csv"), image_size=32, data_dir=str(tmp_path / "d"),
+                                     log=said.append)
+    assert labels_of(first) == {f"{i}.png": i % 2 for i in range(16)}
+    # Every label flipped: same path, size of folder and seed, other data.
+    (root / "labels.csv").write_text("\n".join(rows[:1] + [f"{i}.png,{1 - i % 2}" for i in range(16)]) + "\n")
+    said.clear()
+    flipped = fracjax.data.from_folder(str(root / "labels.csv"), image_size=32, data_dir=str(tmp_path / "d"),
+                                       log=said.append)
+    assert flipped.info.full_name != first.info.full_name
+    assert labels_of(flipped) == {f"{i}.png": 1 - i % 2 for i in range(16)}
+    assert any("labels.csv changed since it was prepared" in line for line in said), said
+    # A file rewritten in place (another size) is a change too; nothing changed is no change.
+    _write(root / "3.png", _xray(77, 1)[:20])
+    again = fracjax.data.from_folder(str(root / "labels.csv"), image_size=32, data_dir=str(tmp_path / "d"),
+                                     log=lambda _: None)
+    assert again.info.full_name != flipped.info.full_name
+    same = fracjax.data.from_folder(str(root / "labels.csv"), image_size=32, data_dir=str(tmp_path / "d"),
+                                    log=lambda _: None)
+    assert same.info.full_name == again.info.full_name
+
+
 @pytest.mark.parametrize("rows, message", [
     (["path,label", "a.png,1", "b.png,2"], r"labels.csv:3: label must be 0 or 1"),
     (["path,label", "a.png,1", "../outside.png,0"], r"labels.csv:3: path '../outside.png' is outside"),
     (["path,label", "a.png,1", "b.png,1"], r"labels.csv: no not fractured images \(an empty class\)"),
     (["file,class", "a.png,1"], r"labels.csv:1: the header must name the columns path,label"),
     (["path,label,split", "a.png,1,train", "b.png,0,holdout"], r"labels.csv:3: split must be train"),
+    (["path,label", "a.png,1", "b.png,0", "./a.png,0"], r"labels.csv:4: './a.png' is listed again \(first on line 2\)"),
 ])
 def test_bad_csv_rows_name_the_file_and_line(tmp_path, rows, message):
     for name in ("a.png", "b.png"):

@@ -77,7 +77,7 @@ def list_csv(csv_path: str) -> Tuple[str, List[Record], List[Dict[str, str]]]:
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"--data-csv: no such file {csv_path}")
     root = os.path.dirname(os.path.abspath(csv_path))
-    records, skipped = [], []
+    records, skipped, lines = [], [], {}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
@@ -89,6 +89,10 @@ def list_csv(csv_path: str) -> Tuple[str, List[Record], List[Dict[str, str]]]:
             if not any(v.strip() for v in row.values()):
                 continue
             written, record = _csv_row(row, root, f"{csv_path}:{line}")
+            if record.path in lines:  # one image with two rows: which label, which split?
+                raise ValueError(f"{csv_path}:{line}: {written!r} is listed again (first on line "
+                                 f"{lines[record.path]}); list each image once")
+            lines[record.path] = line
             if os.path.isfile(os.path.join(root, record.path)):
                 records.append(record)
             else:
@@ -169,12 +173,34 @@ class ImageFolder(base.DecodedThenSplit, tfds.core.GeneratorBasedBuilder):
 
 
 def folder_config(source: str, image_size: int = 224, seed: int = 0, audit: bool = True) -> ImageFolderConfig:
-    """The configuration of ``source``: named after its path, size and seed
-    (one prepared copy per source in the TFDS data_dir)."""
+    """The configuration of ``source``: named after its path, size, seed and contents (one
+    prepared copy per source in the TFDS data_dir, made again when a label, a row or a file
+    changes: :func:`contents_digest`)."""
     path = os.path.abspath(source)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such folder or CSV file: {source}")
+    return ImageFolderConfig(name=f"{config_prefix(path, image_size, seed, audit)}{contents_digest(path)}", source=path,
+                             image_size=image_size, seed=seed, audit=audit, description=f"X-rays from {path}")
+
+
+def config_prefix(path: str, image_size: int, seed: int, audit: bool) -> str:
+    """What the names of every prepared copy of ``path`` at these settings start with."""
     slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(path.rstrip(os.sep)).lower()).strip("_")[:40] or "data"
-    digest = hashlib.sha256(f"{path}|{image_size}|{seed}|{audit}".encode()).hexdigest()[:10]
-    return ImageFolderConfig(name=f"{slug}_{image_size}_{digest}", source=path, image_size=image_size, seed=seed,
-                             audit=audit, description=f"X-rays from {path}")
+    return f"{slug}_{image_size}_{hashlib.sha256(f'{path}|{image_size}|{seed}|{audit}'.encode()).hexdigest()[:10]}_"
+
+
+def contents_digest(path: str) -> str:
+    """A digest of what a build reads from ``path``: a CSV's bytes, and the relative path, size and
+    modification time of every image file it lists (or the folder holds)."""
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        root, files = path, [r.path for r in list_folder(path)]
+    else:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+        root, records, _ = list_csv(path)
+        files = [r.path for r in records]
+    for rel in sorted(files):
+        stat = os.stat(os.path.join(root, rel))
+        digest.update(f"{rel}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:10]
