@@ -100,6 +100,27 @@ def test_refusals_name_what_is_wrong(exported, classifier, tmp_path):
         fracjax.deploy.load(tmp_path)
 
 
+def test_force_replaces_an_earlier_export_and_nothing_else(exported, classifier, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    os.makedirs(run / "checkpoints" / "best" / "8")
+    (run / "config.json").write_text("{}")
+    with pytest.raises(ExportError, match=r"run holds checkpoints, config.json, which no export writes"):
+        fracjax.export(classifier, str(run), force=True)
+    with pytest.raises(ExportError, match="holds the run being exported"):
+        fracjax.export(str(run), str(tmp_path), force=True)  # refused before the run is even read
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="notes.txt is not a folder; --force replaces only an earlier export"):
+        fracjax.export(classifier, str(tmp_path / "notes.txt"), force=True)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "run"] and (run / "checkpoints" / "best" / "8").is_dir()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    copy = tmp_path / "earlier"
+    shutil.copytree(exported, copy)
+    fracjax.export(classifier, str(copy), force=True)
+    assert fracjax.deploy.read_card(copy)["format"] == "stablehlo"
+
+
 def test_a_changed_artifact_is_refused(exported, tmp_path):
     import shutil
 

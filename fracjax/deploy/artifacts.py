@@ -37,14 +37,35 @@ def _format(name: str):
     return importlib.import_module(FORMATS[name])
 
 
-def _check_request(fmt: str, out_dir: str, force: bool) -> None:
+EXPORT_FILES = (CARD, "model.stablehlo", "model.onnx")  # all an export folder holds, whatever its format
+
+
+def _check_request(fmt: str, out_dir: str, force: bool, source) -> None:
     if fmt not in FORMATS:
         raise ExportError(f"--format: {fmt!r} is not one of {tuple(FORMATS)}")
-    if os.path.exists(out_dir) and not force:
-        raise ExportError(f"--out: {out_dir} exists; pass --force (force=True) to replace it")
+    if isinstance(source, (str, os.PathLike)):
+        inside = os.path.realpath(os.fspath(source))
+        if os.path.commonpath([inside, os.path.realpath(out_dir)]) == os.path.realpath(out_dir):
+            raise ExportError(f"--out: {out_dir} holds the run being exported ({os.fspath(source)}); choose "
+                              "another folder")
+    if os.path.lexists(out_dir):
+        if not force:
+            raise ExportError(f"--out: {out_dir} exists; pass --force (force=True) to replace it")
+        _check_replaceable(out_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise ExportError(f"--out: cannot write in {parent}")
+
+
+def _check_replaceable(out_dir: str) -> None:
+    """``--force`` replaces an earlier export and nothing else: never a file, a run, a checkpoint."""
+    if os.path.islink(out_dir) or not os.path.isdir(out_dir):
+        raise ExportError(f"--out: {out_dir} is not a folder; --force replaces only an earlier export folder")
+    other = sorted(set(os.listdir(out_dir)) - set(EXPORT_FILES))
+    if other:
+        raise ExportError(f"--out: {out_dir} holds {', '.join(other[:5])}{' ...' if len(other) > 5 else ''}, which "
+                          f"no export writes (an export holds only {', '.join(EXPORT_FILES)}); --force replaces only "
+                          "an earlier export, so nothing was removed")
 
 
 def _classifier(source):
@@ -78,14 +99,15 @@ def parity(classifier, run) -> Dict[str, float]:
 def export(source, out_dir: str, format: str = "stablehlo", *, force: bool = False, **options) -> str:
     """Export ``source`` (a run or checkpoint folder, or a Classifier) into
     ``out_dir``: the artifact and ``model.json``. Checked before any work: the
-    format, and that ``out_dir`` does not exist (``force``: replace it).
+    format, and that ``out_dir`` does not exist (``force``: replace it, if it is an
+    earlier export and nothing else).
     ``options`` go to the format's ``serialize`` (StableHLO: ``platforms``).
     Written to a temporary folder and renamed, so a failed export leaves
     nothing that looks complete. Returns ``out_dir``."""
     from fracjax.deploy import card
 
     out_dir = os.path.abspath(os.fspath(out_dir))
-    _check_request(format, out_dir, force)
+    _check_request(format, out_dir, force, source)
     classifier = _classifier(source)
     module = _format(format)
     blob, details = module.serialize(classifier, **options)
