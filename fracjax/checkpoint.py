@@ -17,7 +17,9 @@ only whole checkpoints; leftovers are removed when the managers open.
 Every saved array tree has a checksum in its step's ``meta``
 (:func:`tree_checksum`); restores verify it, so bit rot, a partial copy or
 an edited file is a :class:`CheckpointCorruptError` naming the step folder,
-never silently different weights. ``--resume`` falls back to the newest
+never silently different weights. A step's meta says ``checksummed``; a step without
+it and without checksums is the old layout (before checksums) and is read unverified;
+any other step without its checksum is refused. ``--resume`` falls back to the newest
 intact step (:meth:`RunCheckpoints.intact_latest`).
 """
 
@@ -83,10 +85,15 @@ def tree_checksum(tree) -> str:
 
 
 def verify(trees: Dict[str, Any], meta: Dict[str, Any], where: str) -> None:
-    """Raise CheckpointCorruptError unless each tree matches its saved checksum
-    (steps written before checksums existed have none and pass)."""
-    saved = (meta or {}).get("checksums") or {}
+    """Raise CheckpointCorruptError unless each tree matches its saved checksum. Only the old
+    layout (a ``meta`` with neither ``checksummed`` nor ``checksums``: fracjax before checksums)
+    passes without one; a newer step whose checksum was removed is refused."""
+    meta = meta or {}
+    saved = meta.get("checksums") or {}
     for item, tree in trees.items():
+        if item not in saved and ("checksummed" in meta or "checksums" in meta):
+            raise CheckpointCorruptError(f"{where}: no checksum of its {item} arrays in its meta, though its layout "
+                                         "writes one (edited or damaged)")
         if item in saved and tree_checksum(tree) != saved[item]:
             raise CheckpointCorruptError(
                 f"{where}: the {item} arrays do not match the checksum saved with them (a damaged or partly "
@@ -119,14 +126,14 @@ class RunCheckpoints:
         """``state``: the run's state, a tree of arrays whose ``model`` holds
         params and batch_stats; ``meta``: JSON."""
         state = _host(state)
-        meta = {**meta, "checksums": {"state": tree_checksum(state)}}
+        meta = {**meta, "checksummed": True, "checksums": {"state": tree_checksum(state)}}
         self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                        meta=ocp.args.JsonSave(meta)), force=True)
         self.latest.wait_until_finished()
 
     def save_best(self, step: int, variables, meta: Dict[str, Any]) -> None:
         model = _host({"params": variables["params"], "batch_stats": variables["batch_stats"]})
-        meta = {**meta, "checksums": {"model": tree_checksum(model)}}
+        meta = {**meta, "checksummed": True, "checksums": {"model": tree_checksum(model)}}
         for old in self.best.all_steps():
             if old >= step:  # a resumed run re-reaching a step
                 self.best.delete(old)
@@ -163,7 +170,7 @@ class RunCheckpoints:
             try:
                 with _restoring(where):
                     meta = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-                    if "state" not in (meta.get("checksums") or {}):
+                    if "state" not in (meta.get("checksums") or {}) and "checksummed" not in meta:
                         return step, meta  # another layout's items: whoever resumes refuses it by its layout
                     state = self.latest.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore()))["state"]
@@ -266,16 +273,50 @@ def _write_json_atomically(path: str, value) -> str:
 
 
 def read_calibration(step_folder: str) -> Optional[Dict[str, Any]]:
-    """The calibration saved inside a checkpoint's step folder, if any."""
+    """The calibration saved inside a checkpoint's step folder, if any: checked against the checksum
+    written with it (files from before checksums have none) and in range, else CheckpointCorruptError."""
     path = os.path.join(step_folder, CALIBRATION_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            calibration = json.load(f)
+    except (OSError, ValueError) as err:
+        raise CheckpointCorruptError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(calibration, dict):
+        raise CheckpointCorruptError(f"{path}: not a calibration (a JSON object)")
+    saved = calibration.pop("checksum", None)
+    if saved is not None and saved != _json_checksum(calibration):
+        raise CheckpointCorruptError(f"{path}: does not match the checksum written with it (edited or damaged)")
+    _check_calibration(calibration, path)
+    return calibration
+
+
+def _check_calibration(calibration: Dict[str, Any], path: str) -> None:
+    temperature = calibration.get("temperature")
+    if not (_is_real(temperature) and 0 < temperature < float("inf")):
+        raise CheckpointCorruptError(f"{path}: temperature {temperature!r} is not a finite number above 0")
+    points = calibration.get("operating_points", {})
+    if not isinstance(points, dict):
+        raise CheckpointCorruptError(f"{path}: operating_points is not a mapping of names to thresholds")
+    for name, threshold in points.items():
+        if not (_is_real(threshold) and 0.0 <= threshold <= 1.0):
+            raise CheckpointCorruptError(f"{path}: operating point {name!r} {threshold!r} is not a probability "
+                                         "threshold in [0, 1]")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _json_checksum(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def write_calibration(step_folder: str, calibration: Dict[str, Any]) -> str:
-    return _write_json_atomically(os.path.join(step_folder, CALIBRATION_FILE), calibration)
+    path = os.path.join(step_folder, CALIBRATION_FILE)
+    _check_calibration(calibration, path)  # never write what reading would refuse
+    return _write_json_atomically(path, {**calibration, "checksum": _json_checksum(calibration)})
 
 
 def read_run_warnings(step_folder: str) -> List[str]:
@@ -304,9 +345,13 @@ def read_ood(step_folder: str) -> Optional[Dict[str, np.ndarray]]:
         return None
     try:
         with np.load(path, allow_pickle=False) as saved:
-            return {name: np.asarray(saved[name]) for name in saved.files}
+            detector = {name: np.asarray(saved[name]) for name in saved.files}
     except (OSError, ValueError) as err:
         raise CheckpointCorruptError(f"{path}: not a readable OOD detector ({err})") from None
+    unusable = [name for name, a in detector.items() if a.dtype.kind not in "iuf" or not np.all(np.isfinite(a))]
+    if unusable:
+        raise CheckpointCorruptError(f"{path}: {', '.join(unusable)} not finite numbers: not a usable OOD detector")
+    return detector
 
 
 def write_ood(step_folder: str, detector: Dict[str, np.ndarray]) -> str:

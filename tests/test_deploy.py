@@ -121,6 +121,42 @@ def test_force_replaces_an_earlier_export_and_nothing_else(exported, classifier,
     assert fracjax.deploy.read_card(copy)["format"] == "stablehlo"
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["operating_points"]["youden"].update(threshold=2.0), r"operating_points.youden.threshold 2.0 is not"),
+    (lambda c: c.update(temperature=-1), r"temperature -1 is not a finite number above 0"),
+    (lambda c: c.update(temperature=float("nan")), r"temperature nan is not a finite number above 0"),
+    (lambda c: c.update(artifact="../run/model.stablehlo"), r"artifact '../run/model.stablehlo' is not one of"),
+    (lambda c: c["input"].update(shape=["batch", 32, 64, 1]), r"input.shape \['batch', 32, 64, 1\] is not"),
+    (lambda c: c.update(warnings="none"), r"warnings is not a list of sentences"),
+    (lambda c: c.pop("sha256"), r"sha256 is not a SHA-256 digest"),
+])
+def test_a_card_is_checked_field_by_field(exported, tmp_path, edit, message):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    card = json.loads((copy / "model.json").read_text())
+    edit(card)
+    (copy / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ExportError, match=message):
+        fracjax.deploy.load(copy)
+
+
+def test_a_card_that_is_not_json_and_pixels_that_are_not_finite_are_refused(exported, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    (copy / "model.json").write_text('{"format": "stablehlo", ')
+    with pytest.raises(ExportError, match=r"model.json: not readable JSON"):
+        fracjax.deploy.load(copy)
+    model = fracjax.deploy.load(exported)
+    pixels = np.full((1, 32, 32, 1), 100.0, np.float32)
+    pixels[0, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="pixels must be finite numbers"):
+        model(pixels)
+
+
 def test_a_changed_artifact_is_refused(exported, tmp_path):
     import shutil
 

@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 from typing import Dict, Union
 
@@ -37,6 +38,7 @@ def _format(name: str):
     return importlib.import_module(FORMATS[name])
 
 
+MAX_IMAGE_SIZE = 4096  # the largest model input any card may declare (the training option's own bound)
 EXPORT_FILES = (CARD, "model.stablehlo", "model.onnx")  # all an export folder holds, whatever its format
 
 
@@ -145,6 +147,9 @@ class ExportedModel:
         if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, 1):
             raise ValueError(f"expected grey pixels (N, {self.image_size}, {self.image_size}[, 1]); got shape "
                              f"{np.shape(pixels)} (resize with fracjax.data.io.model_input first)")
+        if x.dtype.kind not in "biuf" or (x.dtype.kind == "f" and not np.all(np.isfinite(x))):
+            raise ValueError("pixels must be finite numbers (NaN or infinity in the input; predict refuses them "
+                             "too)")
         outputs = [np.asarray(output) for output in self.run(x.astype(np.float32))]
         # Two outputs, or three where the model has an OOD detector: the names of those it has.
         return dict(zip(OUTPUTS[: len(outputs)], outputs, strict=True))
@@ -162,12 +167,55 @@ def load(out_dir: Union[str, os.PathLike]) -> ExportedModel:
 
 
 def read_card(out_dir: Union[str, os.PathLike]) -> Dict:
+    """An export folder's model card, checked field by field (:func:`check_card`)."""
     path = os.path.join(os.fspath(out_dir), CARD)
     if not os.path.isfile(path):
         raise ExportError(f"{out_dir}: no {CARD}: not a fracjax export folder")
-    with open(path) as f:
-        card = json.load(f)
-    if card.get("format") not in FORMATS or not os.path.isfile(os.path.join(os.fspath(out_dir), card["artifact"])):
-        raise ExportError(f"{path}: names a format or artifact that is not there ({card.get('format')}, "
-                          f"{card.get('artifact')})")
+    try:
+        with open(path) as f:
+            card = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ExportError(f"{path}: not readable JSON ({err})") from None
+    check_card(card, path)
+    if not os.path.isfile(os.path.join(os.fspath(out_dir), card["artifact"])):
+        raise ExportError(f"{path}: names an artifact that is not there ({card['artifact']})")
     return card
+
+
+def check_card(card, path: str) -> None:
+    """Raise ExportError naming the first field of a model card that no export writes: the
+    values a server and ``deploy.load`` act on (format, artifact, digest, input size,
+    temperature, thresholds, warnings) must be what an export could have written."""
+    def refuse(field: str, why: str):
+        raise ExportError(f"{path}: {field} {why}: not a card fracjax wrote, or one edited since")
+
+    if not isinstance(card, dict):
+        refuse("the card", "is not a JSON object")
+    if card.get("format") not in FORMATS:
+        refuse("format", f"{card.get('format')!r} is not one of {tuple(FORMATS)}")
+    if card.get("artifact") not in EXPORT_FILES[1:]:  # a file name of this folder, never a path
+        refuse("artifact", f"{card.get('artifact')!r} is not one of {EXPORT_FILES[1:]}")
+    if not (isinstance(card.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", card["sha256"])):
+        refuse("sha256", "is not a SHA-256 digest")
+    shape = (card.get("input") or {}).get("shape") if isinstance(card.get("input"), dict) else None
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1
+            and _is_number(shape[1]) and 1 <= shape[1] <= MAX_IMAGE_SIZE and shape[1] == int(shape[1])):
+        refuse("input.shape", f"{shape!r} is not [batch, S, S, 1] with S in 1..{MAX_IMAGE_SIZE}")
+    if not (_is_number(card.get("temperature")) and 0 < card["temperature"] < float("inf")):
+        refuse("temperature", f"{card.get('temperature')!r} is not a finite number above 0")
+    points = card.get("operating_points", {})
+    if not isinstance(points, dict) or not all(isinstance(p, dict) for p in points.values()):
+        refuse("operating_points", "is not a mapping of names to {threshold: ...}")
+    for name, point in points.items():
+        if not (_is_number(point.get("threshold")) and 0.0 <= point["threshold"] <= 1.0):
+            refuse(f"operating_points.{name}.threshold", f"{point.get('threshold')!r} is not in [0, 1]")
+    ood = card.get("ood")
+    if ood is not None and not (isinstance(ood, dict) and _is_number(ood.get("threshold"))
+                                and abs(ood["threshold"]) < float("inf")):
+        refuse("ood.threshold", "is not a finite number")
+    if not (isinstance(card.get("warnings", []), list) and all(isinstance(w, str) for w in card.get("warnings", []))):
+        refuse("warnings", "is not a list of sentences")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

@@ -76,6 +76,16 @@ def test_arrays_that_do_not_match_their_checksum_are_refused_naming_the_step(sav
         ckpt.restore_model(str(best), 8)
 
 
+def test_a_step_whose_checksum_was_removed_is_refused_and_the_old_layout_read(saved):
+    best = saved / "checkpoints" / "best"
+    _edit_meta(best / "8", lambda m: m.pop("checksums"))
+    with pytest.raises(ckpt.CheckpointCorruptError, match=r"best/8: no checksum of its model arrays in its meta"):
+        ckpt.restore_model(str(best), 8)
+    _edit_meta(best / "8", lambda m: m.pop("checksummed"))  # as fracjax wrote steps before checksums
+    variables, _ = ckpt.restore_model(str(best), 8)
+    chex.assert_trees_all_equal(variables, _model(8))
+
+
 def _damage_data(step_folder):
     """Flip bytes in the middle of every array data file of the step."""
     for path in glob.glob(os.path.join(step_folder, "*", "**", "d", "*"), recursive=True):
