@@ -120,9 +120,42 @@ def _open_h5(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Keras weights file not found: {path}")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as err:
         raise KerasWeightsError(f"{path} is not a readable HDF5 file ({err})") from None
+    try:
+        _check_self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+MAX_HDF5_DEPTH = 16  # Keras files nest four or five groups deep
+
+
+def _check_self_contained(f, path: str) -> None:
+    """Refuse an HDF5 file that reaches past itself before anything is read: soft and external
+    links (another file, or a loop), datasets stored in other files or mapped from them."""
+    import h5py
+
+    stack = [("", f, 0)]
+    while stack:
+        prefix, group, depth = stack.pop()
+        if depth > MAX_HDF5_DEPTH:
+            raise KerasWeightsError(f"{path}: groups nested more than {MAX_HDF5_DEPTH} deep at {prefix}")
+        for name in group:  # names only: iterating resolves no link
+            where = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise KerasWeightsError(f"{path}: {where} is a {type(link).__name__}; weights files with links "
+                                        "(to other files, or in a loop) are not read")
+            item = group[name]
+            if isinstance(item, h5py.Group):
+                stack.append((where, item, depth + 1))
+            elif isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+                raise KerasWeightsError(f"{path}: {where} keeps its values in another file; weights files that "
+                                        "are not self-contained are not read")
 
 
 def _split_key(key: str) -> Tuple[str, int]:

@@ -59,6 +59,31 @@ def test_truncated_file_is_a_clear_error(files, tmp_path):
         fracjax.models.load_keras_weights("mobilenet_v3_small", cut)
 
 
+@pytest.mark.parametrize("reach", ["external storage", "virtual", "soft link loop", "external link"])
+def test_a_file_that_reaches_past_itself_is_refused_before_reading(tmp_path, reach):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(8, dtype=np.float32).tobytes())
+    bad = tmp_path / "bad.weights.h5"
+    with h5py.File(bad, "w") as f:
+        layer = f.create_group("layers/stem_bn/vars")
+        if reach == "external storage":
+            layer.create_dataset("0", shape=(8,), dtype="<f4", external=[(str(secret), 0, 32)])
+        elif reach == "virtual":
+            with h5py.File(tmp_path / "other.h5", "w") as other:
+                other.create_dataset("x", data=np.ones(8, np.float32))
+            source = h5py.VirtualSource(str(tmp_path / "other.h5"), "x", shape=(8,))
+            plan = h5py.VirtualLayout(shape=(8,), dtype="f4")
+            plan[:] = source
+            layer.create_virtual_dataset("0", plan)
+        elif reach == "soft link loop":
+            layer["0"] = h5py.SoftLink("/layers/stem_bn/vars/1")
+            layer["1"] = h5py.SoftLink("/layers/stem_bn/vars/0")
+        else:
+            layer["0"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "/x")
+    with pytest.raises(KerasWeightsError, match=r"bad.weights.h5: /layers/stem_bn/vars/0 (is a|keeps its values)"):
+        fracjax.models.load_keras_weights("mobilenet_v3_small", bad)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.h5"):
         fracjax.models.load_keras_weights("mobilenet_v3_small", tmp_path / "nowhere.h5")
