@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -198,11 +199,46 @@ def test_bad_options_are_refused_naming_them(app, data, message):
 
 
 def test_requests_without_files_or_too_large_are_refused(app):
-    assert call(app, "POST", "/v1/predict", data={"explain": "true"}).status_code == 422
-    assert "multipart/form-data" in call(app, "POST", "/v1/predict", json={"a": 1}).json()["detail"]
+    assert call(app, "POST", "/v1/predict", data={"explain": "true"}).status_code == 415  # a urlencoded form
+    r = call(app, "POST", "/v1/predict", data={"explain": "true"}, files={"notes": ("a.txt", b"x", "text/plain")})
+    assert r.status_code == 422 and r.json()["detail"].startswith("no files")
+    r = call(app, "POST", "/v1/predict", json={"a": 1})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
     big = np.random.default_rng(0).integers(0, 256, (1000, 1000), dtype=np.uint8)
     r = call(app, "POST", "/v1/predict", files=[("files", (f"{i}.png", png(big), "image/png")) for i in range(5)])
     assert r.status_code == 413 and "larger than 4,000,000 bytes" in r.json()["detail"]
+
+
+def test_the_file_count_and_the_servers_budget_of_bytes_in_flight(run_dir):
+    small = create_app(open_served(run_dir), Limits(max_upload_bytes=4_000_000, max_files=2,
+                                                    max_inflight_bytes=300_000))
+    one = ("files", ("x.png", png(XRAY), "image/png"))
+    r = call(small, "POST", "/v1/predict", files=[one] * 3)
+    assert r.status_code == 413 and r.json()["detail"] == "more than 2 files in one request"
+    noise = np.random.default_rng(2).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    r = call(small, "POST", "/v1/predict", files=[("files", ("n.png", png(noise), "image/png"))])
+    assert r.status_code == 503 and "as many uploads as it may at once" in r.json()["detail"]
+    assert call(small, "POST", "/v1/predict", files=[one]).status_code == 200  # what was held is given back
+
+
+def test_a_body_that_trickles_in_is_refused_when_its_time_is_up(run_dir):
+    slow = create_app(open_served(run_dir), Limits(body_timeout_s=0.5))
+
+    async def trickle():
+        yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n\r\n"
+        for _ in range(20):
+            await asyncio.sleep(0.2)
+            yield b"\x00"
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=slow), base_url="http://fracjax") as client:
+            return await client.post("/v1/predict", content=trickle(),
+                                     headers={"content-type": "multipart/form-data; boundary=b"})
+
+    started = time.perf_counter()
+    r = asyncio.run(go())
+    assert r.status_code == 408 and "did not arrive within 0.5 s" in r.json()["detail"]
+    assert time.perf_counter() - started < 2.5  # not the 4 s the client would take
 
 
 def test_uploads_are_never_written_to_disk(app, monkeypatch):
@@ -266,7 +302,7 @@ def test_an_export_serves_what_its_checkpoint_computes_and_explains_from_it(run_
 
 def test_the_command_serves_and_stops_cleanly_on_sigterm(run_dir):
     process = subprocess.Popen(
-        [sys.executable, "-m", "fracjax.cli", "serve", run_dir, "--port", "0", "--max-batch", "2"],
+        [sys.executable, "-m", "fracjax.cli", "serve", run_dir, "--port", "0", "--max-batch", "2", "--grace-s", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -279,12 +315,21 @@ def test_the_command_serves_and_stops_cleanly_on_sigterm(run_dir):
         assert url.startswith("http://127.0.0.1:")
         r = httpx.post(url + "/v1/predict", files=[("files", ("x.png", png(XRAY), "image/png"))], timeout=120)
         assert r.status_code == 200
+        # A client that sends its headers and then stalls: the server stops anyway, after --grace-s.
+        host, port = url.removeprefix("http://").split(":")
+        stalled = socket.create_connection((host, int(port)))
+        stalled.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b")
+        time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
+        signalled = time.perf_counter()
         out, err = process.communicate(timeout=60)
+        stalled.close()
     finally:
         process.kill()
     assert process.returncode == 0, err[-2000:]
     assert "fracjax serve: stopped (SIGTERM)" in out
+    assert time.perf_counter() - signalled < 15  # --grace-s 2, not the stalled client's forever
 
 
 def test_the_command_refuses_a_taken_port_and_a_missing_folder(run_dir, tmp_path, capsys):

@@ -19,15 +19,20 @@ import sys
 import time
 
 from fracjax.argparsing import CommandParser
+from fracjax.data.pixels import MAX_SIDE
 
 NEEDS = "fracjax serve needs FastAPI and uvicorn: pip install 'fracjax[serve]'"
 
 
-def _positive(kind):
+def _positive(kind, most):
+    """A number in (0, most]: "inf", NaN and sizes no machine holds are refused by argparse, naming the flag."""
     def parse(text: str):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a {kind.__name__}, got {text!r}") from None
+        if not 0 < value <= most:
+            raise argparse.ArgumentTypeError(f"must be > 0 and at most {most:,}, got {text}")
         return value
     return parse
 
@@ -44,10 +49,17 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("model", help="an export folder (fracjax export) or a run / checkpoint folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port to listen on (default 8000; 0: any free one)")
-    p.add_argument("--max-upload-mb", type=_positive(float), default=32.0, help="largest request (413 past it)")
-    p.add_argument("--max-pixels", type=_positive(int), default=None,
+    p.add_argument("--max-upload-mb", type=_positive(float, 1024), default=32.0, help="largest request (413 past it)")
+    p.add_argument("--max-files", type=_positive(int, 1024), default=64, help="most files in one request (413 past it)")
+    p.add_argument("--max-inflight-mb", type=_positive(float, 16384), default=256.0,
+                   help="most bytes of uploads all requests hold at once (503 past it; at least --max-upload-mb)")
+    p.add_argument("--body-timeout-s", type=_positive(float, 3600), default=60.0,
+                   help="a request's body must arrive within this (408 past it: a stalled client holds nothing)")
+    p.add_argument("--grace-s", type=_positive(float, 3600), default=30.0,
+                   help="on SIGTERM/SIGINT, how long requests in progress may finish before the server stops anyway")
+    p.add_argument("--max-pixels", type=_positive(int, MAX_SIDE**2), default=None,
                    help="largest decoded image (413 past it; default fracjax's decoder limit)")
-    p.add_argument("--max-batch", type=_positive(int), default=32, help="most images run together")
+    p.add_argument("--max-batch", type=_positive(int, 1024), default=32, help="most images run together")
     p.add_argument("--no-warmup", action="store_true",
                    help="start without compiling every batch size first (the first requests then wait for compiles)")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
@@ -83,6 +95,10 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
     if not 0 <= args.max_wait_ms <= 1000:
         print(f"error: --max-wait-ms must be in 0..1000, got {args.max_wait_ms}", file=sys.stderr)
         return 2
+    if args.max_inflight_mb < args.max_upload_mb:
+        print(f"error: --max-inflight-mb ({args.max_inflight_mb:g}) must be at least --max-upload-mb "
+              f"({args.max_upload_mb:g})", file=sys.stderr)
+        return 2
     try:
         import uvicorn
 
@@ -108,7 +124,9 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
         sizes = warm_up(served.run, served.image_size, args.max_batch)
         warmed = (f"; batch sizes {', '.join(map(str, sizes))} compiled in {time.perf_counter() - started:.1f} s"
                   f"{caches.cache_note(compiles)}")
-    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels,
+                    max_files=args.max_files, max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
+                    body_timeout_s=args.body_timeout_s)
     app = create_app(served, limits, args.max_batch, args.max_wait_ms / 1000)
     m = served.card["model"]
     reach = ("this machine only; --host 0.0.0.0 to accept other machines" if _is_loopback(args.host) else
@@ -124,6 +142,7 @@ def main(argv=None, prog: str = "fracjax serve") -> int:
         # uvicorn shuts down gracefully on these, then re-raises them to the handler it found: this one,
         # so that the process ends with status 0 and says so (the default handler would kill it).
         signal.signal(sig, lambda number, frame: stopped_by.append(signal.Signals(number).name))
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=args.grace_s)).run(
+        sockets=[sock])
     print(f"fracjax serve: stopped ({', '.join(stopped_by) or 'server exited'})", flush=True)
     return 0

@@ -16,8 +16,11 @@ the input checks (:mod:`fracjax.data.screening`) find the file outside what the
 model was trained on, the ``reason``: then ``decision`` is null (unless
 ``force_label``) and no Grad-CAM is drawn; the response is 200 when any file was
 classified, else the files' common status (422 when they differ). The whole
-request is bounded (413 past ``max_upload_bytes``) and held in memory:
-nothing is written to disk.
+request is bounded (413 past ``max_upload_bytes`` or ``max_files`` files; 415
+for a body that is not multipart; 408 when the body takes longer than
+``body_timeout_s``) and held in memory: nothing is written to disk. All
+requests together hold at most ``max_inflight_bytes`` (503 past it), and at
+most ``decoders`` files are decoded at once (:class:`Limits`).
 """
 
 from __future__ import annotations
@@ -48,13 +51,41 @@ DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "tex
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    max_upload_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = 32 * 1024 * 1024  # one request (413 past it)
     max_pixels: Optional[int] = None  # None: fracjax.data.io.pixel_limit()
-    max_files: int = 64
+    max_files: int = 64  # files in one request (413 past it)
+    max_inflight_bytes: int = 256 * 1024 * 1024  # all requests' bodies held at once (503 past it)
+    body_timeout_s: float = 60.0  # a request's whole body must arrive within this (408 past it)
+    decoders: int = 4  # files decoded at once, across requests: decoded images are what costs memory
 
 
 class TooLarge(Exception):
     pass
+
+
+class Busy(Exception):
+    """The uploads in flight already hold the server's budget."""
+
+
+class TooSlow(Exception):
+    pass
+
+
+class InFlight:
+    """Bytes of request bodies held by all requests at once (one event loop: no lock needed)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.held = budget, 0
+
+    def take(self, n: int, taken: List[int]) -> None:
+        if self.held + n > self.budget:
+            raise Busy
+        self.held += n
+        taken[0] += n
+
+    def give_back(self, taken: List[int]) -> None:
+        self.held -= taken[0]
+        taken[0] = 0
 
 
 def _in_memory_parser(limit: int):
@@ -63,12 +94,22 @@ def _in_memory_parser(limit: int):
     return InMemoryParser
 
 
-async def _bounded(stream, limit: int):
-    seen = 0
-    async for chunk in stream:
+async def _bounded(stream, limit: int, inflight: InFlight, taken: List[int], timeout_s: float):
+    """The body's chunks, refused past ``limit`` bytes, past the server's budget of bytes in flight,
+    or when the whole body takes longer than ``timeout_s`` (a client sending a byte a second)."""
+    loop = asyncio.get_running_loop()
+    deadline, chunks, seen = loop.time() + timeout_s, stream.__aiter__(), 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout=max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise TooSlow from None
         seen += len(chunk)
         if seen > limit:
             raise TooLarge
+        inflight.take(len(chunk), taken)
         yield chunk
 
 
@@ -97,6 +138,7 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     _add_offline_docs(app)
     app.state.batcher, app.state.served = batcher, served
+    inflight, decoders = InFlight(limits.max_inflight_bytes), asyncio.Semaphore(limits.decoders)
     labels = served.card.get("model", {}).get("labels") or list(LABEL_NAMES)
     ood_threshold = float((served.card.get("ood") or {}).get("threshold", float("inf")))
 
@@ -116,12 +158,17 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
 
     @app.post("/v1/predict")
     async def predict(request: Request):
+        taken = [0]  # this request's share of the bytes in flight, given back when it is answered
         try:
-            form = await _read_form(request, limits)
-        except TooLarge:
-            return _error(413, f"the request is larger than {limits.max_upload_bytes:,} bytes")
-        except (MultiPartException, ValueError) as err:
-            return _error(422, str(err))
+            return await _answer(request, taken)
+        finally:
+            inflight.give_back(taken)
+
+    async def _answer(request: Request, taken: List[int]) -> JSONResponse:
+        try:
+            form = await _read_form(request, limits, inflight, taken)
+        except FormRefused as refused:
+            return _error(refused.status, refused.detail)
         try:
             options = _options(form, served)
         except ValueError as err:
@@ -131,8 +178,9 @@ def create_app(served: ServedModel, limits: Limits = Limits(), max_batch: int = 
 
     async def _one(name: str, data: bytes, options: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            grey, pixels, reason = await asyncio.to_thread(decode_upload, data, name, served.image_size,
-                                                           limits.max_pixels)
+            async with decoders:
+                grey, pixels, reason = await asyncio.to_thread(decode_upload, data, name, served.image_size,
+                                                               limits.max_pixels)
         except UploadError as err:
             return {"file": name, "error": {"status": err.status, "detail": err.reason}}
         probability, logit, *score = await batcher.submit(pixels)
@@ -174,23 +222,43 @@ def _add_offline_docs(app: FastAPI) -> None:
         return FileResponse(os.path.join(static, name), media_type=DOCS_ASSETS[name])
 
 
-async def _read_form(request: Request, limits: Limits) -> Dict[str, Any]:
+class FormRefused(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+async def _read_form(request: Request, limits: Limits, inflight: InFlight, taken: List[int]) -> Dict[str, Any]:
+    """The request's files and options, or FormRefused with the status that says why not."""
+    too_large = FormRefused(413, f"the request is larger than {limits.max_upload_bytes:,} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_upload_bytes:
-        raise TooLarge
+        raise too_large
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
-        raise ValueError(f"expected multipart/form-data with image files under 'files', got {content_type or 'none'}")
-    parser = _in_memory_parser(limits.max_upload_bytes)(
-        request.headers, _bounded(request.stream(), limits.max_upload_bytes), max_files=limits.max_files)
-    form = await parser.parse()
+        raise FormRefused(415, f"expected multipart/form-data with image files under 'files', got "
+                               f"{content_type or 'none'}")
+    body = _bounded(request.stream(), limits.max_upload_bytes, inflight, taken, limits.body_timeout_s)
+    parser = _in_memory_parser(limits.max_upload_bytes)(request.headers, body, max_files=limits.max_files)
+    try:
+        form = await parser.parse()
+    except TooLarge:
+        raise too_large from None
+    except Busy:
+        raise FormRefused(503, "the server holds as many uploads as it may at once; try again shortly") from None
+    except TooSlow:
+        raise FormRefused(408, f"the request body did not arrive within {limits.body_timeout_s:g} s") from None
+    except MultiPartException as err:
+        if "Too many files" in str(err):
+            raise FormRefused(413, f"more than {limits.max_files} files in one request") from None
+        raise FormRefused(422, str(err)) from None
     files: List = []
     for upload in form.getlist("files"):
         if isinstance(upload, str):
-            raise ValueError("'files' must be files, not text fields")
+            raise FormRefused(422, "'files' must be files, not text fields")
         files.append((upload.filename or "upload", await upload.read()))
     if not files:
-        raise ValueError("no files: send one or more images as multipart form field 'files'")
+        raise FormRefused(422, "no files: send one or more images as multipart form field 'files'")
     options = ("operating_point", "threshold", "explain", "method", "preview", "force_label")  # fields or query
     return {"files": files, **{key: form.get(key, request.query_params.get(key)) for key in options}}
 
