@@ -27,7 +27,7 @@ from fracjax.evaluation import figures, stats
 from fracjax.evaluation import report as report_lib
 from fracjax.inference import Classifier
 from fracjax.train import fit, make_config
-from fracjax.train.checks import at_least, positive, seed_range
+from fracjax.train.checks import MAX_BOOTSTRAP, at_least, between, positive, seed_range
 from fracjax.train.config import HEADS, check_fields, option
 
 PAPER_MODELS = ("mobilenet_v3_small", "resnet50", "vgg16", "densenet121")
@@ -79,7 +79,7 @@ class ComparisonConfig:
     seed: int = option(0, "seed of every model's run", check=seed_range)
     audit: Optional[str] = option(None, "leakage audit JSON (fracjax audit --clean-test): clean-test columns",
                                   metavar="FILE")
-    bootstrap: int = option(1000, "bootstrap resamples for the intervals", check=at_least(0))
+    bootstrap: int = option(1000, "bootstrap resamples for the intervals", check=between(0, MAX_BOOTSTRAP))
     # Per model: {model: Keras weights file}; a pretrained model fine-tunes
     # with ``pretrained_phase2_lr`` (Keras guidance) instead of the default.
     pretrained: Dict[str, str] = option({}, "Keras ImageNet weights of one model's backbone: a file or 'imagenet' "

@@ -49,7 +49,8 @@ def test_evaluate_gives_fracjax_evaluates_numbers_on_the_runs_own_data(run_dir, 
     (["--threshold", "1.5"], r"--threshold must be in \(0, 1\]"),
     (["--audit", "missing.json"], "--audit: no such file missing.json"),
     (["--json", "/nonexistent/m.json"], "--json: cannot write in /nonexistent"),
-    (["--bootstrap", "-1"], "--bootstrap must be >= 0"),
+    (["--bootstrap", "-1"], r"--bootstrap must be in \[0, 100,000\]"),
+    (["--bootstrap", "1000000000"], r"--bootstrap must be in \[0, 100,000\], got 1000000000"),
     (["--operating-point", "best"], "no operating point 'best'"),
 ])
 def test_evaluate_refuses_before_any_work(run_dir, tmp_path, capsys, extra, message):
@@ -57,6 +58,19 @@ def test_evaluate_refuses_before_any_work(run_dir, tmp_path, capsys, extra, mess
     assert evaluate.main([run_dir, "--data-dir", str(fresh), *extra]) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not fresh.exists()  # nothing prepared
+
+
+def test_predict_refuses_outputs_that_are_folders_or_its_own_inputs(tmp_path, capsys):
+    from fracjax import cli
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not read: refused first")
+    for extra, message in ((["--json", str(tmp_path)], "is a folder; name the file to write"),
+                           (["--csv", str(image)], "is one of the images to classify; it would be overwritten"),
+                           (["--csv", str(tmp_path / "o"), "--json", str(tmp_path / "o")], "name the same file")):
+        assert cli.main(["predict", str(tmp_path / "no-run"), str(image), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert image.read_bytes() == b"not read: refused first"
 
 
 def test_evaluate_names_a_missing_run_or_data_set(tmp_path, capsys):

@@ -21,6 +21,7 @@ import sys
 from typing import Dict, Optional
 
 from fracjax.argparsing import CommandParser
+from fracjax.train.checks import MAX_BOOTSTRAP
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
@@ -79,8 +80,8 @@ def _check(args) -> None:
         raise FileNotFoundError(f"--audit: no such file {args.audit}")
     if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ValueError(f"--bootstrap must be in [0, {MAX_BOOTSTRAP:,}], got {args.bootstrap}")
     check_data(args)
 
 

@@ -52,10 +52,19 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 def _check_outputs(parser: argparse.ArgumentParser, args) -> None:
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         parser.error(f"--threshold must be in (0, 1), got {args.threshold}")
+    inputs = {os.path.realpath(f) for f in args.files}
     for flag, path in (("--csv", args.csv), ("--json", args.json)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and (not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
             parser.error(f"{flag}: cannot write in {folder}")
+        if os.path.isdir(path):
+            parser.error(f"{flag}: {path} is a folder; name the file to write")
+        if os.path.realpath(path) in inputs:
+            parser.error(f"{flag}: {path} is one of the images to classify; it would be overwritten")
+    if args.csv and args.json and os.path.realpath(args.csv) == os.path.realpath(args.json):
+        parser.error("--csv and --json name the same file")
 
 
 def results(clf, files: List[str], threshold: float, force_label: bool = False) -> List[dict]:

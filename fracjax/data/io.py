@@ -168,7 +168,8 @@ def _read_pil(source, path: PathLike, limit: int, seen: Optional[Observations] =
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise NotAnImageError(path, f"not a recognised image format (fracjax reads {', '.join(READ_FORMATS)})") from None
+        raise NotAnImageError(path, f"not a recognised image format (fracjax reads {', '.join(READ_FORMATS)})") \
+            from None
     except Image.DecompressionBombError as err:  # only past a limit raised elsewhere in this process
         raise ImageTooLargeError(path, f"{err} (Pillow's own limit)") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -204,7 +205,7 @@ def read_image(path: PathLike, max_pixels: Optional[int] = None, seen: Optional[
     checks need (:mod:`fracjax.data.screening`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ImageDecodeError(path, "no such file")
+        raise ImageDecodeError(path, "a folder, not an image file" if os.path.isdir(path) else "no such file")
     if os.path.getsize(path) == 0:
         raise ImageDecodeError(path, "empty file")
     return _decode(path, path, _is_dicom(path), max_pixels, seen)

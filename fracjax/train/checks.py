@@ -17,6 +17,18 @@ def at_least(low) -> Check:
     return lambda v: None if low <= v < math.inf else f"must be >= {low} and finite, got {v}"
 
 
+def between(low, high) -> Check:
+    """A size-like option: at most what a machine could hold or a person would mean."""
+    return lambda v: None if low <= v <= high else f"must be in [{low:,}, {high:,}], got {v}"
+
+
+# Upper bounds of size-like options: far past any real use, well short of a 37 GiB allocation.
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH = 4096
+MAX_EPOCHS = 10_000
+MAX_BOOTSTRAP = 100_000
+
+
 def positive(v) -> Optional[str]:
     return None if 0 < v < math.inf else f"must be > 0 and finite, got {v}"
 
@@ -49,6 +61,13 @@ def is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past any float (10**400)
+        return False
+
+
 def type_problem(annotation: str, value) -> Optional[str]:
     """What is wrong with ``value``'s type for a field annotated ``annotation``
     (a string: annotations are postponed); None: fine."""
@@ -57,8 +76,8 @@ def type_problem(annotation: str, value) -> Optional[str]:
         return None  # the field's own check decides
     if kinds == {"float"} and not is_number(value):
         return f"must be a number, got {value!r}"
-    if kinds == {"float"} and not math.isfinite(value):
-        return f"must be finite, got {value}"
+    if kinds == {"float"} and not _finite(value):
+        return f"must be finite, got {value if isinstance(value, float) else 'a number too large for a float'}"
     if kinds == {"int"} and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
         return f"must be an integer, got {value!r}"
     if kinds == {"bool"} and not isinstance(value, bool):

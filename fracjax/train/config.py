@@ -26,8 +26,13 @@ from fracjax.models import pretrained as pretrained_weights
 from fracjax.models import registry
 from fracjax.train import event_log, parallel
 from fracjax.train.checks import (
+    MAX_BATCH,
+    MAX_BOOTSTRAP,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
     Check,
     at_least,
+    between,
     existing_file,
     fraction,
     is_number,
@@ -187,7 +192,7 @@ class DataConfig:
     )
     data_csv: Optional[str] = option(None, "your own X-rays: a CSV of path,label[,patient][,study][,split] (paths "
                                      "relative to it); replaces --dataset", metavar="FILE", resume_key=True)
-    image_size: Optional[int] = option(None, "train at this size", check=at_least(32),
+    image_size: Optional[int] = option(None, "train at this size", check=between(32, MAX_IMAGE_SIZE),
                                        default_text="the data set's stored size", resume_key=True)
     train_examples: Optional[int] = option(None, "use the first N training examples", check=at_least(1),
                                            metavar="N", default_text="all", resume_key=True)
@@ -203,9 +208,10 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    batch_size: int = option(32, "global batch size", check=at_least(1), resume_key=True)
-    phase1_epochs: int = option(1, "epochs with the backbone frozen", check=at_least(0), resume_key=True)
-    phase2_epochs: int = option(8, "fine-tuning epochs", check=at_least(0), resume_key=True)
+    batch_size: int = option(32, "global batch size", check=between(1, MAX_BATCH), resume_key=True)
+    phase1_epochs: int = option(1, "epochs with the backbone frozen", check=between(0, MAX_EPOCHS),
+                               resume_key=True)
+    phase2_epochs: int = option(8, "fine-tuning epochs", check=between(0, MAX_EPOCHS), resume_key=True)
     lr: float = option(1e-3, "phase 1 peak learning rate (AdamW)", check=positive)
     phase2_lr: float = option(3e-3, "phase 2 peak learning rate (with ImageNet weights, try 1e-5 as the Keras "
                               "guide does)", check=positive)
@@ -238,7 +244,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    eval_batch_size: int = option(64, "batch size of validation and test passes", check=at_least(1))
+    eval_batch_size: int = option(64, "batch size of validation and test passes", check=between(1, MAX_BATCH))
     threshold: float = option(0.5, "decision threshold on the fracture probability", check=open_fraction)
     report: bool = option(True, "end-of-run calibration and report.html with Grad-CAM",
                           switch="skip the end-of-run calibration and report.html (report.json is always written)")
@@ -246,7 +252,7 @@ class EvalConfig:
                                   "--clean-test): the report adds metrics on the clean test examples",
                                   check=existing_file, metavar="JSON")
     bootstrap: int = option(1000, "bootstrap resamples for the test metrics' 95% intervals (0: none)",
-                            check=at_least(0))
+                            check=between(0, MAX_BOOTSTRAP))
 
 
 @dataclasses.dataclass(frozen=True)

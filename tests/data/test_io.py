@@ -102,6 +102,9 @@ def test_empty_and_text_and_missing_files(tmp_path):
         read_image(tmp_path / "notes.png")
     with pytest.raises(ImageDecodeError, match="gone.png: no such file"):
         read_image(tmp_path / "gone.png")
+    (tmp_path / "scans.png").mkdir()
+    with pytest.raises(ImageDecodeError, match="scans.png: a folder, not an image file"):
+        read_image(tmp_path / "scans.png")
 
 
 def test_dicom_ct_modality_lut_then_full_range():

@@ -276,6 +276,8 @@ def test_prepared_data_follows_the_csv_and_its_files_not_just_their_names(tmp_pa
     (["path,label", "a.png,1", "b.png,1"], r"labels.csv: no not fractured images \(an empty class\)"),
     (["file,class", "a.png,1"], r"labels.csv:1: the header must name the columns path,label"),
     (["path,label,split", "a.png,1,train", "b.png,0,holdout"], r"labels.csv:3: split must be train"),
+    (["path,label", "a.png,1", "", "b\x00.png,0"], r"labels.csv:4: a NUL byte in the row"),
+    (["path,label", "a.png,1", "x" * 200_000 + ",0"], r"labels.csv:3: not a readable CSV row \(field larger"),
     (["path,label", "a.png,1", "b.png,0", "./a.png,0"], r"labels.csv:4: './a.png' is listed again \(first on line 2\)"),
 ])
 def test_bad_csv_rows_name_the_file_and_line(tmp_path, rows, message):

@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import tensorflow_datasets as tfds
 
@@ -53,6 +53,8 @@ def _need_both_classes(records: List[Record], where: str) -> None:
 
 def _csv_row(row: Dict[str, str], root: str, where: str) -> Tuple[str, Record]:
     """(the row's path as written, its record); errors name ``where`` (file:line)."""
+    if any("\x00" in value for value in row.values() if isinstance(value, str)):
+        raise ValueError(f"{where}: a NUL byte in the row (not a text CSV)")
     path = (row.get("path") or "").strip()
     if not path:
         raise ValueError(f"{where}: empty path")
@@ -72,32 +74,46 @@ def _csv_row(row: Dict[str, str], root: str, where: str) -> Tuple[str, Record]:
     return path, Record(rel, label, fields, split)
 
 
+def _csv_rows(csv_path: str) -> Iterator[Tuple[int, Dict[str, str]]]:
+    """(line number, row with lower-case column names) of each row that is not blank; a file
+    that is not a CSV of text (a NUL byte, a field past the csv module's limit, bytes that are
+    not UTF-8) is a ValueError naming the line."""
+    reader = None
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
+            if "path" not in columns or "label" not in columns:
+                raise ValueError(f"{csv_path}:1: the header must name the columns path,label[,patient][,study]"
+                                 f"[,split], got {','.join(columns) or 'nothing'}")
+            for raw in reader:
+                row = {(k or "").strip().lower(): (v or "") for k, v in raw.items() if k is not None}
+                if any(isinstance(v, str) and v.strip() for v in row.values()):
+                    yield reader.line_num, row
+    except csv.Error as err:
+        where = reader.line_num + 1 if reader else 1  # the failing row starts after the last line read
+        raise ValueError(f"{csv_path}:{where}: not a readable CSV row ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{csv_path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def list_csv(csv_path: str) -> Tuple[str, List[Record], List[Dict[str, str]]]:
     """(root: the CSV's folder, records, rows naming missing files as {path, reason})."""
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"--data-csv: no such file {csv_path}")
     root = os.path.dirname(os.path.abspath(csv_path))
     records, skipped, lines = [], [], {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
-        if "path" not in columns or "label" not in columns:
-            raise ValueError(f"{csv_path}:1: the header must name the columns path,label[,patient][,study][,split], "
-                             f"got {','.join(columns) or 'nothing'}")
-        for line, raw in enumerate(reader, start=2):
-            row = {(k or "").strip().lower(): (v or "") for k, v in raw.items() if k is not None}
-            if not any(v.strip() for v in row.values()):
-                continue
-            written, record = _csv_row(row, root, f"{csv_path}:{line}")
-            if record.path in lines:  # one image with two rows: which label, which split?
-                raise ValueError(f"{csv_path}:{line}: {written!r} is listed again (first on line "
-                                 f"{lines[record.path]}); list each image once")
-            lines[record.path] = line
-            if os.path.isfile(os.path.join(root, record.path)):
-                records.append(record)
-            else:
-                skipped.append({"path": written, "reason": f"listed in {os.path.basename(csv_path)} line {line} "
-                                                           "but missing"})
+    for line, row in _csv_rows(csv_path):
+        written, record = _csv_row(row, root, f"{csv_path}:{line}")
+        if record.path in lines:  # one image with two rows: which label, which split?
+            raise ValueError(f"{csv_path}:{line}: {written!r} is listed again (first on line "
+                             f"{lines[record.path]}); list each image once")
+        lines[record.path] = line
+        if os.path.isfile(os.path.join(root, record.path)):
+            records.append(record)
+        else:
+            skipped.append({"path": written, "reason": f"listed in {os.path.basename(csv_path)} line {line} "
+                                                       "but missing"})
     given = {r.split is not None for r in records}
     if len(given) > 1:
         raise ValueError(f"{csv_path}: some rows name a split and some do not; give every row one or none")
