@@ -157,6 +157,25 @@ def test_a_card_that_is_not_json_and_pixels_that_are_not_finite_are_refused(expo
         model(pixels)
 
 
+def test_an_artifact_that_is_not_a_model_or_not_the_cards_is_refused(exported, tmp_path):
+    import shutil
+
+    from fracjax.deploy.common import sha256_of
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    card = json.loads((copy / "model.json").read_text())
+    card["input"]["shape"] = ["batch", 64, 64, 1]  # a card made for another artifact
+    (copy / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ExportError, match=r"takes inputs of shape \(32, 32, 1\), not the card's \(64, 64, 1\)"):
+        fracjax.deploy.load(copy)
+    (copy / "model.stablehlo").write_bytes(b"\x00" * 64)  # its digest in the card: only the bytes are wrong
+    card["sha256"] = sha256_of(str(copy / "model.stablehlo"))
+    (copy / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ExportError, match="model.stablehlo: not a loadable stablehlo model"):
+        fracjax.deploy.load(copy)
+
+
 def test_a_changed_artifact_is_refused(exported, tmp_path):
     import shutil
 

@@ -163,7 +163,17 @@ def load(out_dir: Union[str, os.PathLike]) -> ExportedModel:
         blob = f.read()
     if hashlib.sha256(blob).hexdigest() != card["sha256"]:
         raise ExportError(f"{path}: its sha256 does not match {CARD}'s: the artifact was changed or damaged")
-    return ExportedModel(_format(card["format"]).runner(blob), card)
+    try:
+        run = _format(card["format"]).runner(blob)
+    except ExportError:
+        raise
+    except Exception as err:  # the runtimes raise many kinds for a file that is not their format
+        first = (str(err).splitlines() or [""])[0][:300]
+        raise ExportError(f"{path}: not a loadable {card['format']} model ({type(err).__name__}: {first})") from None
+    declared = tuple(card["input"]["shape"][1:])
+    if tuple(getattr(run, "input_shape", declared)) != declared:
+        raise ExportError(f"{path}: takes inputs of shape {run.input_shape}, not the card's {declared}")
+    return ExportedModel(run, card)
 
 
 def read_card(out_dir: Union[str, os.PathLike]) -> Dict:

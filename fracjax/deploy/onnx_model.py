@@ -106,4 +106,6 @@ def runner(blob: bytes) -> Callable[[np.ndarray], Tuple[np.ndarray, ...]]:
     def run(pixels: np.ndarray):
         return tuple(session.run(names, {"pixels": np.asarray(pixels, np.float32)}))
 
+    run.input_shape = tuple(session.get_inputs()[0].shape)[1:]  # checked against the card's (S, S, 1)
+
     return run

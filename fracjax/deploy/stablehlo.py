@@ -41,4 +41,5 @@ def runner(blob: bytes) -> Callable[[np.ndarray], Tuple[np.ndarray, ...]]:
     def run(pixels: np.ndarray):
         return tuple(np.asarray(out) for out in exported.call(jnp.asarray(pixels, jnp.float32)))
 
+    run.input_shape = tuple(exported.in_avals[0].shape)[1:]  # checked against the card's (S, S, 1)
     return run
