@@ -66,6 +66,11 @@ def resume_meta(config: TrainConfig, checkpoints: ckpt.RunCheckpoints) -> Option
             "to train again, pass another --name or --out."
         )
     check_resumable(meta, config)
+    if meta.get("history") and not checkpoints.best.all_steps():  # an epoch ended, so a best was saved
+        raise ResumeError(
+            f"cannot resume {config.run_dir}: its best checkpoint ({os.path.join(checkpoints.directory, 'best')}) "
+            "is gone, so the run would train on and then have no best model to evaluate and report. Put best/ "
+            "back, or pass --overwrite to start the run afresh.")
     longer = extensions(meta.get("config", {}), config)
     for name, (before, after) in longer.items():
         say(f"--resume: --{_flag(name)} {_said(before)} -> {_said(after)}: the run trains on past where it "

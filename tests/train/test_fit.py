@@ -251,6 +251,17 @@ def test_resume_refuses_changed_model_or_data_options_listing_them(first_run, da
         fit(cfg)
 
 
+def test_resume_without_its_best_checkpoint_is_refused_before_training(first_run, data_dir, tmp_path):
+    import shutil
+
+    out, _ = first_run
+    shutil.copytree(out / "a", tmp_path / "a", ignore=shutil.ignore_patterns("best"))
+    before = sorted(os.listdir(tmp_path / "a" / "checkpoints" / "latest"))
+    with pytest.raises(ResumeError, match=r"its best checkpoint \(.*best\) is gone, so the run would train on"):
+        fit(config(data_dir, tmp_path, "a", resume=True, phase2_epochs=4))
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints" / "latest")) == before  # nothing trained
+
+
 def test_resume_past_a_damaged_latest_checkpoint_redoes_its_epoch(first_run, data_dir, tmp_path, capsys):
     import glob
     import shutil
