@@ -24,6 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fracjax.data import png_rows
 from fracjax.data.dicom import read_dicom
 from fracjax.data.pixels import (
     MAX_PIXELS,
@@ -163,6 +164,8 @@ def _read_pil(source, path: PathLike, limit: int, seen: Optional[Observations] =
         with image:
             check_pixel_count(path, *image.size, limit)  # from the header, before decoding
             image.load()  # decode now: a truncated file fails here, not later
+            if image.format == "PNG":  # one whose data ends early but cleanly loads with black rows
+                png_rows.check_complete(source, path)
             ImageOps.exif_transpose(image, in_place=True)  # (not a copy: it would double the memory)
             grey = _pil_to_grey(image, path, seen)
     except ImageDecodeError:

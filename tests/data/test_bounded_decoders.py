@@ -158,3 +158,25 @@ def test_past_pillows_own_limit_is_too_large_and_a_raised_limit_raises_pillows(m
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)
     with pytest.raises(io.ImageTooLargeError, match="Pillow's own limit"):
         io.decode_image(data, "big.png")
+
+
+def test_a_png_whose_data_ends_early_is_refused_not_filled_with_black():
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    half = b"".join(b"\x00" + bytes([200]) * 40 for _ in range(20))  # 20 of 40 rows, a complete zlib stream
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(half)) + chunk(b"IEND", b""))
+    assert Image.open(bytes_io.BytesIO(data)).load() is not None  # Pillow alone reads it, black below row 20
+    with pytest.raises(io.ImageDecodeError, match="its image data ends early: 820 of the 1,640 bytes"):
+        io.decode_image(data, "half.png")
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_every_complete_png_passes_the_row_count(mode, interlace):
+    grey = np.random.default_rng(3).integers(0, 256, (37, 53), dtype=np.uint8)
+    image = Image.fromarray(grey.astype(np.uint16) * 200) if mode == "I;16" else Image.fromarray(grey).convert(mode)
+    buffer = bytes_io.BytesIO()
+    image.save(buffer, format="PNG", interlace=interlace)
+    assert io.decode_image(buffer.getvalue(), "x.png").shape == (37, 53, 1)
