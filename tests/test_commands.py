@@ -3,6 +3,7 @@ fracjax.evaluate, and every refusal before any data preparation."""
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -71,6 +72,22 @@ def test_predict_refuses_outputs_that_are_folders_or_its_own_inputs(tmp_path, ca
         assert cli.main(["predict", str(tmp_path / "no-run"), str(image), *extra]) == 2
         assert message in capsys.readouterr().err
     assert image.read_bytes() == b"not read: refused first"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["audit", "--workers", "100000"], r"--workers must be in \[0, 256\]"),
+    (["audit", "--candidates", "1000000"], r"--candidates must be in \[1, 1000\]"),
+    (["samples", "out", "--size", "100000"], r"--size in \[32, 4096\], got 1 and 100000"),
+    (["serve", "run", "--max-upload-mb", "inf"], r"--max-upload-mb: must be > 0 and at most 1,024, got inf"),
+    (["serve", "run", "--max-files", "0"], r"--max-files: must be > 0"),
+])
+def test_size_like_options_have_upper_bounds(tmp_path, capsys, monkeypatch, argv, message):
+    from fracjax import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert os.listdir(tmp_path) == []  # refused before anything was written
 
 
 def test_evaluate_names_a_missing_run_or_data_set(tmp_path, capsys):

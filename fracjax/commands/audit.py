@@ -27,6 +27,10 @@ def _check_writable(parser: argparse.ArgumentParser, path: str) -> None:
         parser.error(f"--json: cannot write {path}")
 
 
+MAX_CANDIDATES = 1000  # each is a pair to verify per image: more is hours, not thoroughness
+MAX_WORKERS = 256
+
+
 def main(argv=None, prog: str = "fracjax audit") -> int:
     parser = CommandParser(
         prog=prog,
@@ -50,8 +54,10 @@ def main(argv=None, prog: str = "fracjax audit") -> int:
     args = parser.parse_args(argv)
     if not 0.0 < args.threshold <= 1.0:
         parser.error(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.candidates < 1:
-        parser.error(f"--candidates must be >= 1, got {args.candidates}")
+    if not 1 <= args.candidates <= MAX_CANDIDATES:
+        parser.error(f"--candidates must be in [1, {MAX_CANDIDATES}], got {args.candidates}")
+    if not 0 <= args.workers <= MAX_WORKERS:
+        parser.error(f"--workers must be in [0, {MAX_WORKERS}] (0: one per CPU core), got {args.workers}")
 
     if args.json_path:
         _check_writable(parser, args.json_path)  # before the audit's work, not after it

@@ -23,10 +23,11 @@ def main(argv: Optional[List[str]] = None, prog: str = "fracjax samples") -> int
     parser.add_argument("folder", help="where to write them (created if needed; existing files are never replaced)")
     parser.add_argument("--per-class", type=int, default=1,
                         help=f"images of each class in each format ({', '.join(FORMATS)}); default 1")
-    parser.add_argument("--size", type=int, default=256, help="their width and height in pixels (>= 32)")
+    parser.add_argument("--size", type=int, default=256, help="their width and height in pixels (32 to 4096)")
     args = parser.parse_args(argv)
-    if args.per_class < 1 or args.size < 32:
-        parser.error(f"--per-class must be >= 1 and --size >= 32, got {args.per_class} and {args.size}")
+    if not (1 <= args.per_class <= 1000 and 32 <= args.size <= 4096):
+        parser.error(f"--per-class must be in [1, 1000] and --size in [32, 4096], got {args.per_class} and "
+                     f"{args.size}")
     try:
         written = samples(args.folder, args.per_class, args.size)
     except (FileExistsError, NotADirectoryError) as err:

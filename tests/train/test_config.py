@@ -105,6 +105,13 @@ def test_command_line_values_land_in_their_sections():
         ("batch_size", True, "--batch-size"),
         ("lr", "1e-3", "--lr"),
         ("augment", 0, "--augment"),
+        # Upper bounds of size-like options (issue 35): a 37 GiB allocation was accepted.
+        ("image_size", 100_000, "--image-size"),
+        ("bootstrap", 10**9, "--bootstrap"),
+        ("batch_size", 10**6, "--batch-size"),
+        ("eval_batch_size", 10**6, "--eval-batch-size"),
+        ("phase2_epochs", 10**7, "--phase2-epochs"),
+        ("lr", 10**400, "--lr"),
         # Several processes (issue 21).
         ("coordinator", "localhost", "--coordinator"),
         ("coordinator", "host:99999", "--coordinator"),
