@@ -52,3 +52,13 @@ def test_a_run_that_fails_before_a_checkpoint_removes_only_the_folder_it_made(tm
         os.makedirs(tmp_path / "saved" / "checkpoints" / "latest" / "4")
         raise KeyError("after a checkpoint")
     assert (tmp_path / "saved" / "checkpoints" / "latest" / "4").is_dir()  # kept: --resume continues it
+
+
+def test_only_finished_step_folders_count_as_checkpoints(tmp_path):
+    """A run stopped before its first save (a NaN in the first epoch) leaves at most Orbax's temporary
+    folder of a save cut short: a re-run is not told the folder "already holds checkpoints"."""
+    os.makedirs(tmp_path / "checkpoints" / "latest" / "4.orbax-checkpoint-tmp-1733")
+    os.makedirs(tmp_path / "checkpoints" / "damaged" / "latest-8-20261204-070000")
+    assert not run_folder.has_checkpoint(str(tmp_path))
+    os.makedirs(tmp_path / "checkpoints" / "best" / "4")
+    assert run_folder.has_checkpoint(str(tmp_path))
