@@ -407,6 +407,7 @@ def evaluate_run(
     gradcam_per_group: int = 4,
     log=None,
     train=None,
+    split_kind: Optional[str] = None,
 ) -> RunEvaluation:
     """The end of a run, through the same ``Classifier`` that users restore
     (so its numbers are the ones ``fracjax.evaluate`` gives): fit temperature
@@ -416,7 +417,8 @@ def evaluate_run(
     and measure it against the probe set, evaluate ``test`` with intervals
     (and clean test, given an audit), write ``evaluation.json`` and, with
     ``report``, ``report.html``. ``validation``/``test``/``train``: sources or
-    (images, labels[, filenames]). ``log``: called with a line per stage."""
+    (images, labels[, filenames]). ``log``: called with a line per stage.
+    ``split_kind``: the prepared data set's ``info.metadata["split"]["kind"]``, said in the report."""
 
     say = log or (lambda message: None)
     # One restore and one compiled forward for calibration, test and Grad-CAM.
@@ -454,11 +456,10 @@ def evaluate_run(
     write_run_warnings(classifier.checkpoint, classifier.warnings)
     path = None
     if report:
-
         say("writing report.html (figures, Grad-CAM) ...")
         path = run_report(run_dir, classifier, result, history=history, images=np.stack(images),
                           raw_probabilities=probabilities_from_logits(result.logits), calibration=calibration,
-                          gradcam_per_group=gradcam_per_group)
+                          gradcam_per_group=gradcam_per_group, split_kind=split_kind)
     return RunEvaluation(result=result, calibration=calibration, classifier=classifier, report=path)
 
 

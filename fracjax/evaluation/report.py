@@ -20,7 +20,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from fracjax.data.splits import SPLIT_FOLDERS  # the folder builder's split names (no TFDS import)
 from fracjax.evaluation import figures, gradcam, stats, tables
 from fracjax.metrics import binary_metrics
 
@@ -125,6 +124,7 @@ def run_report(
     calibration: Optional[Dict[str, Any]] = None,
     title: Optional[str] = None,
     gradcam_per_group: int = 4,
+    split_kind: Optional[str] = None,
 ) -> str:
     """Write ``<run_dir>/report.html`` for an evaluated run; returns its path.
 
@@ -135,7 +135,7 @@ def run_report(
     body = [f"<p>{html.escape(spec.get('model', '?'))} with the {html.escape(str(spec.get('head')))} head, "
             f"{spec.get('image_size')} px; run folder {html.escape(os.path.abspath(run_dir))}.</p>"]
     body.append(warnings_box(result.warnings()))
-    body.append(data_line(run_dir))
+    body.append(data_line(run_dir, split_kind))
     body.append("<h2>Test metrics</h2>")
     body.append(metrics_section(result))
     body.extend(extra_sections(result))
@@ -171,9 +171,10 @@ def run_report(
     return path
 
 
-def data_line(run_dir: str) -> str:
-    """Which data set (and so which split: the published one or a grouped
-    re-split) the run trained and was tested on, from its config.json."""
+def data_line(run_dir: str, split_kind: Optional[str] = None) -> str:
+    """Which data set the run trained and was tested on (its config.json), and which split:
+    ``split_kind`` as the prepared data set recorded it (``info.metadata["split"]["kind"]``),
+    else as the run's report.json kept it."""
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
             data = json.load(f)["train"]["data"]
@@ -181,37 +182,32 @@ def data_line(run_dir: str) -> str:
         return ""
     own = data.get("data_folder") or data.get("data_csv")
     name = str(own or data.get("dataset", "?"))
-    return f"<p>Data set {html.escape(name)}; {split_words(data, name)}.</p>"
+    return f"<p>Data set {html.escape(name)}; {split_words(data, name, split_kind or _recorded_kind(run_dir))}.</p>"
 
 
-def split_words(data: Dict[str, Any], name: str) -> str:
-    """Which split the run used, in words: generated, given by the user's folders or CSV column,
-    grouped here, or a published one."""
+def _recorded_kind(run_dir: str) -> Optional[str]:
+    try:
+        with open(os.path.join(run_dir, "report.json")) as f:
+            return json.load(f)["data"]["split"]["kind"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def split_words(data: Dict[str, Any], name: str, kind: Optional[str]) -> str:
+    """Which split the run used, in words, from the kind its builder recorded: generated, given
+    by the user's folders or CSV column, grouped here, or a published one."""
     if name.split("/")[0] == "synthetic_fracture":
         return "generated images, each made once, in generated splits (no copies across them)"
-    own = data.get("data_folder") or data.get("data_csv")
-    if own and _split_given(data):
-        return ("the split given by the " + ("split folders" if data.get("data_folder") else "CSV's split column")
-                + " (the leakage audit says whether copies cross it)")
-    if own or "grouped" in name.split("/")[-1] or name.split("/")[0] in GROUPED_BY_DEFAULT:
+    if kind == "given":
+        by = ("split folders" if data.get("data_folder") else
+              "CSV's split column" if data.get("data_csv") else "data set")
+        return f"the split given by the {by} (the leakage audit says whether copies cross it)"
+    if kind == "grouped":
         return ("a split drawn here that keeps every patient and near-duplicate group in one split "
                 "(the prepared data set's info.metadata['split'])")
-    return "the data set's published split (which may hold copies across splits: see the leakage audit)"
-
-
-def _split_given(data: Dict[str, Any]) -> bool:
-    if data.get("data_folder"):
-        folder = data["data_folder"]
-        return any(os.path.isdir(os.path.join(folder, n)) for n in os.listdir(folder)
-                   if n.lower() in SPLIT_FOLDERS) if os.path.isdir(folder) else False
-    try:
-        with open(data["data_csv"], newline="") as f:
-            return "split" in [c.strip().lower() for c in f.readline().split(",")]
-    except OSError:
-        return False
-
-
-GROUPED_BY_DEFAULT = ("fracatlas", "mura", "image_folder")
+    if kind == "published":
+        return "the data set's published split (which may hold copies across splits: see the leakage audit)"
+    return "a split this run did not record (the prepared data set's info.metadata['split'] says which)"
 
 
 def extra_sections(result) -> List[str]:

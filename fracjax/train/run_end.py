@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 
@@ -29,7 +29,7 @@ def finish(ctx: RunContext, run: RunState) -> Dict[str, Any]:
     report = jsonable(training_report(ctx, run))
     if distributed.is_primary():
         evaluation_start = time.perf_counter()
-        report.update(final_evaluation(ctx, history))
+        report.update(final_evaluation(ctx, history, report["data"]["split"].get("kind")))
         report["timing"]["evaluation_seconds"] = round(time.perf_counter() - evaluation_start, 1)
         report["timing"]["wall_seconds"] = round(time.perf_counter() - ctx.clock.start, 1)
         with open(os.path.join(ctx.run_dir, "report.json"), "w") as f:
@@ -86,12 +86,13 @@ def _with_interval(metrics: Dict[str, Any], key: str) -> str:
     return format_interval(metrics.get(key), (metrics.get("intervals") or {}).get(key), 4)
 
 
-def final_evaluation(ctx: RunContext, history) -> Dict[str, Any]:
-    """Test metrics of the best checkpoint, with calibration and report.html unless ``--no-report``."""
+def final_evaluation(ctx: RunContext, history, split_kind: Optional[str]) -> Dict[str, Any]:
+    """Test metrics of the best checkpoint, with calibration and report.html unless ``--no-report``;
+    ``split_kind``: which split the data set's builder drew (said in the report)."""
     e, splits = ctx.config.evaluation, ctx.splits
     done = evaluate_run(ctx.run_dir, splits["validation"], splits["test"], audit=e.audit, history=history,
                         report=e.report, calibrate=e.report, bootstrap=e.bootstrap, seed=ctx.config.run.seed, log=say,
-                        train=splits["train"])
+                        train=splits["train"], split_kind=split_kind)
     result = done.result
     out: Dict[str, Any] = {"test": result.metrics, "warnings": result.warnings(), "ood": result.ood}
     if result.clean is not None:

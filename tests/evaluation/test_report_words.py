@@ -4,17 +4,26 @@ from fracjax.evaluation.localisation import summary_table
 from fracjax.evaluation.report import split_words
 
 
-def test_the_report_names_the_split_the_run_used(tmp_path):
-    assert split_words({"dataset": "synthetic_fracture/quick"}, "synthetic_fracture/quick").startswith(
+def test_the_report_names_the_split_the_builder_recorded(tmp_path):
+    import json
+
+    from fracjax.evaluation.report import data_line
+
+    assert split_words({"dataset": "synthetic_fracture/quick"}, "synthetic_fracture/quick", None).startswith(
         "generated images, each made once")
-    assert split_words({"dataset": "fracture_xray"}, "fracture_xray").startswith("the data set's published split")
-    assert split_words({"dataset": "fracture_xray/grouped"}, "fracture_xray/grouped").startswith("a split drawn here")
-    (tmp_path / "given" / "train" / "fractured").mkdir(parents=True)
-    (tmp_path / "classes" / "fractured").mkdir(parents=True)
-    assert split_words({"data_folder": str(tmp_path / "given")}, "x").startswith("the split given by the split folders")
-    assert split_words({"data_folder": str(tmp_path / "classes")}, "x").startswith("a split drawn here")
-    (tmp_path / "labels.csv").write_text("path,label,split\na.png,1,train\n")
-    assert "CSV's split column" in split_words({"data_csv": str(tmp_path / "labels.csv")}, "x")
+    assert split_words({"dataset": "fracture_xray"}, "fracture_xray", "published").startswith(
+        "the data set's published split")
+    assert split_words({"dataset": "fracture_xray/grouped"}, "fracture_xray/grouped", "grouped").startswith(
+        "a split drawn here")
+    assert split_words({"data_folder": "x"}, "x", "given").startswith("the split given by the split folders")
+    assert split_words({"data_folder": "x"}, "x", "grouped").startswith("a split drawn here")
+    assert "CSV's split column" in split_words({"data_csv": "labels.csv"}, "x", "given")
+    assert split_words({"dataset": "mura"}, "mura", None).startswith("a split this run did not record")
+    # A report written later (fracjax evaluate) reads the kind the run's report.json kept.
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"data": {"dataset": "fracatlas"}}}))
+    (tmp_path / "report.json").write_text(json.dumps({"data": {"split": {"kind": "grouped"}}}))
+    assert "a split drawn here" in data_line(str(tmp_path)) and "fracatlas" in data_line(str(tmp_path))
+    assert "published split" in data_line(str(tmp_path), "published")
 
 
 def test_no_true_positive_to_score_is_said_not_printed_as_nan():
