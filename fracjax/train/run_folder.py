@@ -131,7 +131,8 @@ def acquire(folder: str, log: Callable[[str], None] = print) -> str:
         owner = _read_owner(path) or {}
         alive = _alive_here(owner) if owner else False
         if alive is False:
-            os.remove(path)
+            with contextlib.suppress(FileNotFoundError):  # gone already: a taker without the flock
+                os.remove(path)
             if _create(path):
                 log(f"took over the stale lock of {folder} (pid {owner.get('pid', '?')} no longer runs)")
                 return path
