@@ -264,8 +264,10 @@ def test_concurrent_requests_are_batched(app):
             return await asyncio.gather(*posts), (await client.get("/healthz")).json()
 
     responses, health = asyncio.run(go())
-    probabilities = {round(r.json()["results"][0]["probability"], 6) for r in responses}
-    assert all(r.status_code == 200 for r in responses) and len(probabilities) == 1
+    probabilities = [r.json()["results"][0]["probability"] for r in responses]
+    # One image, one number, whatever batch it ran in (batch sizes change XLA's float sums by ~1e-7:
+    # rounding to six places split 0.0521935 once).
+    assert all(r.status_code == 200 for r in responses) and max(probabilities) - min(probabilities) < 1e-5
     assert health["largest_batch"] > 1
 
 
