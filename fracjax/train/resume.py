@@ -192,5 +192,8 @@ def save_latest(ctx, run: RunState, state: TrainState) -> None:
     meta = metrics_lib.jsonable({"layout": LAYOUT, "global_step": run.step, "phase": run.progress.phase,
                                  "history": history_json(run.history), "config": ctx.config.flat(),
                                  "model": ctx.spec})
+    # A resume continues from this step: what was logged up to it must be on disk before the step
+    # exists (flushed after it, a kill in between lost those steps' losses; a kill before the save
+    # is no loss: the resume from the step before purges and logs them again).
+    ctx.events.flush()
     ctx.checkpoints.save_latest(run.step, saved_tree(run, state), meta)
-    ctx.events.flush()  # a resume continues from here: what was logged up to it must be on disk
