@@ -10,6 +10,7 @@ never a silent 0.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -17,6 +18,11 @@ import numpy as np
 # Class 0 and class 1 of every data set, model output and report: a logit > 0
 # (a probability >= the threshold) means "fractured".
 LABEL_NAMES = ("not_fractured", "fractured")
+
+
+def is_number(value) -> bool:
+    """A real number (numpy's included), not a bool: what numeric options and saved values must be."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _ratio(num: float, den: float) -> float:

@@ -27,6 +27,7 @@ from typing import Dict, Union
 import numpy as np
 
 from fracjax.deploy.common import CARD, PARITY_TOLERANCE, ExportError, probe_pixels, sha256_of
+from fracjax.metrics import is_number
 
 OUTPUTS = ("probability", "logit", "ood_score")  # the third only where the model has an OOD detector
 OOD_PARITY_TOLERANCE = 1e-4
@@ -209,23 +210,19 @@ def check_card(card, path: str) -> None:
         refuse("sha256", "is not a SHA-256 digest")
     shape = (card.get("input") or {}).get("shape") if isinstance(card.get("input"), dict) else None
     if not (isinstance(shape, list) and len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1
-            and _is_number(shape[1]) and 1 <= shape[1] <= MAX_IMAGE_SIZE and shape[1] == int(shape[1])):
+            and is_number(shape[1]) and 1 <= shape[1] <= MAX_IMAGE_SIZE and shape[1] == int(shape[1])):
         refuse("input.shape", f"{shape!r} is not [batch, S, S, 1] with S in 1..{MAX_IMAGE_SIZE}")
-    if not (_is_number(card.get("temperature")) and 0 < card["temperature"] < float("inf")):
+    if not (is_number(card.get("temperature")) and 0 < card["temperature"] < float("inf")):
         refuse("temperature", f"{card.get('temperature')!r} is not a finite number above 0")
     points = card.get("operating_points", {})
     if not isinstance(points, dict) or not all(isinstance(p, dict) for p in points.values()):
         refuse("operating_points", "is not a mapping of names to {threshold: ...}")
     for name, point in points.items():
-        if not (_is_number(point.get("threshold")) and 0.0 <= point["threshold"] <= 1.0):
+        if not (is_number(point.get("threshold")) and 0.0 <= point["threshold"] <= 1.0):
             refuse(f"operating_points.{name}.threshold", f"{point.get('threshold')!r} is not in [0, 1]")
     ood = card.get("ood")
-    if ood is not None and not (isinstance(ood, dict) and _is_number(ood.get("threshold"))
+    if ood is not None and not (isinstance(ood, dict) and is_number(ood.get("threshold"))
                                 and abs(ood["threshold"]) < float("inf")):
         refuse("ood.threshold", "is not a finite number")
     if not (isinstance(card.get("warnings", []), list) and all(isinstance(w, str) for w in card.get("warnings", []))):
         refuse("warnings", "is not a list of sentences")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

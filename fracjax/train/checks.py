@@ -10,6 +10,8 @@ import os
 import re
 from typing import Any, Callable, Optional
 
+from fracjax.metrics import is_number  # noqa: F401  (the options' checks use it too)
+
 Check = Callable[[Any], Optional[str]]  # a value -> what is wrong with it, or None
 
 
@@ -55,10 +57,6 @@ def one_of(choices) -> Check:
 
 def existing_file(v) -> Optional[str]:
     return None if os.path.isfile(v) else f"no such file: {v}"
-
-
-def is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _finite(value) -> bool:
