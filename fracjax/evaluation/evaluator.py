@@ -354,15 +354,11 @@ def _localisation(classifier, images, boxes, predicted, labels, samples: int, le
     from fracjax.evaluation import gradcam
 
     chosen = [i for i in range(len(labels)) if labels[i] == 1 and predicted[i] and np.size(boxes[i])]
-    out = {}
-    for method in gradcam.METHODS:
-        maps = (
-            gradcam.explain_in_chunks(classifier, [images[i] for i in chosen], method=method)["maps"] if chosen else []
-        )
-        tolerance = POINTING_TOLERANCE_224 * classifier.image_size / 224.0
-        out[method] = localisation.localisation_scores(maps, [boxes[i] for i in chosen], tolerance=tolerance,
-                                                       samples=samples, level=level, seed=seed)
-    return out
+    maps = gradcam.explain_methods_in_chunks(classifier, [images[i] for i in chosen])["maps"] if chosen else {}
+    tolerance = POINTING_TOLERANCE_224 * classifier.image_size / 224.0
+    return {method: localisation.localisation_scores(maps.get(method, []), [boxes[i] for i in chosen],
+                                                     tolerance=tolerance, samples=samples, level=level, seed=seed)
+            for method in gradcam.METHODS}
 
 
 def calibrate_checkpoint(path: str, data, split: str = "validation", data_dir: Optional[str] = None,

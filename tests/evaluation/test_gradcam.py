@@ -111,3 +111,35 @@ def test_overlay_is_rgb_and_keeps_cold_regions_grey():
     assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
     assert np.all(rgb[4, 4] == 100)  # no heat: the X-ray as it was
     assert rgb[0, 0, 0] > rgb[0, 0, 2]  # hot: red over blue
+
+
+class _ToyClassifier:
+    """What explain_methods_in_chunks reads of a Classifier: prepare, model, variables."""
+
+    def __init__(self, channel):
+        self.model = Toy(channel=channel)
+        self.variables = self.model.init(jax.random.key(0), toy_images()[0])
+
+    def prepare(self, inputs):
+        return np.stack([np.asarray(x, np.float32) for x in inputs])
+
+
+def test_every_method_from_one_pass_in_padded_chunks(monkeypatch):
+    classifier = _ToyClassifier(channel=0)
+    images = np.concatenate([toy_images()[0]] * 3)[:5]  # 5 images in chunks of 2: the last one padded
+    checks = []
+    real_layer_shape = gradcam.layer_shape
+    monkeypatch.setattr(gradcam, "layer_shape", lambda *a, **k: checks.append(a) or real_layer_shape(*a, **k))
+    gradcam._CHECKED_LAYERS.clear()
+    out = gradcam.explain_methods_in_chunks(classifier, list(images), layer="features", chunk=2)
+    assert len(checks) == 1  # the layer name is checked once per shape, not once per chunk
+    chex.assert_shape(out["images"], (5, 64, 64, 1))
+    for method in gradcam.METHODS:
+        alone = gradcam.grad_cam(classifier.model, classifier.variables, images, layer="features", method=method)
+        np.testing.assert_allclose(out["maps"][method], alone["maps"], atol=1e-6)
+    single = gradcam.explain_in_chunks(classifier, list(images), layer="features", method="gradcam++", chunk=2)
+    np.testing.assert_array_equal(single["maps"], out["maps"]["gradcam++"])
+    with pytest.raises(gradcam.LayerNotFoundError, match="no layer 'featurez'"):
+        gradcam.explain_methods_in_chunks(classifier, list(images), layer="featurez", chunk=2)
+    with pytest.raises(ValueError, match="no images"):
+        gradcam.explain_methods_in_chunks(classifier, [], layer="features")
