@@ -27,7 +27,7 @@ DESCRIPTION = (
     "Train a fracture classifier in two phases: phase 1 trains the head with the backbone frozen, phase 2 "
     "fine-tunes the backbone. With no arguments: the paper's hybrid MobileNetV3-Small on the embedded synthetic "
     "data set (prepared on first use), into runs/<name>/ (5-10 minutes on 2 CPU cores). --quick: a recipe that "
-    "learns in about 5 minutes (test AUROC about 0.94). Without --pretrained the backbone starts random, and "
+    "learns in under 4 minutes (test AUROC about 0.91). Without --pretrained the backbone starts random, and "
     f"settings that give it fewer than {MIN_STEPS_FROM_SCRATCH} fine-tuning steps (phase-2 epochs x training "
     f"images / batch size) or images under {MIN_SIZE_FROM_SCRATCH} px stay near chance: the run says so when it "
     "starts."

@@ -15,9 +15,9 @@ from fracjax.train.config import TrainConfig
 # Named recipes: option values that go together; options given beside a preset win.
 # quick: the embedded set's small config (3,000 training images at 128 px), fine-tuning only (phase 1 on a
 # random backbone learns next to nothing), enough steps for a from-scratch model to start learning
-# (benchmarks/NOTES.md, session 19, has the runs that chose these values).
+# (benchmarks/NOTES.md, sessions 19 and 21, has the runs that chose these values).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "quick": dict(dataset="synthetic_fracture/quick", phase1_epochs=0, phase2_epochs=9, name="quick"),
+    "quick": dict(dataset="synthetic_fracture/quick", phase1_epochs=0, phase2_epochs=8, name="quick"),
 }
 # From scratch (no --pretrained), runs with fewer fine-tuning steps than this stayed near chance on
 # the synthetic set (NOTES, session 19): a run that will take fewer says so before it starts.
@@ -52,5 +52,5 @@ def learning_problem(config: TrainConfig, steps_per_epoch: int, image_size: int)
         return (f"{steps} fine-tuning steps from scratch (no --pretrained) are too few to learn: a random backbone "
                 "starts to find fractures after some 300-500 steps (phase-2 epochs x training images / batch "
                 f"size), and runs that ended before {MIN_STEPS_FROM_SCRATCH} stayed at or near chance. Give more "
-                "--phase2-epochs or images, or --pretrained; --quick learns in about 5 minutes")
+                "--phase2-epochs or images, or --pretrained; --quick learns in under 4 minutes")
     return None

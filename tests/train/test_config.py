@@ -217,14 +217,14 @@ def test_the_quick_preset_and_the_options_given_beside_it():
     assert make_config("quick", phase2_epochs=3, name="mine") == mine
     with pytest.raises(ValueError, match=r"unknown preset 'fast'; presets: \['quick'\]"):
         make_config("fast")
-    assert "--quick" in build_parser().format_help() and "learns in about 5 minutes" in build_parser().format_help()
+    assert "--quick" in build_parser().format_help() and "learns in under 4 minutes" in build_parser().format_help()
 
 
 def test_settings_too_small_to_learn_from_scratch_are_named():
     from fracjax.train.presets import MIN_STEPS_FROM_SCRATCH, learning_problem
 
     quick = make_config("quick")
-    assert learning_problem(quick, 94, 128) is None  # 9 epochs of 94 steps
+    assert learning_problem(quick, 94, 128) is None  # 8 epochs of 94 steps
     problem = learning_problem(quick.replace(phase2_epochs=2), 94, 128)
     assert problem.startswith("188 fine-tuning steps from scratch (no --pretrained) are too few to learn")
     assert learning_problem(quick.replace(max_steps=100), 94, 128).startswith("100 fine-tuning steps")
