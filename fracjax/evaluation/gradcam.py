@@ -85,7 +85,7 @@ def layer_shape(model: nn.Module, variables, images, layer: str = DEFAULT_LAYER)
 
 
 # (model, layer, image shape without the batch, dtype) whose layer name was checked: the check
-# traces the whole model (about a second on CPU), which the report's pointing game would pay per chunk.
+# traces the whole model, which the report's pointing game would otherwise pay once per chunk.
 _CHECKED_LAYERS: set = set()
 
 
@@ -134,7 +134,7 @@ def _normalise_and_resize(cam, size):
 @functools.lru_cache(maxsize=16)
 def _compiled(model: nn.Module, layer: str, target: int) -> Callable:
     """One jitted forward and backward giving every method's maps: the methods differ only in
-    how they weigh the same activation and gradient, so they share a compilation (~3 s on CPU)."""
+    how they weigh the same activation and gradient, so they share a compilation and a pass."""
     def cams(variables, images):
         images = images.astype(jnp.float32)
 

@@ -143,8 +143,8 @@ class TrainStep:
 
 def _fresh_state_parts(tx: optax.GradientTransformation) -> Callable:
     """(copies of params and batch_stats, ``tx.init``'s state) in one jitted call: op by op they
-    took ~3.5 s of a run's start (a compile per leaf shape), jitted ~0.5 s. The optimizer state is
-    made from copies of its own, so no output is one of the caller's arrays, which the step donates."""
+    compiled once per leaf shape at a run's start (NOTES, session 21). The optimizer state is made
+    from copies of its own, so no output is one of the caller's arrays, which the step donates."""
 
     def fresh(params, batch_stats):
         copies = jax.tree_util.tree_map(jnp.copy, (params, batch_stats))
