@@ -10,7 +10,7 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-from fracjax.metrics import is_number  # noqa: F401  (the options' checks use it too)
+from fracjax.metrics import is_number
 
 Check = Callable[[Any], Optional[str]]  # a value -> what is wrong with it, or None
 

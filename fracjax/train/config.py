@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 import jax.numpy as jnp
 
 import fracjax
+from fracjax.metrics import is_number
 from fracjax.models import pretrained as pretrained_weights
 from fracjax.models import registry
 from fracjax.train import event_log, parallel
@@ -35,7 +36,6 @@ from fracjax.train.checks import (
     between,
     existing_file,
     fraction,
-    is_number,
     one_of,
     open_fraction,
     positive,

@@ -21,8 +21,8 @@ from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
+from fracjax.metrics import is_number
 from fracjax.train import distributed
-from fracjax.train.checks import is_number
 
 TARGETS = ("tensorboard", "mlflow", "none")
 # The validation and test metrics that become curves (fracjax.metrics.binary_metrics's numbers).

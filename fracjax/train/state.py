@@ -20,9 +20,7 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import struct
 
 
@@ -32,11 +30,6 @@ class TrainState(struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any  # the optimizer's, reduce-on-plateau's included
     key: jax.Array  # base key; each step folds in its step number
-
-    @classmethod
-    def create(cls, params, batch_stats, tx: optax.GradientTransformation, key, step: int = 0) -> "TrainState":
-        return cls(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
-                   opt_state=tx.init(params), key=key)
 
     @property
     def variables(self) -> Dict[str, Any]:
